@@ -1,0 +1,1 @@
+"""conversation_svc: owns conversation sessions (transcripts stream -> responses stream)."""

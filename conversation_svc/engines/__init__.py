@@ -1,0 +1,36 @@
+"""Conversation engines, one module each; ``load_engine`` picks by name."""
+
+from __future__ import annotations
+
+from shared.engines.base import ConversationEngine, EngineUnavailable
+from shared.engines.choice import LOCAL_REQUIREMENTS, choose, missing_modules
+from shared.settings import ConversationSettings, EngineCredentials
+
+
+def load_engine(settings: ConversationSettings) -> ConversationEngine:
+    creds = EngineCredentials()
+    name = choose(
+        "conversation",
+        settings.conversation_engine,
+        has_api_key=creds.openai_api_key is not None,
+        missing_local=missing_modules(LOCAL_REQUIREMENTS["conversation"]),
+    )
+    if name == "echo":
+        from conversation_svc.engines.echo import EchoConversation
+
+        return EchoConversation(words_per_delta=settings.echo_words_per_delta)
+    if name == "local":
+        missing = missing_modules(LOCAL_REQUIREMENTS["conversation"])
+        if missing:
+            raise EngineUnavailable(
+                f"CONVERSATION_ENGINE=local needs {', '.join(missing)}: "
+                "pip install -r requirements/local.lock"
+            )
+        from conversation_svc.engines.local import LocalConversation  # type: ignore[import-not-found,unused-ignore]
+
+        return LocalConversation.from_settings(settings)  # type: ignore[no-any-return,unused-ignore]
+    if name == "openai":
+        from conversation_svc.engines.openai import OpenAIConversation  # type: ignore[import-not-found,unused-ignore]
+
+        return OpenAIConversation.from_env(settings)  # type: ignore[no-any-return,unused-ignore]
+    raise EngineUnavailable(f"unknown conversation engine {name!r}")

@@ -1,0 +1,179 @@
+"""The conversation side of the pipeline: transcripts stream -> conversation
+session -> responses stream.
+
+Per final transcript: ``response.started``, the deltas as they stream, then
+``response.done`` written together with the ack of the transcript (one gated
+op). A replayed transcript whose answer is already on the responses stream is
+acked without a second answer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+
+from shared import keys as keynames
+from shared.bus import retry_forever
+from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
+from shared.history import History, Turn, rebuild
+from shared.keys import Keys
+from shared.models import (
+    ConversationEnded,
+    Entry,
+    EntryError,
+    ResponseDelta,
+    ResponseDone,
+    ResponseFailed,
+    ResponseStarted,
+    Timings,
+    TranscriptDelta,
+    TranscriptFinal,
+    Usage,
+    decode_fields,
+    encode,
+)
+from shared.runtime import SessionContext
+from shared.settings import ConversationSettings
+
+log = logging.getLogger(__name__)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class ConversationWorkerSession:
+    def __init__(
+        self, ctx: SessionContext, settings: ConversationSettings, engine_session: ConversationSession, history: History
+    ) -> None:
+        self.ctx = ctx
+        self.settings = settings
+        self.engine_session = engine_session
+        self.history = history
+        self.responses_key = ctx.keys.responses(ctx.conversation_id)
+
+    async def handle(self, entry_id: str | None, entry: Entry) -> bool:
+        writer = self.ctx.writer
+        if isinstance(entry, ConversationEnded):
+            if entry_id is not None:
+                writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
+            return True
+        if isinstance(entry, TranscriptDelta):
+            # Partial transcripts are for clients; the answer waits for the final.
+            if entry_id is not None:
+                writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
+            return False
+        assert isinstance(entry, TranscriptFinal) and entry_id is not None
+        if self.history.is_answered(entry.utterance_id):
+            writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
+            return False
+        await self._answer(entry_id, entry)
+        return False
+
+    async def _answer(self, entry_id: str, final: TranscriptFinal) -> None:
+        ctx = self.ctx
+        cid, uid = ctx.conversation_id, final.utterance_id
+        response_id = f"r{uuid.uuid4().hex[:12]}"
+        maxlen = self.settings.responses_maxlen
+        writer = ctx.writer
+        writer.add(self.responses_key, encode(ResponseStarted(conversation_id=cid, utterance_id=uid,
+                                                              response_id=response_id)), maxlen)
+        parts: list[str] = []
+        first_delta_ms: int | None = None
+        usage: dict[str, int] = {}
+        try:
+            async for event in self.engine_session.respond(final.text):
+                if isinstance(event, Completed):
+                    usage = event.usage
+                    break
+                if not event.text:
+                    continue
+                if first_delta_ms is None:
+                    first_delta_ms = _now_ms()
+                delta = ResponseDelta(conversation_id=cid, utterance_id=uid, response_id=response_id,
+                                      index=len(parts), delta=event.text)
+                parts.append(event.text)
+                writer.add(self.responses_key, encode(delta), maxlen)
+        except EngineError as exc:
+            if exc.retryable:
+                raise
+            log.warning("response failed: %s", exc, extra={"conversation_id": cid, "utterance_id": uid})
+            failed = ResponseFailed(conversation_id=cid, utterance_id=uid, response_id=response_id,
+                                    code=exc.code, reason=str(exc)[:2000])
+            writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(failed), maxlen)
+            self.history.answered.add(uid)
+            return
+        text = "".join(parts)
+        done = ResponseDone(
+            conversation_id=cid,
+            utterance_id=uid,
+            response_id=response_id,
+            text=text[: 8000],
+            usage=Usage(**{k: v for k, v in usage.items() if isinstance(v, int)}),
+            timings=Timings(sent_ms=final.sent_ms, transcript_final_ms=final.final_ms,
+                            first_delta_ms=first_delta_ms, done_ms=_now_ms()),
+        )
+        writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(done), maxlen)
+        self.history.add(Turn(uid, final.text, text))
+
+    async def close(self) -> None:
+        await self.engine_session.close()
+
+
+class ConversationService:
+    name = "conversation"
+    group = keynames.CONVERSATION_GROUP
+    data_types = (TranscriptDelta, TranscriptFinal, ConversationEnded)
+
+    def __init__(self, settings: ConversationSettings, engine: ConversationEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+
+    def data_key(self, keys: Keys, conversation_id: str) -> str:
+        return keys.transcripts(conversation_id)
+
+    def ended_relay_key(self, keys: Keys, conversation_id: str) -> str | None:
+        return None  # the transcriber relays it in-band; this group only acks it
+
+    def keys_to_expire(self, keys: Keys, conversation_id: str) -> list[str]:
+        return keys.conversation_keys(conversation_id)
+
+    async def open_session(self, ctx: SessionContext) -> ConversationWorkerSession:
+        history = History(self.settings.history_max_turns)
+        if ctx.took_over:
+            history = await self._rebuild(ctx)
+            log.info("rebuilt %d turns of history after takeover", len(history.turns),
+                     extra={"conversation_id": ctx.conversation_id})
+        instructions = ctx.started.instructions or self.settings.system_prompt
+        engine_session = await self.engine.open_session(ctx.conversation_id, instructions, list(history.turns))
+        return ConversationWorkerSession(ctx, self.settings, engine_session, history)
+
+    async def _rebuild(self, ctx: SessionContext) -> History:
+        """Read the durable log: final transcripts and done responses."""
+        keys = ctx.keys
+
+        async def read(key: str) -> list[Entry]:
+            rows = await retry_forever("rebuild history", lambda: ctx.redis.xrange(key, "-", "+"))
+            out: list[Entry] = []
+            for _, fields in rows:
+                try:
+                    out.append(decode_fields(fields))
+                except EntryError:
+                    continue
+            return out
+
+        transcripts = await read(keys.transcripts(ctx.conversation_id))
+        responses = await read(keys.responses(ctx.conversation_id))
+        return rebuild(transcripts, responses, self.settings.history_max_turns)
+
+    def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
+        """A transcript that could not be answered still gets an answer: a failure."""
+        if isinstance(entry, TranscriptFinal):
+            failed = ResponseFailed(conversation_id=ctx.conversation_id, utterance_id=entry.utterance_id,
+                                    response_id=f"r{uuid.uuid4().hex[:12]}", code="dead_lettered",
+                                    reason=reason[:2000])
+            ctx.writer.add(ctx.keys.responses(ctx.conversation_id), encode(failed), self.settings.responses_maxlen)
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()

@@ -1,0 +1,1 @@
+"""Engine interfaces (one per session kind) and the `auto` choice."""

@@ -1,0 +1,130 @@
+"""The two engine interfaces: transcription sessions and conversation sessions.
+
+An engine is loaded once per worker (``start``) and opens one session per
+conversation the worker owns. Engines raise :class:`EngineError` for a failure
+the client should hear about (``retryable=False``: the turn gets a
+``response.failed``) or that may pass (``retryable=True``: the runtime retries
+the entry, then dead-letters it).
+
+Exceptions::
+
+    EngineError
+    └── EngineUnavailable   (start-up: a missing package, key or model)
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shared.history import Turn
+from shared.models import AudioChunk, AudioEnd, UtteranceText
+
+InputEntry = UtteranceText | AudioChunk | AudioEnd
+
+
+class EngineError(Exception):
+    def __init__(self, message: str, code: str = "engine_error", retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.retryable = retryable
+
+
+class EngineUnavailable(EngineError):
+    """The engine cannot run here; the message says exactly what to install or set."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="engine_unavailable", retryable=False)
+
+
+# --- transcription ---------------------------------------------------------------
+
+
+class TranscriptSink(Protocol):
+    """Where a transcription session puts its results (the worker writes them)."""
+
+    def delta(self, utterance_id: str, text: str) -> None: ...
+
+    def final(self, utterance_id: str, text: str, sent_ms: int, consumed_ids: Sequence[str]) -> None:
+        """A finished utterance. ``consumed_ids``: every input entry id it used,
+        in stream order; they are acked together with the transcript."""
+        ...
+
+    def skip(self, consumed_ids: Sequence[str], reason: str) -> None:
+        """Input entries that produced no transcript (silence, a failed turn)."""
+        ...
+
+
+class TranscriptionSession(ABC):
+    @abstractmethod
+    async def feed(self, entry_id: str, entry: InputEntry) -> None:
+        """Take one input entry, in stream order. Results go to the sink."""
+
+    @abstractmethod
+    async def flush(self) -> None:
+        """The conversation is ending: finish (or skip) whatever is buffered."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release upstream resources."""
+
+
+class TranscriptionEngine(ABC):
+    name: str
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load models / check credentials once per worker."""
+
+    @abstractmethod
+    async def open_session(self, conversation_id: str, sink: TranscriptSink) -> TranscriptionSession: ...
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what start() loaded."""
+
+
+# --- conversation -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Completed:
+    """The response is complete; ``usage`` uses the Realtime API's token field names."""
+
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+ResponseEvent = TextDelta | Completed
+
+
+class ConversationSession(ABC):
+    @abstractmethod
+    def respond(self, user_text: str) -> AsyncIterator[ResponseEvent]:
+        """Add the user's turn and stream the answer: TextDelta..., then Completed.
+        Raises EngineError when the answer fails."""
+
+    def remember(self, turn: Turn) -> None:  # noqa: B027 - optional hook
+        """A turn answered elsewhere (before a takeover): add it to the context."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release upstream resources."""
+
+
+class ConversationEngine(ABC):
+    name: str
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Load models / check credentials once per worker."""
+
+    @abstractmethod
+    async def open_session(
+        self, conversation_id: str, instructions: str, history: Sequence[Turn]
+    ) -> ConversationSession:
+        """Open a session primed with ``history`` (oldest first)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release what start() loaded."""

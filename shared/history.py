@@ -1,0 +1,56 @@
+"""Conversation turn history: kept by the conversation owner, rebuilt from the
+durable streams by a new owner after a takeover. Pure module.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from shared.models import Entry, ResponseDone, TranscriptFinal
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    utterance_id: str
+    user_text: str
+    assistant_text: str
+
+
+class History:
+    """The last ``max_turns`` answered turns, oldest first, plus which
+    utterances have been answered (so a replayed transcript is not answered twice)."""
+
+    def __init__(self, max_turns: int, turns: Iterable[Turn] = (), answered: Iterable[str] = ()) -> None:
+        self.turns: deque[Turn] = deque(turns, maxlen=max_turns if max_turns > 0 else 0)
+        self.answered: set[str] = set(answered)
+
+    def add(self, turn: Turn) -> None:
+        self.turns.append(turn)
+        self.answered.add(turn.utterance_id)
+
+    def is_answered(self, utterance_id: str) -> bool:
+        return utterance_id in self.answered
+
+
+def rebuild(
+    transcripts: Iterable[Entry], responses: Iterable[Entry], max_turns: int
+) -> History:
+    """Pair each final transcript with its ``response.done``, in transcript order.
+
+    Finals with no done yet are not turns: they are still pending in the
+    group and the new owner answers them itself.
+    """
+    answers: dict[str, str] = {}
+    for entry in responses:
+        if isinstance(entry, ResponseDone):
+            answers.setdefault(entry.utterance_id, entry.text)
+    turns: list[Turn] = []
+    seen: set[str] = set()
+    for entry in transcripts:
+        if isinstance(entry, TranscriptFinal) and entry.utterance_id not in seen:
+            seen.add(entry.utterance_id)
+            if entry.utterance_id in answers:
+                turns.append(Turn(entry.utterance_id, entry.text, answers[entry.utterance_id]))
+    return History(max_turns, turns, answered=answers.keys())

@@ -1,0 +1,73 @@
+"""Every Redis key name, in one place.
+
+Keys of one conversation carry a partition hash tag (``{p}``) so that on Redis
+Cluster they and their partition's control stream share one hash slot: a
+worker then reads all the streams it owns in one partition with one
+XREADGROUP. With ``partitions == 1`` (the default) every key is in one slot.
+
+Pure module.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+
+TRANSCRIBER_GROUP = "transcriber"
+CONVERSATION_GROUP = "conversation"
+
+
+def partition_of(conversation_id: str, partitions: int) -> int:
+    """Stable partition of a conversation (crc32: the same in every process and language)."""
+    if partitions <= 1:
+        return 0
+    return zlib.crc32(conversation_id.encode()) % partitions
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "vab"
+    partitions: int = 1
+
+    def control(self, partition: int) -> str:
+        return f"{self.prefix}:conversations:{{{partition}}}"
+
+    def controls(self) -> list[str]:
+        return [self.control(p) for p in range(self.partitions)]
+
+    def control_for(self, conversation_id: str) -> str:
+        return self.control(partition_of(conversation_id, self.partitions))
+
+    def _conv(self, conversation_id: str) -> str:
+        p = partition_of(conversation_id, self.partitions)
+        return f"{self.prefix}:conv:{{{p}}}:{conversation_id}"
+
+    def input(self, conversation_id: str) -> str:
+        return self._conv(conversation_id) + ":input"
+
+    def transcripts(self, conversation_id: str) -> str:
+        return self._conv(conversation_id) + ":transcripts"
+
+    def responses(self, conversation_id: str) -> str:
+        return self._conv(conversation_id) + ":responses"
+
+    def conversation_keys(self, conversation_id: str) -> list[str]:
+        return [
+            self.input(conversation_id),
+            self.transcripts(conversation_id),
+            self.responses(conversation_id),
+        ]
+
+    def dead(self) -> str:
+        return f"{self.prefix}:dead"
+
+    def worker(self, service: str, worker_id: str) -> str:
+        """A worker's heartbeat hash (expires when the worker stops refreshing it)."""
+        return f"{self.prefix}:worker:{service}:{worker_id}"
+
+    def worker_pattern(self) -> str:
+        return f"{self.prefix}:worker:*"
+
+    def partition_of_key(self, key: str) -> int:
+        start = key.index("{") + 1
+        return int(key[start : key.index("}", start)])

@@ -1,0 +1,262 @@
+"""Stream entry models: one pydantic model per entry `type`, parsed through one
+discriminated union.
+
+Every entry on every stream is stored as a single field ``d`` holding the JSON
+of one of these models. Each carries ``v`` (schema version) and ``type``.
+Anything that does not parse (bad JSON, unknown type, a limit exceeded) raises
+:class:`EntryError` with a readable reason; the caller dead-letters it.
+
+Pure module: no I/O, no asyncio, no redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+
+SCHEMA_VERSION = 1
+
+#: Longest text accepted in any utterance, transcript or response (characters).
+MAX_TEXT_CHARS = 8_000
+#: Largest decoded audio chunk: 2 s of PCM16 mono at 24 kHz.
+MAX_AUDIO_CHUNK_BYTES = 96_000
+#: Wire audio format, fixed by the Realtime API's `audio/pcm` input.
+AUDIO_SAMPLE_RATE_HZ = 24_000
+AUDIO_SAMPLE_WIDTH_BYTES = 2
+
+ENTRY_FIELD = b"d"
+
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
+
+
+class EntryError(ValueError):
+    """An entry that cannot be accepted; ``reason`` is what goes to the dead-letter stream."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    v: Literal[1] = SCHEMA_VERSION
+    conversation_id: Ident
+
+
+# --- control stream -------------------------------------------------------
+
+
+class ConversationStarted(_Entry):
+    type: Literal["conversation.started"] = "conversation.started"
+    #: "text" or "audio": informs nothing on the server side, kept for operators.
+    mode: Literal["text", "audio"] = "text"
+    instructions: Text | None = None
+
+
+class ConversationEnded(_Entry):
+    type: Literal["conversation.ended"] = "conversation.ended"
+    reason: Annotated[str, Field(max_length=200)] = "client"
+
+
+# --- input stream (client -> transcription owner) -------------------------
+
+
+class UtteranceText(_Entry):
+    """A simulated utterance: the text stands for what was said (the seed's direct simulation)."""
+
+    type: Literal["utterance.text"] = "utterance.text"
+    utterance_id: Ident
+    text: Text
+    #: Client wall clock when the utterance ended (ms since epoch).
+    sent_ms: int
+
+
+class AudioChunk(_Entry):
+    type: Literal["audio.chunk"] = "audio.chunk"
+    utterance_id: Ident | None = None
+    seq: int = Field(ge=0)
+    #: Base64 of PCM16 little-endian mono 24 kHz samples.
+    audio: str
+
+    @field_validator("audio")
+    @classmethod
+    def _check_audio(cls, value: str) -> str:
+        if len(value) > (MAX_AUDIO_CHUNK_BYTES * 4) // 3 + 4:
+            raise ValueError(f"audio chunk over {MAX_AUDIO_CHUNK_BYTES} bytes")
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"audio is not valid base64: {exc}") from None
+        if len(raw) % AUDIO_SAMPLE_WIDTH_BYTES:
+            raise ValueError("audio length is not a whole number of PCM16 samples")
+        return value
+
+    def pcm(self) -> bytes:
+        return base64.b64decode(self.audio)
+
+
+class AudioEnd(_Entry):
+    type: Literal["audio.end"] = "audio.end"
+    utterance_id: Ident | None = None
+    #: Client wall clock at the end of speech (ms since epoch).
+    sent_ms: int
+    #: What the client meant to say, when it knows (the simulator does): for WER.
+    reference_text: Text | None = None
+
+
+# --- transcripts stream (transcription owner -> conversation owner) -------
+
+
+class TranscriptDelta(_Entry):
+    type: Literal["transcript.delta"] = "transcript.delta"
+    utterance_id: Ident
+    text: Text
+
+
+class TranscriptFinal(_Entry):
+    type: Literal["transcript.final"] = "transcript.final"
+    utterance_id: Ident
+    text: Text
+    #: When the utterance ended at the client (copied from its input entry).
+    sent_ms: int
+    #: When the transcriber produced the final (ms since epoch).
+    final_ms: int
+
+
+# --- responses stream (conversation owner -> clients) ---------------------
+
+
+class ResponseStarted(_Entry):
+    type: Literal["response.started"] = "response.started"
+    utterance_id: Ident
+    response_id: Ident
+
+
+class ResponseDelta(_Entry):
+    type: Literal["response.delta"] = "response.delta"
+    utterance_id: Ident
+    response_id: Ident
+    #: Position of this delta in its response: lets a client drop a repeat.
+    index: int = Field(ge=0)
+    delta: Text
+
+
+class Usage(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+
+
+class Timings(BaseModel):
+    """Wall-clock milestones of one utterance (ms since epoch)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sent_ms: int
+    transcript_final_ms: int
+    first_delta_ms: int | None = None
+    done_ms: int
+
+
+class ResponseDone(_Entry):
+    type: Literal["response.done"] = "response.done"
+    utterance_id: Ident
+    response_id: Ident
+    text: Text
+    usage: Usage = Usage()
+    timings: Timings
+
+
+class ResponseFailed(_Entry):
+    type: Literal["response.failed"] = "response.failed"
+    utterance_id: Ident
+    response_id: Ident
+    code: Annotated[str, Field(max_length=100)]
+    reason: Annotated[str, Field(max_length=2000)]
+
+
+Entry = Annotated[
+    ConversationStarted
+    | ConversationEnded
+    | UtteranceText
+    | AudioChunk
+    | AudioEnd
+    | TranscriptDelta
+    | TranscriptFinal
+    | ResponseStarted
+    | ResponseDelta
+    | ResponseDone
+    | ResponseFailed,
+    Field(discriminator="type"),
+]
+
+ControlEntry = ConversationStarted | ConversationEnded
+InputEntry = UtteranceText | AudioChunk | AudioEnd
+TranscriptEntry = TranscriptDelta | TranscriptFinal
+ResponseEntry = ResponseStarted | ResponseDelta | ResponseDone | ResponseFailed
+
+_ENTRY_ADAPTER: TypeAdapter[Entry] = TypeAdapter(Entry)
+
+
+def encode(entry: BaseModel) -> bytes:
+    return entry.model_dump_json(exclude_none=True).encode()
+
+
+def decode(raw: bytes | str) -> Entry:
+    """Parse one entry's JSON; raise :class:`EntryError` with a short reason."""
+    try:
+        return _ENTRY_ADAPTER.validate_json(raw)
+    except ValidationError as exc:
+        raise EntryError(_summarise(exc)) from None
+
+
+def decode_fields(fields: dict[bytes, bytes]) -> Entry:
+    """Parse a raw stream entry (its field map) into a model."""
+    raw = fields.get(ENTRY_FIELD)
+    if raw is None:
+        raise EntryError(f"entry has no {ENTRY_FIELD.decode()!r} field")
+    return decode(raw)
+
+
+def _summarise(exc: ValidationError) -> str:
+    parts: list[str] = []
+    for err in exc.errors(include_url=False)[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "entry"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    if more > 0:
+        parts.append(f"(+{more} more)")
+    return "; ".join(parts)
+
+
+def expect(entry: Entry, *kinds: type[Any]) -> None:
+    """Raise EntryError when an entry is of a type this stream does not carry."""
+    if not isinstance(entry, kinds):
+        names = ", ".join(k.model_fields["type"].default for k in kinds)
+        raise EntryError(f"type {entry.type!r} does not belong on this stream (expected {names})")
+
+
+class DeadLetter(BaseModel):
+    """What the dead-letter stream holds: the original entry and why it is there."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stream: str
+    entry_id: str
+    group: str
+    worker_id: str
+    reason: Annotated[str, Field(max_length=4000)]
+    deliveries: int
+    #: The original entry's ``d`` field, as text (undecodable bytes replaced).
+    raw: str
+    dead_ms: int
+
+
+DEAD_LETTER_ADAPTER: TypeAdapter[DeadLetter] = TypeAdapter(DeadLetter)

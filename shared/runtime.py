@@ -1,0 +1,696 @@
+"""The ownership runtime: the one loop of a worker that reads and acks streams.
+
+Both session services (transcriber, conversation) run this loop with their
+own :class:`Service`. The protocol (see ``shared/design/architecture.md``):
+
+1. One blocking XREADGROUP reads the control stream(s) (only while a session
+   slot is free, COUNT capped by the free slots) together with the data
+   stream of every owned conversation. Control and data streams share the
+   service's group name, so one call serves both.
+2. A ``conversation.started`` delivered to this worker makes it the owner:
+   the entry stays pending while the worker owns the conversation.
+3. A refresher re-claims (XCLAIM JUSTID, through a script that skips entries
+   a peer took) every owned control entry each ``lease_s / 3``.
+4. A reaper takes control entries idle for longer than ``lease_s`` with
+   XAUTOCLAIM (a dead worker's conversations), then claims that
+   conversation's pending data entries and replays them before new ones.
+5. Each conversation's entries run one at a time, in stream order, in a task
+   that exists only while the conversation has work.
+6. SIGTERM: stop reading, finish queued work up to ``drain_timeout_s``, then
+   hand every owned conversation back at once (its control entry's idle time
+   is set past the lease so a peer's reaper takes it on its next pass).
+
+Acks: a session writes its effect and the ack of its source entry together
+through ``BatchWriter.gate``; entries that cannot be processed go to the
+dead-letter stream with the same gate, so nothing is acked without a trace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+from redis.exceptions import ResponseError
+
+from shared import keys as keynames
+from shared.backoff import backoff
+from shared.bus import BatchWriter, Scripts, cancel_and_wait, ensure_group, is_transient, retry_forever
+from shared.keys import Keys
+from shared.models import (
+    ENTRY_FIELD,
+    ConversationEnded,
+    ConversationStarted,
+    DeadLetter,
+    Entry,
+    EntryError,
+    decode_fields,
+)
+from shared.ownership import Claim, OwnershipTable
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionContext:
+    """What a session may use: its keys, the writer, and facts about its claim."""
+
+    conversation_id: str
+    started: ConversationStarted
+    took_over: bool
+    data_key: str
+    group: str
+    worker_id: str
+    keys: Keys
+    settings: CommonSettings
+    writer: BatchWriter
+    redis: aioredis.Redis
+
+    def dead_letter(self, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
+        """Ack ``entry_id`` on this conversation's data stream into the dead-letter stream."""
+        dead_letter(self.writer, self.keys, self.data_key, self.group, self.worker_id, entry_id, raw, reason, deliveries)
+
+
+class ServiceSession(Protocol):
+    async def handle(self, entry_id: str | None, entry: Entry) -> bool:
+        """Process one entry of the data stream, in order. Write its effect with
+        the entry's ack through ``ctx.writer.gate``. Return True once the
+        conversation has ended (the runtime then closes and releases it).
+        ``entry_id`` is None for a synthetic entry (idle timeout)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the session's resources; called once, also on hand-back."""
+        ...
+
+
+class Service(Protocol):
+    name: str
+    group: str
+    #: Entry types this service accepts on its data stream.
+    data_types: tuple[type[BaseModel], ...]
+
+    def data_key(self, keys: Keys, conversation_id: str) -> str: ...
+
+    async def open_session(self, ctx: SessionContext) -> ServiceSession: ...
+
+    #: Where a control-stream ``conversation.ended`` is relayed (None: only ack it).
+    def ended_relay_key(self, keys: Keys, conversation_id: str) -> str | None: ...
+
+    #: Keys to expire once this service is done with a conversation.
+    def keys_to_expire(self, keys: Keys, conversation_id: str) -> list[str]: ...
+
+    def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
+        """Hook for a dead-lettered data entry (e.g. tell the client its answer failed)."""
+        ...
+
+
+def dead_letter(
+    writer: BatchWriter,
+    keys: Keys,
+    stream: str,
+    group: str,
+    worker_id: str,
+    entry_id: str,
+    raw: bytes | None,
+    reason: str,
+    deliveries: int = 1,
+) -> None:
+    letter = DeadLetter(
+        stream=stream,
+        entry_id=entry_id,
+        group=group,
+        worker_id=worker_id,
+        reason=reason[:4000],
+        deliveries=deliveries,
+        raw=(raw or b"").decode("utf-8", errors="replace"),
+        dead_ms=int(time.time() * 1000),
+    )
+    log.warning("dead-lettered %s %s: %s", stream, entry_id, reason)
+    dead_key = keys.dead(keys.partition_of_key(stream))
+    writer.gate(stream, group, entry_id, dead_key, letter.model_dump_json().encode(), maxlen=100_000)
+
+
+@dataclass
+class RuntimeStats:
+    read: int = 0
+    handled: int = 0
+    dead: int = 0
+    claimed: int = 0
+    took_over: int = 0
+    handed_back: int = 0
+    lost: int = 0
+    finished: int = 0
+
+
+@dataclass
+class _Live:
+    ctx: SessionContext
+    claim: Claim
+    session: ServiceSession | None = None
+    queue: deque[tuple[str | None, Entry | EntryError, bytes | None]] = field(default_factory=deque)
+    task: asyncio.Task[None] | None = None
+    failures: dict[str, int] = field(default_factory=dict)
+    last_seen_s: float = field(default_factory=time.monotonic)
+    closed: bool = False
+
+
+class OwnershipRuntime:
+    """Runs one service's worker: reads, ownership, per-conversation ordering."""
+
+    def __init__(self, settings: CommonSettings, service: Service, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.service = service
+        self.redis = redis
+        self.keys = settings.keys
+        self.worker_id = settings.worker_id
+        self.scripts = Scripts()
+        self.writer = BatchWriter(redis, self.scripts)
+        self.table = OwnershipTable(capacity=settings.max_sessions)
+        self.live: dict[str, _Live] = {}
+        self._key_to_conv: dict[bytes, str] = {}
+        self._control_keys = self.keys.controls()
+        self._control_bkeys = {k.encode() for k in self._control_keys}
+        self.stats = RuntimeStats()
+        self.redis_ok = False
+        self.started = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._reaper_wake = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` is called; then drain and hand back."""
+        await retry_forever("start-up", self._prepare)
+        self.redis_ok = True
+        self._tasks = [
+            asyncio.create_task(self.writer.run(), name="writer"),
+            asyncio.create_task(self._refresh_loop(), name="refresher"),
+            asyncio.create_task(self._reaper_loop(), name="reaper"),
+            asyncio.create_task(self._trim_loop(), name="control-trimmer"),
+        ]
+        self.started.set()
+        log.info(
+            "worker %s of %s up: %d session slots, lease %.1fs",
+            self.worker_id, self.service.name, self.table.capacity, self.settings.lease_s,
+        )
+        try:
+            await self._read_loop()
+        finally:
+            await self._shutdown()
+
+    def stop(self) -> None:
+        if not self._stopping.is_set():
+            log.info("stopping: no new conversations; draining in-flight work")
+        self.table.draining = True
+        self._stopping.set()
+
+    async def _prepare(self) -> None:
+        await self.scripts.load(self.redis)
+        for key in self._control_keys:
+            await ensure_group(self.redis, key, self.service.group)
+
+    # --- reading -------------------------------------------------------------
+
+    def _read_plan(self) -> tuple[dict[bytes | str, str], int]:
+        streams: dict[bytes | str, str] = {}
+        count = self.settings.read_count
+        if self.table.accepting:
+            for key in self._control_keys:
+                streams[key] = ">"
+            # A read must not hand this worker more conversations than it has slots.
+            count = min(count, self.table.free_slots)
+        for conversation_id, live in self.live.items():
+            if not live.closed:
+                streams[live.ctx.data_key] = ">"
+        return streams, count
+
+    async def _read_loop(self) -> None:
+        delays = backoff()
+        high_water = max(4 * self.settings.read_count, 1000)
+        while not self._stopping.is_set():
+            await self.writer.wait_below(high_water)
+            streams, count = self._read_plan()
+            if not streams:
+                # At capacity with nothing owned cannot happen; draining can.
+                await asyncio.sleep(self.settings.read_block_ms / 1000)
+                continue
+            try:
+                reply = await self.redis.xreadgroup(
+                    self.service.group,
+                    self.worker_id,
+                    streams,  # type: ignore[arg-type]
+                    count=count,
+                    block=self.settings.read_block_ms,
+                )
+                if not self.redis_ok:
+                    log.info("redis is back: reading again")
+                self.redis_ok = True
+                delays = backoff()
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    await self._recreate_groups(streams)
+                    continue
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if self.redis_ok:
+                    log.warning("redis unavailable (%s): retrying with backoff", type(exc).__name__)
+                self.redis_ok = False
+                await asyncio.sleep(next(delays))
+                continue
+            for key, entries in reply or ():
+                if key in self._control_bkeys:
+                    for entry_id, fields in entries:
+                        await self._on_control(key.decode(), entry_id.decode(), fields)
+                else:
+                    self._on_data(key, entries)
+
+    async def _recreate_groups(self, streams: dict[bytes | str, str]) -> None:
+        """A stream lost its group (expired key, Redis restarted empty): recreate them."""
+        for key in streams:
+            k = key.decode() if isinstance(key, bytes) else key
+            if await ensure_group(self.redis, k, self.service.group):
+                log.warning("recreated consumer group %s on %s", self.service.group, k)
+
+    def _on_data(self, key: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
+        conversation_id = self._key_to_conv.get(key)
+        live = self.live.get(conversation_id) if conversation_id else None
+        if live is None or live.closed:
+            # Read just before we lost or closed it; the entries stay pending for the owner.
+            return
+        self.stats.read += len(entries)
+        for entry_id, fields in entries:
+            self._enqueue(live, entry_id.decode(), fields)
+
+    def _enqueue(self, live: _Live, entry_id: str, fields: dict[bytes, bytes]) -> None:
+        item: Entry | EntryError
+        try:
+            item = decode_fields(fields)
+        except EntryError as exc:
+            item = exc
+        live.queue.append((entry_id, item, fields.get(ENTRY_FIELD)))
+        live.last_seen_s = time.monotonic()
+        self._kick(live)
+
+    def _kick(self, live: _Live) -> None:
+        if live.task is None and not live.closed:
+            live.task = asyncio.create_task(
+                self._drain_session(live), name=f"session:{live.ctx.conversation_id}"
+            )
+
+    # --- control stream ---------------------------------------------------------
+
+    async def _on_control(self, key: str, entry_id: str, fields: dict[bytes, bytes], took_over: bool = False) -> None:
+        raw = fields.get(ENTRY_FIELD)
+        try:
+            entry = decode_fields(fields)
+        except EntryError as exc:
+            self._dead(key, entry_id, raw, exc.reason)
+            return
+        if isinstance(entry, ConversationStarted):
+            await self._adopt(key, entry_id, entry, took_over=took_over)
+        elif isinstance(entry, ConversationEnded):
+            await self._relay_ended(key, entry_id, entry, raw)
+        else:
+            self._dead(key, entry_id, raw, f"type {entry.type!r} does not belong on the control stream")
+
+    async def _adopt(self, control_key: str, entry_id: str, started: ConversationStarted, took_over: bool) -> None:
+        conversation_id = started.conversation_id
+        data_key = self.service.data_key(self.keys, conversation_id)
+        if self.table.owns(conversation_id):
+            if self.table.claims[conversation_id].control_entry_id != entry_id:
+                self._dead(control_key, entry_id, started.model_dump_json().encode(), "conversation already started")
+            return
+        created = await retry_forever("create group", lambda: ensure_group(self.redis, data_key, self.service.group))
+        if not created and not took_over:
+            self._dead(control_key, entry_id, started.model_dump_json().encode(), "conversation already started")
+            return
+        claim = Claim(conversation_id, control_key, entry_id, took_over=took_over)
+        ctx = SessionContext(
+            conversation_id=conversation_id,
+            started=started,
+            took_over=took_over,
+            data_key=data_key,
+            group=self.service.group,
+            worker_id=self.worker_id,
+            keys=self.keys,
+            settings=self.settings,
+            writer=self.writer,
+            redis=self.redis,
+        )
+        live = _Live(ctx=ctx, claim=claim)
+        self.table.add(claim)
+        self.live[conversation_id] = live
+        self._key_to_conv[data_key.encode()] = conversation_id
+        self.stats.claimed += 1
+        if took_over:
+            self.stats.took_over += 1
+            log.info("took over conversation %s", conversation_id, extra={"conversation_id": conversation_id})
+            await self._claim_pending_data(live)
+        # Open the session inside its task so a slow upstream never stalls the read loop.
+        self._kick(live)
+
+    async def _claim_pending_data(self, live: _Live) -> None:
+        """Take a dead owner's unacked data entries and queue them first, in order."""
+        key = live.ctx.data_key
+        group = self.service.group
+
+        async def pending() -> list[dict[str, Any]]:
+            return await self.redis.xpending_range(key, group, min="-", max="+", count=100_000)  # type: ignore[no-any-return]
+
+        rows = await retry_forever("list pending", pending)
+        if not rows:
+            return
+        ids = [r["message_id"] for r in rows]
+        deliveries = {r["message_id"]: int(r["times_delivered"]) for r in rows}
+        claimed = await retry_forever(
+            "claim pending", lambda: self.redis.xclaim(key, group, self.worker_id, 0, ids)
+        )
+        for entry_id_b, fields in claimed:
+            if fields is None:  # deleted by trimming while pending
+                continue
+            entry_id = entry_id_b.decode()
+            if deliveries.get(entry_id_b, 0) >= self.settings.max_deliveries:
+                live.queue.append((entry_id, EntryError(
+                    f"delivered {deliveries[entry_id_b]} times without being handled (poison entry?)"
+                ), fields.get(ENTRY_FIELD)))
+                continue
+            self._enqueue(live, entry_id, fields)
+        log.info("replaying %d pending entries of %s", len(claimed), live.ctx.conversation_id)
+
+    async def _relay_ended(self, control_key: str, entry_id: str, ended: ConversationEnded, raw: bytes | None) -> None:
+        """A control-stream ``ended`` may overtake utterances still in flight, so it
+        travels in-band: relayed into the conversation's first data stream."""
+        relay = self.service.ended_relay_key(self.keys, ended.conversation_id)
+        if relay is None:
+            self.writer.ack(control_key, self.service.group, [entry_id])
+            return
+
+        async def known() -> bool:
+            try:
+                groups = await self.redis.xinfo_groups(relay)
+            except ResponseError:
+                return False
+            return any(g["name"] in (self.service.group, self.service.group.encode()) for g in groups)
+
+        if not await retry_forever("check conversation", known):
+            self._dead(control_key, entry_id, raw, "conversation.ended for an unknown conversation")
+            return
+        self.writer.gate(
+            control_key, self.service.group, entry_id, relay, ended.model_dump_json().encode(),
+            maxlen=self.settings.input_maxlen,
+        )
+
+    def _dead(self, stream: str, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
+        self.stats.dead += 1
+        dead_letter(self.writer, self.keys, stream, self.service.group, self.worker_id, entry_id, raw, reason, deliveries)
+
+    # --- per-conversation work ------------------------------------------------------
+
+    async def _drain_session(self, live: _Live) -> None:
+        ctx = live.ctx
+        try:
+            while live.queue and not live.closed:
+                entry_id, item, raw = live.queue[0]
+                try:
+                    finished = await self._process(live, entry_id, item, raw)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if await self._failed(live, entry_id, item, raw, exc):
+                        continue  # retry the same entry
+                    finished = False
+                live.queue.popleft()
+                self.stats.handled += 1
+                if finished:
+                    await self._finish(live)
+                    return
+        finally:
+            live.task = None
+            if live.queue and not live.closed and not self._stopping.is_set():
+                self._kick(live)
+        del ctx
+
+    async def _process(self, live: _Live, entry_id: str | None, item: Entry | EntryError, raw: bytes | None) -> bool:
+        ctx = live.ctx
+        if isinstance(item, EntryError):
+            if entry_id is not None:
+                self._dead_data(live, entry_id, None, raw, item.reason)
+            return False
+        if item.conversation_id != ctx.conversation_id:
+            if entry_id is not None:
+                self._dead_data(live, entry_id, item, raw, "conversation_id does not match its stream")
+            return False
+        if not isinstance(item, self.service.data_types):
+            if entry_id is not None:
+                self._dead_data(live, entry_id, item, raw, f"type {item.type!r} does not belong on {ctx.data_key}")
+            return False
+        if live.session is None:
+            live.session = await self.service.open_session(ctx)
+        return await live.session.handle(entry_id, item)
+
+    async def _failed(
+        self, live: _Live, entry_id: str | None, item: Entry | EntryError, raw: bytes | None, exc: Exception
+    ) -> bool:
+        """Count a processing failure; True to retry the entry, False once it is dead-lettered."""
+        key = entry_id or "synthetic"
+        n = live.failures.get(key, 0) + 1
+        live.failures[key] = n
+        cid = live.ctx.conversation_id
+        if n < self.settings.max_deliveries:
+            log.warning(
+                "processing %s failed (%s: %s); attempt %d of %d",
+                key, type(exc).__name__, exc, n, self.settings.max_deliveries,
+                extra={"conversation_id": cid},
+            )
+            await asyncio.sleep(min(0.05 * 2**n, 2.0))
+            return True
+        live.failures.pop(key, None)
+        log.error("giving up on %s after %d attempts: %s", key, n, exc, extra={"conversation_id": cid})
+        if entry_id is not None:
+            entry = None if isinstance(item, EntryError) else item
+            self._dead_data(live, entry_id, entry, raw, f"processing failed {n} times: {type(exc).__name__}: {exc}", n)
+        return False
+
+    def _dead_data(
+        self, live: _Live, entry_id: str, entry: Entry | None, raw: bytes | None, reason: str, deliveries: int = 1
+    ) -> None:
+        self._dead(live.ctx.data_key, entry_id, raw, reason, deliveries)
+        try:
+            self.service.on_dead_letter(live.ctx, entry, reason)
+        except Exception:
+            log.exception("dead-letter hook failed")
+
+    async def _finish(self, live: _Live) -> None:
+        """The conversation ended: close, ack our control entry, let its keys expire."""
+        cid = live.ctx.conversation_id
+        live.closed = True
+        await self._close_session(live)
+        claim = self.table.remove(cid)
+        self.live.pop(cid, None)
+        self._key_to_conv.pop(live.ctx.data_key.encode(), None)
+        if claim is not None:
+            self.writer.ack(claim.control_key, self.service.group, [claim.control_entry_id])
+        for key in self.service.keys_to_expire(self.keys, cid):
+            self.writer.command("EXPIRE", key, self.settings.conversation_ttl_s)
+        self.stats.finished += 1
+        log.info("conversation %s finished", cid, extra={"conversation_id": cid})
+
+    async def _close_session(self, live: _Live) -> None:
+        if live.session is not None:
+            try:
+                await live.session.close()
+            except Exception:
+                log.exception("closing session %s failed", live.ctx.conversation_id)
+            live.session = None
+
+    async def _drop(self, conversation_ids: Iterable[str], why: str) -> None:
+        """Forget conversations without acking anything (lost to a peer, or handed back)."""
+        for cid in conversation_ids:
+            live = self.live.pop(cid, None)
+            self.table.remove(cid)
+            if live is None:
+                continue
+            live.closed = True
+            self._key_to_conv.pop(live.ctx.data_key.encode(), None)
+            await cancel_and_wait(live.task)
+            await self._close_session(live)
+            log.warning("released conversation %s: %s", cid, why, extra={"conversation_id": cid})
+
+    # --- timers -------------------------------------------------------------------
+
+    async def _refresh_loop(self) -> None:
+        interval = self.settings.lease_s / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self._refresh_once()
+                await self._heartbeat()
+                self._expire_idle()
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("refresh failed")
+
+    async def _refresh_once(self) -> None:
+        for control_key, ids in self.table.by_control_key().items():
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                lost_raw = await self.scripts.call(
+                    self.redis, "refresh", [control_key], [self.service.group, self.worker_id, *chunk]
+                )
+                lost = [x.decode() if isinstance(x, bytes) else str(x) for x in lost_raw or ()]
+                if lost:
+                    gone = self.table.lose(control_key, lost)
+                    self.stats.lost += len(gone)
+                    # Put them back so _drop finds them; it removes them from both maps.
+                    await self._drop(gone, "a peer took it over (this worker missed its lease)")
+
+    async def _heartbeat(self) -> None:
+        key = self.keys.worker(self.service.name, self.worker_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(key, mapping=self.heartbeat_fields())
+        pipe.expire(key, max(3, int(self.settings.lease_s * 3)))
+        await pipe.execute()
+
+    def heartbeat_fields(self) -> dict[str, str | int]:
+        return {
+            "service": self.service.name,
+            "worker_id": self.worker_id,
+            "sessions": len(self.table.claims),
+            "capacity": self.table.capacity,
+            "draining": int(self.table.draining),
+            "handled": self.stats.handled,
+            "seen_ms": int(time.time() * 1000),
+        }
+
+    def _expire_idle(self) -> None:
+        now = time.monotonic()
+        for live in list(self.live.values()):
+            if live.closed or live.task is not None or live.queue:
+                continue
+            if now - live.last_seen_s > self.settings.idle_timeout_s:
+                cid = live.ctx.conversation_id
+                log.info("conversation %s idle for %.0fs: closing it", cid, now - live.last_seen_s,
+                         extra={"conversation_id": cid})
+                live.queue.append((None, ConversationEnded(conversation_id=cid, reason="idle"), None))
+                self._kick(live)
+
+    async def _reaper_loop(self) -> None:
+        interval = min(self.settings.lease_s / 4, 1.0)
+        while True:
+            await asyncio.sleep(interval)
+            if not self.table.accepting:
+                continue
+            try:
+                await self._reap_once()
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("reaper failed")
+
+    async def _reap_once(self) -> None:
+        for control_key in self._control_keys:
+            cursor = "0-0"
+            while self.table.accepting:
+                reply = await self.redis.xautoclaim(
+                    control_key, self.service.group, self.worker_id,
+                    min_idle_time=self.settings.lease_ms, start_id=cursor, count=self.table.free_slots,
+                )
+                cursor_b, claimed = reply[0], reply[1]
+                for entry_id, fields in claimed:
+                    if fields is None:
+                        continue
+                    await self._on_control(control_key, entry_id.decode(), fields, took_over=True)
+                cursor = cursor_b.decode() if isinstance(cursor_b, bytes) else str(cursor_b)
+                if cursor == "0-0" or not claimed:
+                    break
+
+    async def _trim_loop(self) -> None:
+        """Trim consumed entries off the control streams (never a live claim)."""
+        while True:
+            await asyncio.sleep(max(5.0, self.settings.lease_s))
+            try:
+                for key in self._control_keys:
+                    await self._trim_control(key)
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("control trim failed")
+
+    async def _trim_control(self, key: str) -> None:
+        groups = await self.redis.xinfo_groups(key)
+        names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
+        if not {keynames.TRANSCRIBER_GROUP, keynames.CONVERSATION_GROUP} <= names:
+            await self.redis.xtrim(key, maxlen=self.settings.control_maxlen, approximate=True)
+            return
+        floor: str | None = None
+        for g in groups:
+            name = g["name"]
+            candidates = [g["last-delivered-id"]]
+            if g["pending"]:
+                summary = await self.redis.xpending(key, name)
+                candidates.append(summary["min"])
+            for c in candidates:
+                cid = c.decode() if isinstance(c, bytes) else str(c)
+                if floor is None or _id_tuple(cid) < _id_tuple(floor):
+                    floor = cid
+        if floor and floor != "0-0":
+            await self.redis.execute_command("XTRIM", key, "MINID", floor)
+        await self.redis.xtrim(key, maxlen=self.settings.control_maxlen, approximate=True)
+
+    # --- shutdown -----------------------------------------------------------------
+
+    async def _shutdown(self) -> None:
+        self.table.draining = True
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        while any(live.task is not None for live in self.live.values()) and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        for live in list(self.live.values()):
+            await cancel_and_wait(live.task)
+        try:
+            await asyncio.wait_for(self.writer.flushed(), timeout=max(1.0, deadline - time.monotonic()))
+        except TimeoutError:
+            log.error("writes still pending at shutdown; their entries stay pending for a peer")
+        await self._hand_back()
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        try:
+            await self.redis.delete(self.keys.worker(self.service.name, self.worker_id))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+
+    async def _hand_back(self) -> None:
+        """Make every owned control entry claimable by a peer right now."""
+        claims = list(self.table.claims.values())
+        if not claims:
+            return
+        idle_ms = self.settings.lease_ms * 1000
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for claim in claims:
+                pipe.execute_command(
+                    "XCLAIM", claim.control_key, self.service.group, self.worker_id, 0,
+                    claim.control_entry_id, "IDLE", idle_ms, "JUSTID",
+                )
+            await pipe.execute()
+            self.stats.handed_back += len(claims)
+            log.info("handed back %d conversations", len(claims))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.error("could not hand back (redis away): peers take over after the lease")
+        await self._drop([c.conversation_id for c in claims], "handed back on shutdown")
+
+
+def _id_tuple(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)

@@ -1,0 +1,293 @@
+"""The simulated client: starts conversations, sends utterances on an open-loop
+schedule, follows transcripts and responses with plain XREAD, prints the
+dialogue like the seed example, and reports what it saw.
+
+Sending and reading are two tasks; the schedule spreads conversations evenly
+over each inter-utterance gap, so the load has no lock-step bursts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import logging
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import redis.asyncio as aioredis
+
+from shared.bus import is_transient
+from shared.keys import Keys
+from shared.models import (
+    ConversationEnded,
+    ConversationStarted,
+    EntryError,
+    ResponseDelta,
+    ResponseDone,
+    ResponseFailed,
+    ResponseStarted,
+    TranscriptDelta,
+    TranscriptFinal,
+    UtteranceText,
+    decode_fields,
+    encode,
+)
+from simulator_svc.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+GREETING = "Hello, I'm going to send you some audio transcriptions. Please respond to each one."
+DEFAULT_UTTERANCES = [
+    "This is a test of the transcription system.",
+    "The weather today is sunny with a chance of rain.",
+    "Can you tell me what time it is?",
+    "I'd like to order a pizza with extra cheese.",
+    "Please remind me to call my mother tomorrow.",
+]
+
+
+def generated_utterances(k: int) -> list[str]:
+    return [DEFAULT_UTTERANCES[i % len(DEFAULT_UTTERANCES)] + f" Number {i + 1}." for i in range(k)]
+
+
+def now_ms() -> float:
+    return time.time() * 1000
+
+
+@dataclass
+class SimulationPlan:
+    conversations: int = 1
+    utterances: list[str] = field(default_factory=lambda: list(DEFAULT_UTTERANCES))
+    greeting: bool = True
+    #: Utterances per second per conversation (open loop).
+    rate: float = 2.0
+    timeout_s: float = 60.0
+    #: After everything is answered, keep reading this long to catch duplicates.
+    settle_s: float = 0.3
+    end_conversations: bool = True
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
+    #: Most utterances sent and not yet answered (0: no bound).
+    max_in_flight: int = 0
+
+    def conversation_ids(self) -> list[str]:
+        return [f"sim-{self.run_id}-{i:04d}" for i in range(self.conversations)]
+
+    def texts(self) -> list[str]:
+        return ([GREETING] if self.greeting else []) + self.utterances
+
+
+class DialoguePrinter:
+    """Prints like the seed example; inline streaming with one conversation."""
+
+    def __init__(self, out: TextIO | None, conversations: int) -> None:
+        self.out = out
+        self.single = conversations == 1
+        self._streaming = False
+
+    def _tag(self, conversation_id: str) -> str:
+        return "" if self.single else f" {conversation_id[-4:]}"
+
+    def _line(self, text: str) -> None:
+        if self.out is None:
+            return
+        if self._streaming:
+            self.out.write("\n")
+            self._streaming = False
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def sending(self, conversation_id: str, text: str) -> None:
+        self._line(f"[SIMULATION{self._tag(conversation_id)}] Sending utterance: {text}")
+
+    def transcript(self, conversation_id: str, text: str) -> None:
+        self._line(f"[CONVERSATION{self._tag(conversation_id)}] Sent: {text}")
+
+    def delta(self, conversation_id: str, index: int, text: str) -> None:
+        if self.out is None or not self.single:
+            return
+        if not self._streaming:
+            self.out.write("[CONVERSATION] AI: ")
+        self.out.write(text)
+        self.out.flush()
+        self._streaming = True
+
+    def done(self, conversation_id: str, text: str) -> None:
+        if not self.single:
+            self._line(f"[CONVERSATION{self._tag(conversation_id)}] AI: {text}")
+        self._line(f"[CONVERSATION{self._tag(conversation_id)}] Response complete")
+
+    def failed(self, conversation_id: str, reason: str) -> None:
+        self._line(f"[CONVERSATION{self._tag(conversation_id)}] Response failed: {reason}")
+
+
+class Simulation:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        keys: Keys,
+        plan: SimulationPlan,
+        printer: DialoguePrinter | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.plan = plan
+        self.printer = printer or DialoguePrinter(None, plan.conversations)
+        self.tracker = Tracker()
+        self._seen_delta: set[tuple[str, int]] = set()
+        self._answered = asyncio.Event()
+        self._sent_all = False
+        self._in_flight = 0
+        self._space = asyncio.Event()
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self._key_conv: dict[bytes, str] = {}
+
+    async def run(self) -> dict[str, Any]:
+        plan = self.plan
+        ids = plan.conversation_ids()
+        for cid in ids:
+            self._key_conv[self.keys.transcripts(cid).encode()] = cid
+            self._key_conv[self.keys.responses(cid).encode()] = cid
+        self.started_at = time.monotonic()
+        pipe = self.redis.pipeline(transaction=False)
+        for cid in ids:
+            pipe.xadd(self.keys.control_for(cid), {"d": encode(ConversationStarted(conversation_id=cid))})
+        await pipe.execute()
+        reader = asyncio.create_task(self._read(ids), name="sim-reader")
+        try:
+            await asyncio.wait_for(self._send(ids), timeout=plan.timeout_s)
+            remaining = plan.timeout_s - (time.monotonic() - self.started_at)
+            if not self.tracker.settled():
+                await asyncio.wait_for(self._answered.wait(), timeout=max(0.0, remaining))
+            self.finished_at = time.monotonic()
+            await asyncio.sleep(plan.settle_s)
+        except TimeoutError:
+            self.finished_at = time.monotonic()
+            log.warning("timed out after %.1fs with answers missing", plan.timeout_s)
+        finally:
+            reader.cancel()
+            try:
+                await reader
+            except asyncio.CancelledError:
+                pass
+        if plan.end_conversations:
+            pipe = self.redis.pipeline(transaction=False)
+            for cid in ids:
+                pipe.xadd(self.keys.input(cid), {"d": encode(ConversationEnded(conversation_id=cid))})
+            await pipe.execute()
+        summary = self.tracker.summary()
+        elapsed = max(1e-9, self.finished_at - self.started_at)
+        summary["elapsed_s"] = round(elapsed, 3)
+        summary["answered_per_s"] = round(summary["responses_done"] / elapsed, 1)
+        return summary
+
+    # --- sending ---------------------------------------------------------------
+
+    async def _send(self, ids: list[str]) -> None:
+        plan = self.plan
+        texts = plan.texts()
+        gap_s = 1.0 / plan.rate if plan.rate > 0 else 0.0
+        t0 = time.monotonic()
+        # (due time, conversation index, utterance index): conversations offset evenly within a gap.
+        heap = [(t0 + gap_s * c / len(ids), c, 0) for c in range(len(ids))]
+        heapq.heapify(heap)
+        while heap:
+            now = time.monotonic()
+            due = []
+            while heap and heap[0][0] <= now:
+                due.append(heapq.heappop(heap))
+            if not due:
+                await asyncio.sleep(min(heap[0][0] - now, 0.05))
+                continue
+            pipe = self.redis.pipeline(transaction=False)
+            for due_s, c, k in due:
+                if plan.max_in_flight:
+                    while self._in_flight >= plan.max_in_flight:
+                        self._space.clear()
+                        await self._space.wait()
+                cid = ids[c]
+                uid = f"u{k:04d}"
+                self.printer.sending(cid, texts[k])
+                entry = UtteranceText(conversation_id=cid, utterance_id=uid, text=texts[k], sent_ms=int(now_ms()))
+                pipe.xadd(self.keys.input(cid), {"d": encode(entry)})
+                self.tracker.sent(cid, uid, k, texts[k], now_ms())
+                self._in_flight += 1
+                if k + 1 < len(texts):
+                    heapq.heappush(heap, (due_s + gap_s, c, k + 1))
+            await pipe.execute()
+        self._sent_all = True
+        if self.tracker.settled():
+            self._answered.set()
+
+    # --- reading -----------------------------------------------------------------
+
+    async def _read(self, ids: list[str]) -> None:
+        streams: dict[bytes | str, str] = {}
+        for cid in ids:
+            streams[self.keys.transcripts(cid)] = "0-0"
+            streams[self.keys.responses(cid)] = "0-0"
+        while True:
+            try:
+                reply = await self.redis.xread(streams, count=1000, block=1000)  # type: ignore[arg-type]
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                await asyncio.sleep(0.2)
+                continue
+            for key, entries in reply or ():
+                cid = self._key_conv[key]
+                for entry_id, fields in entries:
+                    self._observe(cid, fields)
+                streams[key.decode()] = entries[-1][0].decode()
+
+    def _observe(self, cid: str, fields: dict[bytes, bytes]) -> None:
+        try:
+            entry = decode_fields(fields)
+        except EntryError:
+            return
+        t = now_ms()
+        tr = self.tracker
+        if isinstance(entry, TranscriptFinal):
+            if tr.transcript(cid, entry.utterance_id, entry.text, t) is not None:
+                self.printer.transcript(cid, entry.text)
+        elif isinstance(entry, ResponseDelta):
+            if (entry.response_id, entry.index) in self._seen_delta:
+                return
+            self._seen_delta.add((entry.response_id, entry.index))
+            tr.delta(cid, entry.utterance_id, t)
+            self.printer.delta(cid, entry.index, entry.delta)
+        elif isinstance(entry, ResponseDone):
+            rec = tr.done(cid, entry.utterance_id, entry.text, t)
+            if rec is not None and rec.dones == 1:
+                self._one_answered()
+                self.printer.done(cid, entry.text)
+        elif isinstance(entry, ResponseFailed):
+            rec = tr.failed(cid, entry.utterance_id, f"{entry.code}: {entry.reason}")
+            if rec is not None and rec.dones == 0:
+                self._one_answered()
+                self.printer.failed(cid, entry.reason)
+        elif isinstance(entry, TranscriptDelta | ResponseStarted):
+            pass
+
+    def _one_answered(self) -> None:
+        self._in_flight -= 1
+        self._space.set()
+        if self._sent_all and self.tracker.settled():
+            self._answered.set()
+
+
+def print_summary(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
+    lat = summary["latency_ms"]
+    out.write(
+        f"\n{summary['conversations']} conversations, {summary['utterances']} utterances: "
+        f"{summary['responses_done']} answered, {summary['missing']} missing, "
+        f"{summary['duplicates']} duplicates, {summary['out_of_order']} out of order "
+        f"in {summary['elapsed_s']}s\n"
+        f"latency ms p50/p95/p99: transcript {lat['transcript_final']['p50']}/{lat['transcript_final']['p95']}/"
+        f"{lat['transcript_final']['p99']}, first delta {lat['first_delta']['p50']}/{lat['first_delta']['p95']}/"
+        f"{lat['first_delta']['p99']}, done {lat['response_done']['p50']}/{lat['response_done']['p95']}/"
+        f"{lat['response_done']['p99']}\n"
+    )

@@ -1,0 +1,1 @@
+"""transcriber_svc: owns transcription sessions (input stream -> transcripts stream)."""

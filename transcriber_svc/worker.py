@@ -1,0 +1,120 @@
+"""The transcriber's side of the pipeline: input stream -> transcription
+session -> transcripts stream. The runtime does the reading and ordering;
+this module turns engine results into transcript entries, each final written
+together with the ack of every input entry it consumed.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+
+from shared import keys as keynames
+from shared.engines.base import TranscriptionEngine, TranscriptionSession
+from shared.keys import Keys
+from shared.models import (
+    AudioChunk,
+    AudioEnd,
+    ConversationEnded,
+    Entry,
+    TranscriptDelta,
+    TranscriptFinal,
+    UtteranceText,
+    encode,
+)
+from shared.runtime import SessionContext
+from shared.settings import TranscriberSettings
+
+log = logging.getLogger(__name__)
+
+
+class _Sink:
+    """Writes one conversation's transcription results (TranscriptSink)."""
+
+    def __init__(self, ctx: SessionContext) -> None:
+        self.ctx = ctx
+        self.transcripts_key = ctx.keys.transcripts(ctx.conversation_id)
+        self.maxlen = ctx.settings.transcripts_maxlen
+        self.finals = 0
+
+    def delta(self, utterance_id: str, text: str) -> None:
+        entry = TranscriptDelta(conversation_id=self.ctx.conversation_id, utterance_id=utterance_id, text=text)
+        self.ctx.writer.add(self.transcripts_key, encode(entry), self.maxlen)
+
+    def final(self, utterance_id: str, text: str, sent_ms: int, consumed_ids: Sequence[str]) -> None:
+        entry = TranscriptFinal(
+            conversation_id=self.ctx.conversation_id,
+            utterance_id=utterance_id,
+            text=text,
+            sent_ms=sent_ms,
+            final_ms=int(time.time() * 1000),
+        )
+        self.finals += 1
+        if not consumed_ids:
+            self.ctx.writer.add(self.transcripts_key, encode(entry), self.maxlen)
+            return
+        self.ctx.writer.gate(
+            self.ctx.data_key, self.ctx.group, consumed_ids[-1], self.transcripts_key,
+            encode(entry), self.maxlen, extra_ack_ids=consumed_ids[:-1],
+        )
+
+    def skip(self, consumed_ids: Sequence[str], reason: str) -> None:
+        if consumed_ids:
+            log.debug("skipping %d input entries: %s", len(consumed_ids), reason,
+                      extra={"conversation_id": self.ctx.conversation_id})
+            self.ctx.writer.ack(self.ctx.data_key, self.ctx.group, list(consumed_ids))
+
+
+class TranscriberSession:
+    def __init__(self, ctx: SessionContext, engine_session: TranscriptionSession) -> None:
+        self.ctx = ctx
+        self.engine_session = engine_session
+
+    async def handle(self, entry_id: str | None, entry: Entry) -> bool:
+        if isinstance(entry, ConversationEnded):
+            await self.engine_session.flush()
+            # Forward the end in-band so the conversation owner sees it after the last transcript.
+            transcripts = self.ctx.keys.transcripts(self.ctx.conversation_id)
+            payload = encode(entry)
+            if entry_id is None:
+                self.ctx.writer.add(transcripts, payload, self.ctx.settings.transcripts_maxlen)
+            else:
+                self.ctx.writer.gate(self.ctx.data_key, self.ctx.group, entry_id, transcripts, payload,
+                                     self.ctx.settings.transcripts_maxlen)
+            return True
+        assert isinstance(entry, UtteranceText | AudioChunk | AudioEnd) and entry_id is not None
+        await self.engine_session.feed(entry_id, entry)
+        return False
+
+    async def close(self) -> None:
+        await self.engine_session.close()
+
+
+class TranscriberService:
+    name = "transcriber"
+    group = keynames.TRANSCRIBER_GROUP
+    data_types = (UtteranceText, AudioChunk, AudioEnd, ConversationEnded)
+
+    def __init__(self, settings: TranscriberSettings, engine: TranscriptionEngine) -> None:
+        self.settings = settings
+        self.engine = engine
+
+    def data_key(self, keys: Keys, conversation_id: str) -> str:
+        return keys.input(conversation_id)
+
+    def ended_relay_key(self, keys: Keys, conversation_id: str) -> str | None:
+        return keys.input(conversation_id)
+
+    def keys_to_expire(self, keys: Keys, conversation_id: str) -> list[str]:
+        return [keys.input(conversation_id)]
+
+    async def open_session(self, ctx: SessionContext) -> TranscriberSession:
+        engine_session = await self.engine.open_session(ctx.conversation_id, _Sink(ctx))
+        return TranscriberSession(ctx, engine_session)
+
+    def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
+        return None
+
+    async def aclose(self) -> None:
+        await self.engine.aclose()
