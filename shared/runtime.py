@@ -190,6 +190,7 @@ class OwnershipRuntime:
     async def run(self) -> None:
         """Run until :meth:`stop` is called; then drain and hand back."""
         await retry_forever("start-up", self._prepare)
+        await retry_forever("heartbeat", self._heartbeat)
         self.redis_ok = True
         self._tasks = [
             asyncio.create_task(self.writer.run(), name="writer"),

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: builds .venv from the locks, runs the linters, then the whole suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+ensure_venv requirements/base.lock requirements/dev.lock requirements/local.lock
+ruff check .
+mypy
+exec pytest -q "$@"

