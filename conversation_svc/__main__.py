@@ -8,6 +8,7 @@ import sys
 from conversation_svc.engines import load_engine
 from conversation_svc.worker import ConversationService
 from shared.process import run_worker
+from shared.runtime import Service
 from shared.settings import ConversationSettings
 
 
@@ -32,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["max_sessions"] = args.max_sessions
     settings = ConversationSettings(**overrides)  # type: ignore[arg-type]
 
-    async def make_service() -> ConversationService:
+    async def make_service() -> Service:
         engine = load_engine(settings)
         await engine.start()
         return ConversationService(settings, engine)

@@ -13,6 +13,8 @@ import logging
 import time
 import uuid
 
+from pydantic import BaseModel
+
 from shared import keys as keynames
 from shared.bus import retry_forever
 from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
@@ -124,7 +126,7 @@ class ConversationWorkerSession:
 class ConversationService:
     name = "conversation"
     group = keynames.CONVERSATION_GROUP
-    data_types = (TranscriptDelta, TranscriptFinal, ConversationEnded)
+    data_types: tuple[type[BaseModel], ...] = (TranscriptDelta, TranscriptFinal, ConversationEnded)
 
     def __init__(self, settings: ConversationSettings, engine: ConversationEngine) -> None:
         self.settings = settings

@@ -63,7 +63,9 @@ class Stack:
     log_dir: Path
     procs: list[ServiceProcess] = field(default_factory=list)
 
-    def start(self, module: str, extra_env: dict[str, str] | None = None, args: list[str] | None = None) -> ServiceProcess:
+    def start(
+        self, module: str, extra_env: dict[str, str] | None = None, args: list[str] | None = None
+    ) -> ServiceProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         n = sum(1 for p in self.procs if p.module == module)
         log_path = self.log_dir / f"{module}-{n}.log"

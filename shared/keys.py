@@ -58,8 +58,12 @@ class Keys:
             self.responses(conversation_id),
         ]
 
-    def dead(self) -> str:
-        return f"{self.prefix}:dead"
+    def dead(self, partition: int = 0) -> str:
+        """Dead letters of one partition (same slot as the streams they came from)."""
+        return f"{self.prefix}:dead:{{{partition}}}"
+
+    def deads(self) -> list[str]:
+        return [self.dead(p) for p in range(self.partitions)]
 
     def worker(self, service: str, worker_id: str) -> str:
         """A worker's heartbeat hash (expires when the worker stops refreshing it)."""

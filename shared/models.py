@@ -44,7 +44,7 @@ class EntryError(ValueError):
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1  # SCHEMA_VERSION
     conversation_id: Ident
 
 

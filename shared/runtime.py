@@ -33,7 +33,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import redis.asyncio as aioredis
 from pydantic import BaseModel
@@ -75,7 +75,9 @@ class SessionContext:
 
     def dead_letter(self, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
         """Ack ``entry_id`` on this conversation's data stream into the dead-letter stream."""
-        dead_letter(self.writer, self.keys, self.data_key, self.group, self.worker_id, entry_id, raw, reason, deliveries)
+        dead_letter(
+            self.writer, self.keys, self.data_key, self.group, self.worker_id, entry_id, raw, reason, deliveries
+        )
 
 
 class ServiceSession(Protocol):
@@ -229,7 +231,7 @@ class OwnershipRuntime:
                 streams[key] = ">"
             # A read must not hand this worker more conversations than it has slots.
             count = min(count, self.table.free_slots)
-        for conversation_id, live in self.live.items():
+        for live in self.live.values():
             if not live.closed:
                 streams[live.ctx.data_key] = ">"
         return streams, count
@@ -269,7 +271,7 @@ class OwnershipRuntime:
                 self.redis_ok = False
                 await asyncio.sleep(next(delays))
                 continue
-            for key, entries in reply or ():
+            for key, entries in _stream_reply(reply):
                 if key in self._control_bkeys:
                     for entry_id, fields in entries:
                         await self._on_control(key.decode(), entry_id.decode(), fields)
@@ -311,7 +313,9 @@ class OwnershipRuntime:
 
     # --- control stream ---------------------------------------------------------
 
-    async def _on_control(self, key: str, entry_id: str, fields: dict[bytes, bytes], took_over: bool = False) -> None:
+    async def _on_control(
+        self, key: str, entry_id: str, fields: dict[bytes, bytes], took_over: bool = False
+    ) -> None:
         raw = fields.get(ENTRY_FIELD)
         try:
             entry = decode_fields(fields)
@@ -367,7 +371,8 @@ class OwnershipRuntime:
         group = self.service.group
 
         async def pending() -> list[dict[str, Any]]:
-            return await self.redis.xpending_range(key, group, min="-", max="+", count=100_000)  # type: ignore[no-any-return]
+            rows = await self.redis.xpending_range(key, group, min="-", max="+", count=100_000)
+            return cast(list[dict[str, Any]], rows)
 
         rows = await retry_forever("list pending", pending)
         if not rows:
@@ -414,7 +419,9 @@ class OwnershipRuntime:
 
     def _dead(self, stream: str, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
         self.stats.dead += 1
-        dead_letter(self.writer, self.keys, stream, self.service.group, self.worker_id, entry_id, raw, reason, deliveries)
+        dead_letter(
+            self.writer, self.keys, stream, self.service.group, self.worker_id, entry_id, raw, reason, deliveries
+        )
 
     # --- per-conversation work ------------------------------------------------------
 
@@ -559,12 +566,13 @@ class OwnershipRuntime:
     async def _heartbeat(self) -> None:
         key = self.keys.worker(self.service.name, self.worker_id)
         pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=self.heartbeat_fields())
+        pipe.hset(key, mapping=self.heartbeat_fields())  # type: ignore[arg-type]
         pipe.expire(key, max(3, int(self.settings.lease_s * 3)))
         await pipe.execute()
 
-    def heartbeat_fields(self) -> dict[str, str | int]:
-        return {
+    def heartbeat_fields(self) -> dict[str, str]:
+        """What the monitor shows about this worker (all strings: a Redis hash)."""
+        fields = {
             "service": self.service.name,
             "worker_id": self.worker_id,
             "sessions": len(self.table.claims),
@@ -573,6 +581,7 @@ class OwnershipRuntime:
             "handled": self.stats.handled,
             "seen_ms": int(time.time() * 1000),
         }
+        return {k: str(v) for k, v in fields.items()}
 
     def _expire_idle(self) -> None:
         now = time.monotonic()
@@ -644,7 +653,7 @@ class OwnershipRuntime:
                 if floor is None or _id_tuple(cid) < _id_tuple(floor):
                     floor = cid
         if floor and floor != "0-0":
-            await self.redis.execute_command("XTRIM", key, "MINID", floor)
+            await self.redis.xtrim(key, minid=floor)
         await self.redis.xtrim(key, maxlen=self.settings.control_maxlen, approximate=True)
 
     # --- shutdown -----------------------------------------------------------------
@@ -652,8 +661,9 @@ class OwnershipRuntime:
     async def _shutdown(self) -> None:
         self.table.draining = True
         deadline = time.monotonic() + self.settings.drain_timeout_s
-        while any(live.task is not None for live in self.live.values()) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        busy = [live.task for live in self.live.values() if live.task is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=max(0.0, deadline - time.monotonic()))
         for live in list(self.live.values()):
             await cancel_and_wait(live.task)
         try:
@@ -690,6 +700,14 @@ class OwnershipRuntime:
                 raise
             log.error("could not hand back (redis away): peers take over after the lease")
         await self._drop([c.conversation_id for c in claims], "handed back on shutdown")
+
+
+StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
+
+
+def _stream_reply(reply: Any) -> StreamReply:
+    """XREADGROUP's RESP2 reply, typed (redis-py declares it as Any)."""
+    return cast(StreamReply, reply or [])
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:

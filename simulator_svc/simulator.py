@@ -15,7 +15,7 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import redis.asyncio as aioredis
 
@@ -237,9 +237,9 @@ class Simulation:
                     raise
                 await asyncio.sleep(0.2)
                 continue
-            for key, entries in reply or ():
+            for key, entries in cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or []):
                 cid = self._key_conv[key]
-                for entry_id, fields in entries:
+                for _entry_id, fields in entries:
                     self._observe(cid, fields)
                 streams[key.decode()] = entries[-1][0].decode()
 

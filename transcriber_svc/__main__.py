@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from shared.process import run_worker
+from shared.runtime import Service
 from shared.settings import TranscriberSettings
 from transcriber_svc.engines import load_engine
 from transcriber_svc.worker import TranscriberService
@@ -31,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
         overrides["max_sessions"] = args.max_sessions
     settings = TranscriberSettings(**overrides)  # type: ignore[arg-type]
 
-    async def make_service() -> TranscriberService:
+    async def make_service() -> Service:
         engine = load_engine(settings)
         await engine.start()
         return TranscriberService(settings, engine)

@@ -10,6 +10,8 @@ import logging
 import time
 from collections.abc import Sequence
 
+from pydantic import BaseModel
+
 from shared import keys as keynames
 from shared.engines.base import TranscriptionEngine, TranscriptionSession
 from shared.keys import Keys
@@ -94,7 +96,7 @@ class TranscriberSession:
 class TranscriberService:
     name = "transcriber"
     group = keynames.TRANSCRIBER_GROUP
-    data_types = (UtteranceText, AudioChunk, AudioEnd, ConversationEnded)
+    data_types: tuple[type[BaseModel], ...] = (UtteranceText, AudioChunk, AudioEnd, ConversationEnded)
 
     def __init__(self, settings: TranscriberSettings, engine: TranscriptionEngine) -> None:
         self.settings = settings
