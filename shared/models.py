@@ -92,6 +92,8 @@ class AudioChunk(_Entry):
             raw = base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as exc:
             raise ValueError(f"audio is not valid base64: {exc}") from None
+        if len(raw) > MAX_AUDIO_CHUNK_BYTES:
+            raise ValueError(f"audio chunk over {MAX_AUDIO_CHUNK_BYTES} bytes")
         if len(raw) % AUDIO_SAMPLE_WIDTH_BYTES:
             raise ValueError("audio length is not a whole number of PCM16 samples")
         return value

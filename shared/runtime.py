@@ -688,9 +688,9 @@ class OwnershipRuntime:
         try:
             pipe = self.redis.pipeline(transaction=False)
             for claim in claims:
-                pipe.execute_command(
-                    "XCLAIM", claim.control_key, self.service.group, self.worker_id, 0,
-                    claim.control_entry_id, "IDLE", idle_ms, "JUSTID",
+                pipe.xclaim(
+                    claim.control_key, self.service.group, self.worker_id, 0, [claim.control_entry_id],
+                    idle=idle_ms, justid=True,
                 )
             await pipe.execute()
             self.stats.handed_back += len(claims)

@@ -19,7 +19,7 @@ from typing import Any, TextIO, cast
 
 import redis.asyncio as aioredis
 
-from shared.bus import is_transient
+from shared.bus import is_transient, retry_forever
 from shared.keys import Keys
 from shared.models import (
     ConversationEnded,
@@ -152,10 +152,9 @@ class Simulation:
             self._key_conv[self.keys.transcripts(cid).encode()] = cid
             self._key_conv[self.keys.responses(cid).encode()] = cid
         self.started_at = time.monotonic()
-        pipe = self.redis.pipeline(transaction=False)
-        for cid in ids:
-            pipe.xadd(self.keys.control_for(cid), {"d": encode(ConversationStarted(conversation_id=cid))})
-        await pipe.execute()
+        await self._xadd_all(
+            [(self.keys.control_for(cid), encode(ConversationStarted(conversation_id=cid))) for cid in ids]
+        )
         reader = asyncio.create_task(self._read(ids), name="sim-reader")
         try:
             await asyncio.wait_for(self._send(ids), timeout=plan.timeout_s)
@@ -174,10 +173,9 @@ class Simulation:
             except asyncio.CancelledError:
                 pass
         if plan.end_conversations:
-            pipe = self.redis.pipeline(transaction=False)
-            for cid in ids:
-                pipe.xadd(self.keys.input(cid), {"d": encode(ConversationEnded(conversation_id=cid))})
-            await pipe.execute()
+            await self._xadd_all(
+                [(self.keys.input(cid), encode(ConversationEnded(conversation_id=cid))) for cid in ids]
+            )
         summary = self.tracker.summary()
         elapsed = max(1e-9, self.finished_at - self.started_at)
         summary["elapsed_s"] = round(elapsed, 3)
@@ -202,7 +200,7 @@ class Simulation:
             if not due:
                 await asyncio.sleep(min(heap[0][0] - now, 0.05))
                 continue
-            pipe = self.redis.pipeline(transaction=False)
+            batch: list[tuple[str, bytes]] = []
             for due_s, c, k in due:
                 if plan.max_in_flight:
                     while self._in_flight >= plan.max_in_flight:
@@ -212,15 +210,27 @@ class Simulation:
                 uid = f"u{k:04d}"
                 self.printer.sending(cid, texts[k])
                 entry = UtteranceText(conversation_id=cid, utterance_id=uid, text=texts[k], sent_ms=int(now_ms()))
-                pipe.xadd(self.keys.input(cid), {"d": encode(entry)})
+                batch.append((self.keys.input(cid), encode(entry)))
                 self.tracker.sent(cid, uid, k, texts[k], now_ms())
                 self._in_flight += 1
                 if k + 1 < len(texts):
                     heapq.heappush(heap, (due_s + gap_s, c, k + 1))
-            await pipe.execute()
+            await self._xadd_all(batch)
         self._sent_all = True
         if self.tracker.settled():
             self._answered.set()
+
+    async def _xadd_all(self, batch: list[tuple[str, bytes]]) -> None:
+        """One pipeline of XADDs, retried while Redis is away. A retry after a lost
+        reply may repeat an utterance; the services answer an utterance id once."""
+
+        async def send() -> None:
+            pipe = self.redis.pipeline(transaction=False)
+            for key, payload in batch:
+                pipe.xadd(key, {"d": payload})
+            await pipe.execute()
+
+        await retry_forever("simulator write", send)
 
     # --- reading -----------------------------------------------------------------
 

@@ -30,15 +30,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _docker_engine_answers() -> bool:
+    if not os.environ.get("DOCKER_HOST") and not os.path.exists("/var/run/docker.sock"):
+        return False
     try:
         import docker
-
+    except ImportError:
+        return False
+    client = None
+    try:
         client = docker.from_env(timeout=2)
         client.ping()
-        client.close()
         return True
     except Exception:
         return False
+    finally:
+        if client is not None:
+            client.close()
 
 
 @pytest.fixture(scope="session")

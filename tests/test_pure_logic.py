@@ -1,0 +1,105 @@
+"""Pure pieces: keys and partitions, history rebuild, the tracker, backoff,
+engine choice, echo deltas."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from conversation_svc.engines.echo import echo_answer, split_deltas
+from shared.backoff import backoff
+from shared.engines.base import EngineUnavailable
+from shared.engines.choice import choose
+from shared.history import History, Turn, rebuild
+from shared.keys import Keys, partition_of
+from shared.models import ResponseDelta, ResponseDone, Timings, TranscriptDelta, TranscriptFinal
+from simulator_svc.tracker import Tracker, percentile
+
+
+def test_partition_is_stable_and_in_range() -> None:
+    assert partition_of("conv-1", 1) == 0
+    ps = {partition_of(f"c{i}", 8) for i in range(200)}
+    assert ps == set(range(8))
+    assert partition_of("abc", 8) == partition_of("abc", 8)
+
+
+def test_conversation_keys_share_their_control_stream_slot() -> None:
+    keys = Keys("p", partitions=16)
+    for cid in ("a", "b", "conversation-xyz"):
+        tag = keys.control_for(cid).split("{")[1].split("}")[0]
+        for k in keys.conversation_keys(cid):
+            assert k.split("{")[1].split("}")[0] == tag
+        assert keys.partition_of_key(keys.input(cid)) == int(tag)
+        assert keys.dead(int(tag)).endswith("{" + tag + "}")
+
+
+def _final(uid: str, text: str) -> TranscriptFinal:
+    return TranscriptFinal(conversation_id="c", utterance_id=uid, text=text, sent_ms=1, final_ms=2)
+
+
+def _done(uid: str, text: str) -> ResponseDone:
+    return ResponseDone(conversation_id="c", utterance_id=uid, response_id="r" + uid, text=text,
+                        timings=Timings(sent_ms=1, transcript_final_ms=2, done_ms=3))
+
+
+def test_rebuild_pairs_finals_with_answers_in_transcript_order() -> None:
+    transcripts = [_final("u1", "one"), TranscriptDelta(conversation_id="c", utterance_id="u2", text="t"),
+                   _final("u2", "two"), _final("u3", "three")]
+    responses = [_done("u2", "A2"), ResponseDelta(conversation_id="c", utterance_id="u1", response_id="x",
+                                                   index=0, delta="A"), _done("u1", "A1")]
+    history = rebuild(transcripts, responses, max_turns=10)
+    assert list(history.turns) == [Turn("u1", "one", "A1"), Turn("u2", "two", "A2")]
+    assert history.is_answered("u1") and not history.is_answered("u3")
+
+
+def test_history_is_bounded_but_remembers_what_was_answered() -> None:
+    h = History(max_turns=2)
+    for i in range(5):
+        h.add(Turn(f"u{i}", "q", "a"))
+    assert [t.utterance_id for t in h.turns] == ["u3", "u4"]
+    assert h.is_answered("u0")
+
+
+def test_tracker_counts_missing_duplicates_and_order() -> None:
+    t = Tracker()
+    for i in range(3):
+        t.sent("c", f"u{i}", i, "x", 0.0)
+    t.done("c", "u1", "a", 10.0)
+    t.done("c", "u0", "a", 12.0)
+    t.done("c", "u0", "a", 13.0)
+    s = t.summary()
+    assert s["missing"] == 1 and s["duplicates"] == 1 and s["out_of_order"] == 1
+    assert s["responses_done"] == 2
+    assert not t.settled()
+    t.failed("c", "u2", "boom")
+    assert t.settled()
+
+
+def test_percentile_nearest_rank() -> None:
+    values = sorted(float(v) for v in range(1, 101))
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile([], 50) is None
+
+
+def test_backoff_grows_to_a_cap() -> None:
+    delays = backoff(initial_s=0.1, factor=2, max_s=1.0, jitter=0.0, rng=random.Random(1))
+    assert [round(next(delays), 3) for _ in range(6)] == [0.1, 0.2, 0.4, 0.8, 1.0, 1.0]
+
+
+def test_auto_engine_choice() -> None:
+    assert choose("transcription", "simulated", has_api_key=True, missing_local=[]) == "simulated"
+    assert choose("conversation", "auto", has_api_key=True, missing_local=[]) == "openai"
+    assert choose("conversation", "auto", has_api_key=False, missing_local=[]) == "local"
+    with pytest.raises(EngineUnavailable) as info:
+        choose("conversation", "auto", has_api_key=False, missing_local=["llama_cpp"])
+    message = str(info.value)
+    assert "OPENAI_API_KEY" in message and "llama_cpp" in message and "CONVERSATION_ENGINE=echo" in message
+
+
+def test_echo_answer_streams_in_several_deltas() -> None:
+    answer = echo_answer("This is a test.", 1)
+    assert answer.startswith("I've received your transcription: \"This is a test.\"")
+    deltas = split_deltas(answer, 3)
+    assert len(deltas) > 2 and "".join(deltas) == answer
