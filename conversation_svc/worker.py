@@ -16,6 +16,7 @@ import uuid
 from pydantic import BaseModel
 
 from shared import keys as keynames
+from shared import metrics
 from shared.bus import retry_forever
 from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
 from shared.history import History, Turn, rebuild
@@ -47,13 +48,22 @@ def _now_ms() -> int:
 
 class ConversationWorkerSession:
     def __init__(
-        self, ctx: SessionContext, settings: ConversationSettings, engine_session: ConversationSession, history: History
+        self,
+        ctx: SessionContext,
+        settings: ConversationSettings,
+        engine_session: ConversationSession,
+        history: History,
+        engine_name: str,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
         self.engine_session = engine_session
         self.history = history
         self.responses_key = ctx.keys.responses(ctx.conversation_id)
+        self.engine_name = engine_name
+        self._m_engine = metrics.ENGINE_TIME.labels(engine_name, "answer")
+        self._m_first = metrics.LLM_FIRST_TOKEN.labels(engine_name)
+        self._m_rate = metrics.LLM_TOKENS_PER_S.labels(engine_name)
 
     async def handle(self, entry_id: str | None, entry: Entry) -> bool:
         writer = self.ctx.writer
@@ -83,6 +93,8 @@ class ConversationWorkerSession:
                                                               response_id=response_id)), maxlen)
         parts: list[str] = []
         first_delta_ms: int | None = None
+        asked_s = time.perf_counter()
+        first_delta_s = 0.0
         usage: dict[str, int] = {}
         try:
             async for event in self.engine_session.respond(final.text):
@@ -93,6 +105,7 @@ class ConversationWorkerSession:
                     continue
                 if first_delta_ms is None:
                     first_delta_ms = _now_ms()
+                    first_delta_s = time.perf_counter()
                 delta = ResponseDelta(conversation_id=cid, utterance_id=uid, response_id=response_id,
                                       index=len(parts), delta=event.text)
                 parts.append(event.text)
@@ -101,6 +114,7 @@ class ConversationWorkerSession:
             if exc.retryable:
                 raise
             log.warning("response failed: %s", exc, extra={"conversation_id": cid, "utterance_id": uid})
+            metrics.UPSTREAM_ERRORS.labels(self.engine_name, exc.code).inc()
             failed = ResponseFailed(conversation_id=cid, utterance_id=uid, response_id=response_id,
                                     code=exc.code, reason=str(exc)[:2000])
             writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(failed), maxlen)
@@ -118,6 +132,19 @@ class ConversationWorkerSession:
         )
         writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(done), maxlen)
         self.history.add(Turn(uid, final.text, text))
+        self._observe(done.timings, asked_s, first_delta_s, len(parts))
+
+    def _observe(self, t: Timings, asked_s: float, first_delta_s: float, deltas: int) -> None:
+        metrics.UTTERANCE_TRANSCRIPT.observe(max(0, t.transcript_final_ms - t.sent_ms) / 1000)
+        if t.first_delta_ms is not None:
+            metrics.UTTERANCE_FIRST_DELTA.observe(max(0, t.first_delta_ms - t.sent_ms) / 1000)
+        metrics.UTTERANCE_DONE.observe(max(0, t.done_ms - t.sent_ms) / 1000)
+        end_s = time.perf_counter()
+        self._m_engine.observe(end_s - asked_s)
+        if first_delta_s:
+            self._m_first.observe(first_delta_s - asked_s)
+            if deltas > 1 and end_s > first_delta_s:
+                self._m_rate.observe((deltas - 1) / (end_s - first_delta_s))
 
     async def close(self) -> None:
         await self.engine_session.close()
@@ -149,7 +176,7 @@ class ConversationService:
                      extra={"conversation_id": ctx.conversation_id})
         instructions = ctx.started.instructions or self.settings.system_prompt
         engine_session = await self.engine.open_session(ctx.conversation_id, instructions, list(history.turns))
-        return ConversationWorkerSession(ctx, self.settings, engine_session, history)
+        return ConversationWorkerSession(ctx, self.settings, engine_session, history, self.engine.name)
 
     async def _rebuild(self, ctx: SessionContext) -> History:
         """Read the durable log: final transcripts and done responses."""

@@ -15,7 +15,9 @@ from urllib.parse import urlsplit
 
 from shared.bus import connect
 from shared.engines.base import EngineUnavailable
+from shared.http_server import HealthServer
 from shared.logs import register_secret, setup_logging
+from shared.metrics import REGISTRY
 from shared.runtime import OwnershipRuntime, Service
 from shared.settings import CommonSettings, EngineCredentials
 
@@ -36,26 +38,40 @@ async def serve(
     make_service: Callable[[], Awaitable[Service]],
     on_runtime: Callable[[OwnershipRuntime], Any] | None = None,
 ) -> int:
+    holder: dict[str, OwnershipRuntime] = {}
+
+    def not_ready_reason() -> str | None:
+        runtime = holder.get("runtime")
+        return "loading the engine" if runtime is None else runtime.not_ready_reason()
+
+    health = HealthServer(REGISTRY, not_ready_reason)
+    port = None
+    if settings.metrics_enabled:
+        port = await health.start(settings.metrics_host, settings.metrics_port)
     try:
-        service = await make_service()
-    except EngineUnavailable as exc:
-        log.error("cannot start: %s", exc)
-        return 2
-    redis = connect(settings.redis_url.get_secret_value())
-    runtime = OwnershipRuntime(settings, service, redis)
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runtime.stop)
-    if on_runtime is not None:
-        on_runtime(runtime)
-    try:
-        await runtime.run()
+        try:
+            service = await make_service()
+        except EngineUnavailable as exc:
+            log.error("cannot start: %s", exc)
+            return 2
+        redis = connect(settings.redis_url.get_secret_value())
+        runtime = OwnershipRuntime(settings, service, redis, metrics_port=port)
+        holder["runtime"] = runtime
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, runtime.stop)
+        if on_runtime is not None:
+            on_runtime(runtime)
+        try:
+            await runtime.run()
+        finally:
+            closer = getattr(service, "aclose", None)
+            if closer is not None:
+                with contextlib.suppress(Exception):
+                    await closer()
+            await redis.aclose()
     finally:
-        closer = getattr(service, "aclose", None)
-        if closer is not None:
-            with contextlib.suppress(Exception):
-                await closer()
-        await redis.aclose()
+        await health.close()
     log.info("stopped cleanly")
     return 0
 

@@ -29,6 +29,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -40,9 +42,11 @@ from pydantic import BaseModel
 from redis.exceptions import ResponseError
 
 from shared import keys as keynames
+from shared import metrics
 from shared.backoff import backoff
 from shared.bus import BatchWriter, Scripts, cancel_and_wait, ensure_group, is_transient, retry_forever
 from shared.keys import Keys
+from shared.metrics import stream_kind
 from shared.models import (
     ENTRY_FIELD,
     ConversationEnded,
@@ -167,7 +171,9 @@ class _Live:
 class OwnershipRuntime:
     """Runs one service's worker: reads, ownership, per-conversation ordering."""
 
-    def __init__(self, settings: CommonSettings, service: Service, redis: aioredis.Redis) -> None:
+    def __init__(
+        self, settings: CommonSettings, service: Service, redis: aioredis.Redis, metrics_port: int | None = None
+    ) -> None:
         self.settings = settings
         self.service = service
         self.redis = redis
@@ -185,7 +191,10 @@ class OwnershipRuntime:
         self.started = asyncio.Event()
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
-        self._reaper_wake = asyncio.Event()
+        self.metrics_port = metrics_port
+        self._m = _Meters(service.name)
+        self.writer.on_suppressed = self._m.suppressed.inc
+        self._m.capacity.set(settings.max_sessions)
 
     # --- lifecycle ------------------------------------------------------------
 
@@ -199,6 +208,7 @@ class OwnershipRuntime:
             asyncio.create_task(self._refresh_loop(), name="refresher"),
             asyncio.create_task(self._reaper_loop(), name="reaper"),
             asyncio.create_task(self._trim_loop(), name="control-trimmer"),
+            asyncio.create_task(self._sample_loop(), name="lag-sampler"),
         ]
         self.started.set()
         log.info(
@@ -209,6 +219,16 @@ class OwnershipRuntime:
             await self._read_loop()
         finally:
             await self._shutdown()
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz should say 503, or None when ready."""
+        if not self.started.is_set():
+            return "connecting to redis"
+        if self.table.draining:
+            return "draining"
+        if not (self.redis_ok and self.writer.redis_ok):
+            return "redis unreachable"
+        return None
 
     def stop(self) -> None:
         if not self._stopping.is_set():
@@ -269,6 +289,7 @@ class OwnershipRuntime:
                 if self.redis_ok:
                     log.warning("redis unavailable (%s): retrying with backoff", type(exc).__name__)
                 self.redis_ok = False
+                self._m.redis_errors_read.inc()
                 await asyncio.sleep(next(delays))
                 continue
             for key, entries in _stream_reply(reply):
@@ -292,6 +313,7 @@ class OwnershipRuntime:
             # Read just before we lost or closed it; the entries stay pending for the owner.
             return
         self.stats.read += len(entries)
+        self._m.read(live.ctx.data_key).inc(len(entries))
         for entry_id, fields in entries:
             self._enqueue(live, entry_id.decode(), fields)
 
@@ -358,8 +380,10 @@ class OwnershipRuntime:
         self.live[conversation_id] = live
         self._key_to_conv[data_key.encode()] = conversation_id
         self.stats.claimed += 1
+        self._m.owned.set(len(self.table.claims))
         if took_over:
             self.stats.took_over += 1
+            self._m.takeovers.inc()
             log.info("took over conversation %s", conversation_id, extra={"conversation_id": conversation_id})
             await self._claim_pending_data(live)
         # Open the session inside its task so a slow upstream never stalls the read loop.
@@ -419,6 +443,7 @@ class OwnershipRuntime:
 
     def _dead(self, stream: str, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
         self.stats.dead += 1
+        self._m.dead(stream).inc()
         dead_letter(
             self.writer, self.keys, stream, self.service.group, self.worker_id, entry_id, raw, reason, deliveries
         )
@@ -440,6 +465,8 @@ class OwnershipRuntime:
                     finished = False
                 live.queue.popleft()
                 self.stats.handled += 1
+                if entry_id is not None:
+                    self._m.handled(ctx.data_key, item, entry_id)
                 if finished:
                     await self._finish(live)
                     return
@@ -447,7 +474,6 @@ class OwnershipRuntime:
             live.task = None
             if live.queue and not live.closed and not self._stopping.is_set():
                 self._kick(live)
-        del ctx
 
     async def _process(self, live: _Live, entry_id: str | None, item: Entry | EntryError, raw: bytes | None) -> bool:
         ctx = live.ctx
@@ -512,6 +538,7 @@ class OwnershipRuntime:
         for key in self.service.keys_to_expire(self.keys, cid):
             self.writer.command("EXPIRE", key, self.settings.conversation_ttl_s)
         self.stats.finished += 1
+        self._m.owned.set(len(self.table.claims))
         log.info("conversation %s finished", cid, extra={"conversation_id": cid})
 
     async def _close_session(self, live: _Live) -> None:
@@ -534,6 +561,7 @@ class OwnershipRuntime:
             await cancel_and_wait(live.task)
             await self._close_session(live)
             log.warning("released conversation %s: %s", cid, why, extra={"conversation_id": cid})
+        self._m.owned.set(len(self.table.claims))
 
     # --- timers -------------------------------------------------------------------
 
@@ -560,6 +588,7 @@ class OwnershipRuntime:
                 if lost:
                     gone = self.table.lose(control_key, lost)
                     self.stats.lost += len(gone)
+                    self._m.lost.inc(len(gone))
                     # Put them back so _drop finds them; it removes them from both maps.
                     await self._drop(gone, "a peer took it over (this worker missed its lease)")
 
@@ -580,6 +609,9 @@ class OwnershipRuntime:
             "draining": int(self.table.draining),
             "handled": self.stats.handled,
             "seen_ms": int(time.time() * 1000),
+            "host": socket.gethostname(),
+            "pid": os.getpid(),
+            "metrics_port": self.metrics_port if self.metrics_port is not None else "",
         }
         return {k: str(v) for k, v in fields.items()}
 
@@ -656,6 +688,39 @@ class OwnershipRuntime:
             await self.redis.xtrim(key, minid=floor)
         await self.redis.xtrim(key, maxlen=self.settings.control_maxlen, approximate=True)
 
+    async def _sample_loop(self) -> None:
+        """Consumer-group lag and pending of the streams this worker reads (sampled)."""
+        while True:
+            await asyncio.sleep(5.0)
+            try:
+                await self._sample_once()
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("lag sampling failed")
+
+    async def _sample_once(self) -> None:
+        group = self.service.group
+        keys = list(self._control_keys) + [live.ctx.data_key for live in list(self.live.values())[:2000]]
+        pipe = self.redis.pipeline(transaction=False)
+        for key in keys:
+            pipe.xinfo_groups(key)
+        replies = await pipe.execute(raise_on_error=False)
+        totals: dict[str, list[int]] = {}
+        for key, groups in zip(keys, replies, strict=True):
+            if isinstance(groups, Exception):
+                continue
+            for g in groups:
+                name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                if name != group:
+                    continue
+                kind = stream_kind(key)
+                t = totals.setdefault(kind, [0, 0])
+                t[0] += int(g.get("lag") or 0)
+                t[1] += int(g.get("pending") or 0)
+        for kind, (lag, pending) in totals.items():
+            self._m.lag(kind).set(lag)
+            self._m.pending(kind).set(pending)
+
     # --- shutdown -----------------------------------------------------------------
 
     async def _shutdown(self) -> None:
@@ -694,12 +759,54 @@ class OwnershipRuntime:
                 )
             await pipe.execute()
             self.stats.handed_back += len(claims)
+            self._m.handbacks.inc(len(claims))
             log.info("handed back %d conversations", len(claims))
         except Exception as exc:
             if not is_transient(exc):
                 raise
             log.error("could not hand back (redis away): peers take over after the lease")
         await self._drop([c.conversation_id for c in claims], "handed back on shutdown")
+
+
+class _Meters:
+    """This service's metric children, with labels resolved once (hot path)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.owned = metrics.SESSIONS_OWNED.labels(service)
+        self.capacity = metrics.SESSION_CAPACITY.labels(service)
+        self.takeovers = metrics.TAKEOVERS.labels(service)
+        self.handbacks = metrics.HANDBACKS.labels(service)
+        self.lost = metrics.LOST_CLAIMS.labels(service)
+        self.suppressed = metrics.DUPLICATES_SUPPRESSED.labels(service)
+        self.redis_errors_read = metrics.REDIS_ERRORS.labels(service, "read")
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._cache.get(key)
+        if child is None:
+            child = self._cache[key] = metric.labels(self.service, *labels)
+        return child
+
+    def read(self, key: str) -> Any:
+        return self._child(metrics.ENTRIES_READ, stream_kind(key))
+
+    def dead(self, key: str) -> Any:
+        return self._child(metrics.ENTRIES_DEAD, stream_kind(key))
+
+    def lag(self, kind: str) -> Any:
+        return self._child(metrics.GROUP_LAG, kind)
+
+    def pending(self, kind: str) -> Any:
+        return self._child(metrics.GROUP_PENDING, kind)
+
+    def handled(self, key: str, item: Entry | EntryError, entry_id: str) -> None:
+        kind = stream_kind(key)
+        type_ = "invalid" if isinstance(item, EntryError) else item.type
+        self._child(metrics.ENTRIES_HANDLED, kind, type_).inc()
+        ms = int(entry_id.split("-", 1)[0])
+        self._child(metrics.QUEUE_TIME, kind).observe(max(0.0, time.time() - ms / 1000))
 
 
 StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]

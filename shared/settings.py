@@ -11,7 +11,7 @@ import socket
 import uuid
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.keys import Keys
@@ -55,6 +55,12 @@ class CommonSettings(BaseSettings):
     #: On SIGTERM, in-flight work gets this long before its conversations are handed back.
     drain_timeout_s: float = Field(10.0, ge=0)
 
+    #: The /metrics /healthz /readyz port: 0 picks a free one (logged, and published
+    #: in the worker's heartbeat), so several workers share a host with no set-up.
+    metrics_port: int = Field(0, ge=0, le=65535)
+    metrics_host: str = "0.0.0.0"
+    metrics_enabled: bool = True
+
     log_level: str = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
@@ -88,3 +94,9 @@ class EngineCredentials(BaseSettings):
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     openai_api_key: SecretStr | None = None
+
+    @field_validator("openai_api_key", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        # compose passes OPENAI_API_KEY="" when the host has none: that is "no key".
+        return None if value in ("", None) else value

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pydantic import BaseModel
 
 from shared import keys as keynames
+from shared import metrics
 from shared.engines.base import TranscriptionEngine, TranscriptionSession
 from shared.keys import Keys
 from shared.models import (
@@ -69,9 +70,13 @@ class _Sink:
 
 
 class TranscriberSession:
-    def __init__(self, ctx: SessionContext, engine_session: TranscriptionSession) -> None:
+    def __init__(self, ctx: SessionContext, engine_session: TranscriptionSession, engine_name: str) -> None:
         self.ctx = ctx
         self.engine_session = engine_session
+        self._engine_time = {
+            kind: metrics.ENGINE_TIME.labels(engine_name, kind)
+            for kind in ("utterance.text", "audio.chunk", "audio.end")
+        }
 
     async def handle(self, entry_id: str | None, entry: Entry) -> bool:
         if isinstance(entry, ConversationEnded):
@@ -86,7 +91,9 @@ class TranscriberSession:
                                      self.ctx.settings.transcripts_maxlen)
             return True
         assert isinstance(entry, UtteranceText | AudioChunk | AudioEnd) and entry_id is not None
+        started_s = time.perf_counter()
         await self.engine_session.feed(entry_id, entry)
+        self._engine_time[entry.type].observe(time.perf_counter() - started_s)
         return False
 
     async def close(self) -> None:
@@ -113,7 +120,7 @@ class TranscriberService:
 
     async def open_session(self, ctx: SessionContext) -> TranscriberSession:
         engine_session = await self.engine.open_session(ctx.conversation_id, _Sink(ctx))
-        return TranscriberSession(ctx, engine_session)
+        return TranscriberSession(ctx, engine_session, self.engine.name)
 
     def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
         return None

@@ -1,0 +1,84 @@
+"""Prometheus metrics of a worker process.
+
+Label sets are bounded: service, stream *kind* (control/input/transcripts),
+entry type, engine, error code. Never a conversation or utterance id.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+# Latency buckets from 0.25 ms (a Redis hop) to 60 s (a slow LLM answer).
+_LATENCY_BUCKETS_S = (
+    0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+
+ENTRIES_READ = Counter(
+    "vab_entries_read_total", "Stream entries read", ["service", "stream"], registry=REGISTRY
+)
+ENTRIES_HANDLED = Counter(
+    "vab_entries_handled_total", "Stream entries handled (effect written or queued with its ack)",
+    ["service", "stream", "type"], registry=REGISTRY,
+)
+ENTRIES_DEAD = Counter(
+    "vab_entries_dead_lettered_total", "Entries sent to the dead-letter stream", ["service", "stream"],
+    registry=REGISTRY,
+)
+DUPLICATES_SUPPRESSED = Counter(
+    "vab_effects_suppressed_total", "Gated writes dropped because the source entry was already acked",
+    ["service"], registry=REGISTRY,
+)
+SESSIONS_OWNED = Gauge("vab_sessions_owned", "Conversations this worker owns", ["service"], registry=REGISTRY)
+SESSION_CAPACITY = Gauge("vab_session_capacity", "Session slots of this worker", ["service"], registry=REGISTRY)
+TAKEOVERS = Counter("vab_takeovers_total", "Conversations taken over from a dead or leaving peer", ["service"],
+                    registry=REGISTRY)
+HANDBACKS = Counter("vab_handbacks_total", "Conversations handed back on shutdown", ["service"], registry=REGISTRY)
+LOST_CLAIMS = Counter("vab_claims_lost_total", "Conversations a peer took while this worker missed its lease",
+                      ["service"], registry=REGISTRY)
+REDIS_ERRORS = Counter("vab_redis_errors_total", "Transient Redis errors (reads, writes)", ["service", "op"],
+                       registry=REGISTRY)
+UPSTREAM_RECONNECTS = Counter("vab_upstream_reconnects_total", "Upstream (engine) reconnects", ["engine"],
+                              registry=REGISTRY)
+UPSTREAM_ERRORS = Counter("vab_upstream_errors_total", "Upstream (engine) errors", ["engine", "code"],
+                          registry=REGISTRY)
+GROUP_LAG = Gauge("vab_group_lag_entries", "Entries not yet delivered to the group (sampled)",
+                  ["service", "stream"], registry=REGISTRY)
+GROUP_PENDING = Gauge("vab_group_pending_entries", "Entries delivered and not yet acked (sampled)",
+                      ["service", "stream"], registry=REGISTRY)
+QUEUE_TIME = Histogram(
+    "vab_queue_time_seconds", "Stream entry id time to handled, per hop", ["service", "stream"],
+    buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+UTTERANCE_TRANSCRIPT = Histogram(
+    "vab_utterance_end_to_transcript_seconds", "End of speech to transcript final",
+    buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+UTTERANCE_FIRST_DELTA = Histogram(
+    "vab_utterance_end_to_first_delta_seconds", "End of speech to first response delta",
+    buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+UTTERANCE_DONE = Histogram(
+    "vab_utterance_end_to_done_seconds", "End of speech to response done",
+    buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+ENGINE_TIME = Histogram(
+    "vab_engine_seconds", "Engine time per input entry (ASR) or per answer (LLM)", ["engine", "kind"],
+    buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+LLM_FIRST_TOKEN = Histogram(
+    "vab_llm_first_token_seconds", "Request to first streamed delta", ["engine"],
+    buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
+)
+LLM_TOKENS_PER_S = Histogram(
+    "vab_llm_deltas_per_second", "Streamed deltas per second of an answer (tokens for token-streaming engines)",
+    ["engine"], buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 5000, 20000), registry=REGISTRY,
+)
+
+
+def stream_kind(key: str) -> str:
+    """``vab:conv:{0}:abc:input`` -> ``input``; a control stream -> ``control``."""
+    if ":conversations:" in key:
+        return "control"
+    return key.rsplit(":", 1)[-1]
