@@ -9,6 +9,7 @@ acked without a second answer.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -42,6 +43,10 @@ from shared.settings import ConversationSettings
 log = logging.getLogger(__name__)
 
 
+#: The monitor's rolling window of answers (about a minute at 150 answers/s).
+STATS_MAXLEN = 10_000
+
+
 def _now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -60,6 +65,7 @@ class ConversationWorkerSession:
         self.engine_session = engine_session
         self.history = history
         self.responses_key = ctx.keys.responses(ctx.conversation_id)
+        self.stats_key = ctx.keys.stats(ctx.keys.partition_of_key(self.responses_key))
         self.engine_name = engine_name
         self._m_engine = metrics.ENGINE_TIME.labels(engine_name, "answer")
         self._m_first = metrics.LLM_FIRST_TOKEN.labels(engine_name)
@@ -133,6 +139,10 @@ class ConversationWorkerSession:
         writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(done), maxlen)
         self.history.add(Turn(uid, final.text, text))
         self._observe(done.timings, asked_s, first_delta_s, len(parts))
+        writer.add_fields(self.stats_key, {"d": json.dumps({
+            "c": cid, "w": ctx.worker_id, "sent": final.sent_ms, "tf": final.final_ms,
+            "fd": first_delta_ms, "done": done.timings.done_ms,
+        })}, STATS_MAXLEN)
 
     def _observe(self, t: Timings, asked_s: float, first_delta_s: float, deltas: int) -> None:
         metrics.UTTERANCE_TRANSCRIPT.observe(max(0, t.transcript_final_ms - t.sent_ms) / 1000)

@@ -23,7 +23,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -113,6 +113,20 @@ class Scripts:
         except NoScriptError:
             await self.load(redis)
             return await redis.evalsha(self.sha[name], len(keys), *keys, *args)
+
+
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+async def xrange_entries(
+    redis: aioredis.Redis, key: str, min: str = "-", max: str = "+", count: int | None = None, reverse: bool = False
+) -> StreamEntries:
+    """XRANGE / XREVRANGE with the reply typed (redis-py declares it Optional)."""
+    if reverse:
+        rows = await redis.xrevrange(key, max=max, min=min, count=count)
+    else:
+        rows = await redis.xrange(key, min=min, max=max, count=count)
+    return cast(StreamEntries, rows or [])
 
 
 async def ensure_group(redis: aioredis.Redis, key: str, group: str) -> bool:

@@ -65,6 +65,13 @@ class Keys:
     def deads(self) -> list[str]:
         return [self.dead(p) for p in range(self.partitions)]
 
+    def stats(self, partition: int = 0) -> str:
+        """A short rolling log of answered utterances' timings, for the monitor."""
+        return f"{self.prefix}:stats:{{{partition}}}"
+
+    def stats_keys(self) -> list[str]:
+        return [self.stats(p) for p in range(self.partitions)]
+
     def worker(self, service: str, worker_id: str) -> str:
         """A worker's heartbeat hash (expires when the worker stops refreshing it)."""
         return f"{self.prefix}:worker:{service}:{worker_id}"

@@ -2,6 +2,10 @@
 operator's tools).
 
     python -m simulator_svc [--mode text] [--conversations N] [--utterances K|FILE] ...
+    python -m simulator_svc monitor [--once] [--svg FILE]
+    python -m simulator_svc dialogue CONVERSATION_ID
+    python -m simulator_svc dead list | dead replay DEAD_ID [--raw JSON]
+    python -m simulator_svc owners
 """
 
 from __future__ import annotations
@@ -12,10 +16,12 @@ import json
 import os
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from shared.bus import connect
 from shared.keys import Keys
 from shared.process import install_fast_loop
+from simulator_svc import admin, monitor
 from simulator_svc.simulator import (
     DEFAULT_UTTERANCES,
     DialoguePrinter,
@@ -60,9 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=120.0, metavar="S", help="give up after S seconds")
     parser.add_argument("--max-in-flight", type=int, default=0, help="bound on unanswered utterances (0: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object (and no dialogue)")
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
-    parser.add_argument("--key-prefix", default=os.environ.get("KEY_PREFIX", "vab"))
-    parser.add_argument("--partitions", type=int, default=int(os.environ.get("PARTITIONS", "1")))
+    _connection_args(parser)
+    parser.epilog = "operator tools: " + ", ".join(TOOLS) + " (python -m simulator_svc TOOL --help)"
     return parser
 
 
@@ -95,10 +100,73 @@ async def _simulate(args: argparse.Namespace) -> int:
     return 0 if ok else 1
 
 
+TOOLS = ("monitor", "dialogue", "dead", "owners")
+
+
+def _connection_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
+    parser.add_argument("--key-prefix", default=os.environ.get("KEY_PREFIX", "vab"))
+    parser.add_argument("--partitions", type=int, default=int(os.environ.get("PARTITIONS", "1")))
+
+
+def build_tools_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m simulator_svc", description="Operator tools (read Redis).")
+    sub = parser.add_subparsers(dest="tool", required=True)
+    mon = sub.add_parser("monitor", help="live view: workers, ownership, lag, dead letters, latency")
+    monitor.add_arguments(mon)
+    _connection_args(mon)
+    dia = sub.add_parser("dialogue", help="print one conversation's whole dialogue with timings")
+    dia.add_argument("conversation_id")
+    _connection_args(dia)
+    dead = sub.add_parser("dead", help="list or replay dead letters")
+    dead_sub = dead.add_subparsers(dest="dead_command", required=True)
+    dl = dead_sub.add_parser("list", help="newest first, with reasons")
+    dl.add_argument("--limit", type=int, default=50)
+    _connection_args(dl)
+    dr = dead_sub.add_parser("replay", help="put a dead letter back on its stream (once)")
+    dr.add_argument("dead_id", help="the dead letter's entry id, as `dead list` shows it")
+    dr.add_argument("--raw", help="the fixed entry JSON to replay instead of the original")
+    _connection_args(dr)
+    own = sub.add_parser("owners", help="which worker owns each conversation's sessions")
+    _connection_args(own)
+    return parser
+
+
+async def _tool(args: argparse.Namespace) -> int:
+    keys = Keys(args.key_prefix, args.partitions)
+    redis = connect(args.redis_url)
+    try:
+        if args.tool == "monitor":
+            source = urlsplit(args.redis_url)
+            await monitor.run_monitor(redis, keys, f"{source.hostname}:{source.port or 6379}", args.interval,
+                                      args.once, args.svg)
+            return 0
+        if args.tool == "dialogue":
+            return await admin.print_dialogue(redis, keys, args.conversation_id)
+        if args.tool == "owners":
+            return await admin.print_owners(redis, keys)
+        if args.dead_command == "list":
+            return await admin.list_dead(redis, keys, args.limit)
+        try:
+            await admin.replay_dead(redis, keys, args.dead_id, args.raw)
+        except admin.AdminError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    finally:
+        await redis.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
     install_fast_loop()
+    if argv[:1] and argv[0] in TOOLS:
+        tool_args = build_tools_parser().parse_args(argv)
+        try:
+            return asyncio.run(_tool(tool_args))
+        except KeyboardInterrupt:
+            return 0
+    args = build_parser().parse_args(argv)
     return asyncio.run(_simulate(args))
 
 
