@@ -51,7 +51,8 @@ class ServiceProcess:
             return None
 
     def log_text(self) -> str:
-        self.log_file.flush()
+        if not self.log_file.closed:
+            self.log_file.flush()
         return self.log_path.read_text(errors="replace")
 
 

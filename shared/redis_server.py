@@ -51,10 +51,14 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ping(host: str, port: int, timeout_s: float = 0.5) -> bool:
+def ping(host: str, port: int, timeout_s: float = 0.5, password: str | None = None) -> bool:
     """A raw PING, no client library: used before any client exists."""
     try:
         with socket.create_connection((host, port), timeout=timeout_s) as s:
+            if password:
+                s.sendall(f"AUTH {password}\r\n".encode())
+                if not s.recv(64).startswith(b"+OK"):
+                    return False
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
     except OSError:
@@ -70,11 +74,13 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vab-redis-")))
     appendonly: bool = True
+    password: str | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         args = [
@@ -83,6 +89,8 @@ class RedisServer:
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--protected-mode", "no", "--logfile", str(self.data_dir / "server.log"),
         ]
+        if self.password:
+            args += ["--requirepass", self.password]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout_s
@@ -90,7 +98,7 @@ class RedisServer:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise NoRedisServer(f"{self.binary} exited at start: {err.strip()[:500]}")
-            if ping("127.0.0.1", self.port):
+            if ping("127.0.0.1", self.port, password=self.password):
                 return self
             time.sleep(0.05)
         self.stop()
@@ -121,6 +129,6 @@ class RedisServer:
             shutil.rmtree(self.data_dir)
 
 
-def start_embedded(appendonly: bool = True) -> RedisServer:
+def start_embedded(appendonly: bool = True, password: str | None = None) -> RedisServer:
     binary, origin = find_server_binary()
-    return RedisServer(binary, origin, appendonly=appendonly).start()
+    return RedisServer(binary, origin, appendonly=appendonly, password=password).start()
