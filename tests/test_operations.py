@@ -4,6 +4,7 @@ without a Docker engine."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
@@ -155,9 +156,24 @@ def test_logs_are_json_with_ids_and_never_show_secrets(prefix: str, tmp_path: Pa
         server.cleanup()
 
 
-async def test_monitor_renders_a_live_run(stack: Stack, redis_url: str, prefix: str) -> None:
+def _render_once(redis_url: str, keys: Keys) -> tuple[str, int, int]:
+    """One monitor frame as text, with the live conversation and answer counts."""
     import redis.asyncio as aioredis
 
+    async def frame() -> tuple[str, int, int]:
+        client = aioredis.Redis.from_url(redis_url)
+        try:
+            snap = await snapshot(client, keys)
+        finally:
+            await client.aclose()
+        console = Console(record=True, width=140)
+        console.print(render(snap, keys, "test"))
+        return console.export_text(), len(snap.conversations()), snap.answered_last_min
+
+    return asyncio.run(frame())
+
+
+def test_monitor_renders_a_live_run(stack: Stack, redis_url: str, prefix: str) -> None:
     stack.start("transcriber_svc")
     stack.start("conversation_svc")
     wait_for_workers(redis_url, prefix, 2)
@@ -166,19 +182,14 @@ async def test_monitor_renders_a_live_run(stack: Stack, redis_url: str, prefix: 
         env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
-        client = aioredis.Redis.from_url(redis_url)
         keys = Keys(prefix)
         text = ""
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline:
-            snap = await snapshot(client, keys)
-            console = Console(record=True, width=140)
-            console.print(render(snap, keys, "test"))
-            text = console.export_text()
-            if len(snap.conversations()) == 4 and snap.answered_last_min > 0:
+            text, live, answered = _render_once(redis_url, keys)
+            if live == 4 and answered > 0:
                 break
             time.sleep(0.3)
-        await client.aclose()
         assert "consumer groups" in text and "lag" in text and "pending" in text
         assert text.count("sim-") >= 4
         assert re.search(r"transcriber\s+│\s+input\s+│\s+4", text), text
