@@ -139,10 +139,10 @@ class ConversationWorkerSession:
         writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(done), maxlen)
         self.history.add(Turn(uid, final.text, text))
         self._observe(done.timings, asked_s, first_delta_s, len(parts))
-        writer.add_fields(self.stats_key, {"d": json.dumps({
+        writer.add(self.stats_key, json.dumps({
             "c": cid, "w": ctx.worker_id, "sent": final.sent_ms, "tf": final.final_ms,
             "fd": first_delta_ms, "done": done.timings.done_ms,
-        })}, STATS_MAXLEN)
+        }), STATS_MAXLEN)
 
     def _observe(self, t: Timings, asked_s: float, first_delta_s: float, deltas: int) -> None:
         metrics.UTTERANCE_TRANSCRIPT.observe(max(0, t.transcript_final_ms - t.sent_ms) / 1000)

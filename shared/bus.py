@@ -62,19 +62,65 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
     )
 
 
-# KEYS[1]=source stream, KEYS[2]=destination stream
-# ARGV: group, gate id, maxlen, field, payload, extra ids to ack...
-GATE_SCRIPT = """
-if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
-  if ARGV[5] ~= '' then
-    redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', ARGV[4], ARGV[5])
-  end
-  for i = 6, #ARGV do
-    redis.call('XACK', KEYS[1], ARGV[1], ARGV[i])
-  end
-  return 1
+# One flush = one script call per partition: the batch is a small program in
+# ARGV (op code, then operands; keys by their index in KEYS, so Redis Cluster
+# sees every key the script touches). Each op runs under pcall so one bad op
+# cannot abort the rest; the reply holds one result per op.
+#   X key maxlen field value                  XADD
+#   G src dst group gate maxlen field value n id1..idn
+#                                              XACK gate; only if it took: XADD, XACK the n extra ids
+#   K src group n id1..idn                     XACK
+#   E key seconds                              EXPIRE
+BATCH_SCRIPT = """
+local out = {}
+local i = 1
+local n = #ARGV
+local function add(key, maxlen, field, value)
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', field, value)
 end
-return 0
+while i <= n do
+  local op = ARGV[i]
+  local ok, res
+  if op == 'X' then
+    ok, res = pcall(add, KEYS[tonumber(ARGV[i+1])], ARGV[i+2], ARGV[i+3], ARGV[i+4])
+    i = i + 5
+  elseif op == 'G' then
+    local src = KEYS[tonumber(ARGV[i+1])]
+    local dst = KEYS[tonumber(ARGV[i+2])]
+    local group = ARGV[i+3]
+    local extra = tonumber(ARGV[i+8])
+    local base = i + 8
+    ok, res = pcall(function()
+      if redis.call('XACK', src, group, ARGV[i+4]) == 1 then
+        if ARGV[i+7] ~= '' then add(dst, ARGV[i+5], ARGV[i+6], ARGV[i+7]) end
+        for j = 1, extra do redis.call('XACK', src, group, ARGV[base+j]) end
+        return 1
+      end
+      return 0
+    end)
+    i = base + extra + 1
+  elseif op == 'K' then
+    local src = KEYS[tonumber(ARGV[i+1])]
+    local group = ARGV[i+2]
+    local count = tonumber(ARGV[i+3])
+    local ids = {}
+    for j = 1, count do ids[j] = ARGV[i+3+j] end
+    ok, res = pcall(redis.call, 'XACK', src, group, unpack(ids))
+    i = i + 4 + count
+  elseif op == 'E' then
+    ok, res = pcall(redis.call, 'EXPIRE', KEYS[tonumber(ARGV[i+1])], ARGV[i+2])
+    i = i + 3
+  else
+    return redis.error_reply('bad op ' .. tostring(op) .. ' at ' .. i)
+  end
+  if ok then
+    if res == nil then res = 1 end
+    out[#out+1] = res
+  else
+    out[#out+1] = 'ERR ' .. tostring(res)
+  end
+end
+return out
 """
 
 # KEYS[1]=control stream; ARGV: group, consumer, entry ids...
@@ -98,12 +144,12 @@ class Scripts:
     """Lua scripts addressed by SHA, reloaded after a Redis restart (NOSCRIPT)."""
 
     def __init__(self) -> None:
-        self._bodies = {"gate": GATE_SCRIPT, "refresh": REFRESH_SCRIPT}
+        self._bodies = {"batch": BATCH_SCRIPT, "refresh": REFRESH_SCRIPT}
         self.sha: dict[str, str] = {}
 
     async def load(self, redis: aioredis.Redis) -> None:
         for name, body in self._bodies.items():
-            self.sha[name] = (await redis.script_load(body))
+            self.sha[name] = await redis.script_load(body)
 
     async def call(self, redis: aioredis.Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         if name not in self.sha:
@@ -140,11 +186,22 @@ async def ensure_group(redis: aioredis.Redis, key: str, group: str) -> bool:
         raise
 
 
+def hash_tag(key: str) -> str:
+    """The ``{...}`` part of a key: keys with the same tag share a cluster slot."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
 @dataclass(slots=True)
 class _Op:
+    code: str
+    keys: tuple[str, ...]
+    #: Operands after the key indexes, in the script's order.
     args: tuple[Any, ...]
-    #: Name of a script to run by SHA, or "" for a plain command.
-    script: str = ""
     on_result: Callable[[Any], None] | None = None
 
 
@@ -154,6 +211,7 @@ class WriterStats:
     ops: int = 0
     suppressed: int = 0
     retries: int = 0
+    op_errors: int = 0
 
 
 @dataclass
@@ -165,7 +223,7 @@ class _Barrier:
 class BatchWriter:
     """Queue of writes, flushed in order by one background task (see module doc)."""
 
-    def __init__(self, redis: aioredis.Redis, scripts: Scripts, max_batch: int = 2000) -> None:
+    def __init__(self, redis: aioredis.Redis, scripts: Scripts, max_batch: int = 1000) -> None:
         self._redis = redis
         self._scripts = scripts
         self._max_batch = max_batch
@@ -198,30 +256,20 @@ class BatchWriter:
         extra_ack_ids: Sequence[str] = (),
         on_result: Callable[[Any], None] | None = None,
     ) -> None:
-        """Ack ``gate_id`` on ``src``; if that ack took, XADD ``payload`` to ``dst``."""
-        self._push(
-            _Op(
-                (2, src, dst, group, gate_id, maxlen, ENTRY_FIELD, payload, *extra_ack_ids),
-                script="gate",
-                on_result=on_result,
-            )
-        )
+        """Ack ``gate_id`` on ``src``; if that ack took, XADD ``payload`` to ``dst``
+        and ack ``extra_ack_ids`` too. ``on_result`` gets 1 (written) or 0 (already acked)."""
+        self._push(_Op("G", (src, dst), (group, gate_id, maxlen, ENTRY_FIELD, payload,
+                                         len(extra_ack_ids), *extra_ack_ids), on_result))
 
-    def add(self, dst: str, payload: bytes, maxlen: int) -> None:
-        self._push(_Op(("XADD", dst, "MAXLEN", "~", maxlen, "*", ENTRY_FIELD, payload)))
-
-    def add_fields(self, dst: str, fields: dict[str, Any], maxlen: int) -> None:
-        flat: list[Any] = []
-        for k, v in fields.items():
-            flat += [k, v]
-        self._push(_Op(("XADD", dst, "MAXLEN", "~", maxlen, "*", *flat)))
+    def add(self, dst: str, payload: bytes | str, maxlen: int, field: bytes = ENTRY_FIELD) -> None:
+        self._push(_Op("X", (dst,), (maxlen, field, payload)))
 
     def ack(self, src: str, group: str, ids: Sequence[str]) -> None:
         if ids:
-            self._push(_Op(("XACK", src, group, *ids)))
+            self._push(_Op("K", (src,), (group, len(ids), *ids)))
 
-    def command(self, *args: Any) -> None:
-        self._push(_Op(args))
+    def expire(self, key: str, seconds: int) -> None:
+        self._push(_Op("E", (key,), (seconds,)))
 
     # --- waiting ----------------------------------------------------------
 
@@ -269,17 +317,20 @@ class BatchWriter:
 
     async def _send_until_done(self, batch: list[_Op]) -> None:
         delays = backoff()
-        pending = batch
-        while pending:
+        while True:
             try:
-                pending = await self._send(pending)
+                await self._send(batch)
                 if not self.redis_ok:
                     log.info("redis is back: writes flowing again")
                 self.redis_ok = True
+                return
+            except NoScriptError:
+                # Redis restarted and forgot the script: nothing of the batch ran.
+                await self._scripts.load(self._redis)
             except Exception as exc:
                 if not is_transient(exc):
-                    # A programming error in a batch must not wedge the writer forever:
-                    # drop it loudly (the entries stay pending and are retried on takeover).
+                    # A programming error must not wedge the writer forever: drop the
+                    # batch loudly (its source entries stay pending and are retried on takeover).
                     log.exception("dropping a write batch after a non-transient error")
                     return
                 self.redis_ok = False
@@ -288,38 +339,51 @@ class BatchWriter:
                 log.warning("redis write failed (%s); retrying in %.2fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
 
-    async def _send(self, batch: list[_Op]) -> list[_Op]:
-        """Send a batch; return the ops to send again (scripts missing after a restart)."""
-        if not self._scripts.sha:
+    async def _send(self, batch: list[_Op]) -> None:
+        """One EVALSHA per partition (hash tag), all in one pipeline round trip."""
+        if "batch" not in self._scripts.sha:
             await self._scripts.load(self._redis)
-        pipe = self._redis.pipeline(transaction=False)
+        programs: dict[str, tuple[list[str], dict[str, int], list[Any], list[_Op]]] = {}
         for op in batch:
-            if op.script:
-                pipe.execute_command("EVALSHA", self._scripts.sha[op.script], *op.args)
-            else:
-                pipe.execute_command(*op.args)
-        results = await pipe.execute(raise_on_error=False)
+            prog = programs.get(hash_tag(op.keys[0]))
+            if prog is None:
+                prog = programs[hash_tag(op.keys[0])] = ([], {}, [], [])
+            keys, index, argv, ops = prog
+            argv.append(op.code)
+            for key in op.keys:
+                idx = index.get(key)
+                if idx is None:
+                    keys.append(key)
+                    idx = index[key] = len(keys)
+                argv.append(idx)
+            argv.extend(op.args)
+            ops.append(op)
+        sha = self._scripts.sha["batch"]
+        if len(programs) == 1:
+            keys, _, argv, ops = next(iter(programs.values()))
+            replies = [await self._redis.evalsha(sha, len(keys), *keys, *argv)]
+            groups = [ops]
+        else:
+            pipe = self._redis.pipeline(transaction=False)
+            groups = []
+            for keys, _, argv, ops in programs.values():
+                pipe.evalsha(sha, len(keys), *keys, *argv)
+                groups.append(ops)
+            replies = await pipe.execute()
         self.stats.flushes += 1
         self.stats.ops += len(batch)
-        again: list[_Op] = []
-        for op, result in zip(batch, results, strict=True):
-            if isinstance(result, NoScriptError):
-                again.append(op)
-                continue
-            if isinstance(result, Exception):
-                if is_transient(result):
-                    raise result
-                log.error("write %s failed: %s", op.args[0], result)
-                continue
-            if op.script == "gate" and result == 0:
-                self.stats.suppressed += 1
-                if self.on_suppressed:
-                    self.on_suppressed()
-            if op.on_result is not None:
-                op.on_result(result)
-        if again:
-            await self._scripts.load(self._redis)
-        return again
+        for ops, results in zip(groups, replies, strict=True):
+            for op, result in zip(ops, results, strict=True):
+                if isinstance(result, bytes) and result.startswith(b"ERR "):
+                    self.stats.op_errors += 1
+                    log.error("write %s to %s failed: %s", op.code, op.keys[0], result[4:].decode(errors="replace"))
+                    continue
+                if op.code == "G" and result == 0:
+                    self.stats.suppressed += 1
+                    if self.on_suppressed:
+                        self.on_suppressed()
+                if op.on_result is not None:
+                    op.on_result(result)
 
 
 async def retry_forever(

@@ -536,7 +536,7 @@ class OwnershipRuntime:
         if claim is not None:
             self.writer.ack(claim.control_key, self.service.group, [claim.control_entry_id])
         for key in self.service.keys_to_expire(self.keys, cid):
-            self.writer.command("EXPIRE", key, self.settings.conversation_ttl_s)
+            self.writer.expire(key, self.settings.conversation_ttl_s)
         self.stats.finished += 1
         self._m.owned.set(len(self.table.claims))
         log.info("conversation %s finished", cid, extra={"conversation_id": cid})
