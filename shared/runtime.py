@@ -45,6 +45,7 @@ from shared import keys as keynames
 from shared import metrics
 from shared.backoff import backoff
 from shared.bus import BatchWriter, Scripts, cancel_and_wait, ensure_group, is_transient, retry_forever
+from shared.engines.base import EngineError
 from shared.keys import Keys
 from shared.metrics import stream_kind
 from shared.models import (
@@ -249,8 +250,9 @@ class OwnershipRuntime:
         if self.table.accepting:
             for key in self._control_keys:
                 streams[key] = ">"
-            # A read must not hand this worker more conversations than it has slots.
-            count = min(count, self.table.free_slots)
+            # A read must not hand this worker more conversations than it has slots,
+            # nor a whole burst: COUNT is per stream, so this caps the claims of one read.
+            count = min(count, self.table.free_slots, self.settings.claim_batch)
         for live in self.live.values():
             if not live.closed:
                 streams[live.ctx.data_key] = ">"
@@ -499,6 +501,8 @@ class OwnershipRuntime:
         """Count a processing failure; True to retry the entry, False once it is dead-lettered."""
         key = entry_id or "synthetic"
         n = live.failures.get(key, 0) + 1
+        if isinstance(exc, EngineError) and not exc.retryable:
+            n = max(n, self.settings.max_deliveries)  # e.g. a bad API key: retrying cannot help
         live.failures[key] = n
         cid = live.ctx.conversation_id
         if n < self.settings.max_deliveries:

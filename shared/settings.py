@@ -39,6 +39,9 @@ class CommonSettings(BaseSettings):
     read_block_ms: int = Field(1000, ge=1)
     #: Most entries fetched by one read.
     read_count: int = Field(1000, ge=1)
+    #: Most conversations claimed by one read: a burst of new conversations is
+    #: spread over the workers instead of landing on whichever reads first.
+    claim_batch: int = Field(8, ge=1)
     #: Deliveries of one entry before it goes to the dead-letter stream.
     max_deliveries: int = Field(3, ge=1)
     #: Approximate stream caps (XADD MAXLEN ~).

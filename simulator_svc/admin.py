@@ -172,6 +172,12 @@ async def replay_dead(
         raise AdminError(f"no dead letter {dead_id} (already replayed, or trimmed)")
     dead_key, letter = found
     payload = raw if raw is not None else letter.raw
+    if not payload:
+        # Dead-lettered by an engine after it parsed fine: the entry is still on its stream.
+        original = await xrange_entries(redis, letter.stream, letter.entry_id, letter.entry_id)
+        if not original:
+            raise AdminError(f"the original entry {letter.entry_id} is gone from {letter.stream}; pass --raw")
+        payload = original[0][1].get(b"d", b"").decode("utf-8", errors="replace")
     try:
         decode(payload)
     except EntryError as exc:

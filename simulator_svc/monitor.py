@@ -33,10 +33,10 @@ def render(snap: Snapshot, keys: Keys, source: str) -> Group:
     convs = snap.conversations()
     lat = snap.latency_ms
     head = Text.assemble(
-        ("voice-assistant backend", "bold"), f"  prefix={keys.prefix}  redis={source}  ",
+        ("voice-assistant backend", "bold"), f"   prefix={keys.prefix}  redis={source}  ",
         time.strftime("%H:%M:%S", time.localtime(snap.taken_at)), "\n",
         f"live conversations: {len(convs)}   workers: {len(snap.workers)}   ",
-        ("dead letters: ", ""), (str(snap.dead_letters), "bold red" if snap.dead_letters else "green"),
+        "dead letters: ", (str(snap.dead_letters), "bold red" if snap.dead_letters else "green"),
         f"   answered (last 60 s): {snap.answered_last_min} ({snap.answered_last_min / 60:.1f}/s)",
     )
     latency = Table(title="latency over the last minute (ms, end of speech ->)", expand=False)

@@ -62,6 +62,10 @@ class _Sink:
             encode(entry), self.maxlen, extra_ack_ids=consumed_ids[:-1],
         )
 
+    def dead(self, consumed_ids: Sequence[str], reason: str) -> None:
+        for entry_id in consumed_ids:
+            self.ctx.dead_letter(entry_id, None, reason)
+
     def skip(self, consumed_ids: Sequence[str], reason: str) -> None:
         if consumed_ids:
             log.debug("skipping %d input entries: %s", len(consumed_ids), reason,

@@ -53,7 +53,12 @@ class TranscriptSink(Protocol):
         ...
 
     def skip(self, consumed_ids: Sequence[str], reason: str) -> None:
-        """Input entries that produced no transcript (silence, a failed turn)."""
+        """Input entries that produced no transcript (silence, too short)."""
+        ...
+
+    def dead(self, consumed_ids: Sequence[str], reason: str) -> None:
+        """Input entries that could not be transcribed (an upstream failure): they
+        go to the dead-letter stream with the reason, so an operator can replay them."""
         ...
 
 

@@ -1,0 +1,628 @@
+"""Realtime session state machines and the retry policy. Pure module: no
+asyncio, no websockets, no clock (callers pass ``now_ms``).
+
+Events go in (entries the engine is fed, server events it reads), actions
+come out (:class:`Send` a client event, or a result for the sink / caller).
+The I/O edge (the engines) performs the actions in the order given.
+
+:class:`TranscriptionState`
+    One transcription session. Input entries become utterances; committed
+    audio becomes items; transcripts come back per item, possibly out of
+    order, and are released strictly in commit order. An utterance keeps its
+    audio until its final so it can be re-sent on a new connection.
+
+:class:`ConversationState`
+    One conversation session: one response at a time (turns queue), text
+    accumulated per response, ``response.done`` mapped to done / failed, and
+    the history replayed into a fresh session.
+
+:func:`classify_close` / :func:`classify_handshake`
+    What to do after a close or a failed handshake (the websockets
+    ``process_exception`` pattern): reconnect with backoff, open a new session
+    at once, or give up with a clear error.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from shared.history import Turn
+from shared.realtime.events import (
+    MIN_COMMIT_BYTES,
+    MIN_COMMIT_MS,
+    ClientEvent,
+    ConversationItemCreate,
+    ErrorEvent,
+    InputAudioBufferAppend,
+    InputAudioBufferClear,
+    InputAudioBufferCommit,
+    InputAudioBufferCommitted,
+    RealtimeSessionConfig,
+    ResponseCreate,
+    ResponseCreated,
+    ResponseDone,
+    ResponseObject,
+    ResponseOutputTextDelta,
+    ResponseParams,
+    ServerEvent,
+    SessionUpdate,
+    TranscriptionCompleted,
+    TranscriptionDelta,
+    TranscriptionFailed,
+    assistant_text_item,
+    user_text_item,
+)
+
+TurnDetection = Literal["client", "server_vad"]
+
+# --- actions --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Send:
+    """Send this client event on the current connection."""
+
+    event: ClientEvent
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """A partial transcript of an utterance (for clients; order is not guaranteed)."""
+
+    utterance_id: str
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Final:
+    """A finished utterance, released in commit order with every input entry it consumed."""
+
+    utterance_id: str
+    text: str
+    sent_ms: int
+    entry_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Skip:
+    """Input entries that produce no transcript. ``failed``: the API failed to
+    transcribe them (worth a warning), rather than there being nothing to send."""
+
+    entry_ids: tuple[str, ...]
+    reason: str
+    utterance_id: str | None = None
+    failed: bool = False
+
+
+TranscriptionAction = Send | Delta | Final | Skip
+
+
+# --- transcription -------------------------------------------------------------------------
+
+
+@dataclass
+class _Utterance:
+    entry_ids: list[str] = field(default_factory=list)
+    utterance_id: str | None = None
+    chunks: list[str] = field(default_factory=list)  # base64, as received: re-sent verbatim on reconnect
+    audio_bytes: int = 0
+    sent_ms: int | None = None
+    #: A text utterance (``utterance.text``) carries its transcript already.
+    text: str | None = None
+    item_id: str | None = None
+    commit_event_id: str | None = None
+    result: tuple[Literal["final", "failed"], str] | None = None
+
+    def name(self) -> str:
+        if self.utterance_id:
+            return self.utterance_id
+        if self.item_id:
+            return self.item_id
+        # Entry ids ("1712345678901-0") fit the Ident pattern of the entry models.
+        return f"u{self.entry_ids[0]}" if self.entry_ids else "u-unknown"
+
+
+class TranscriptionState:
+    """Bookkeeping of one transcription session.
+
+    Call order: ``text`` / ``chunk`` / ``end`` for input entries in stream
+    order; ``on_event`` for every server event; ``on_reconnect`` right after a
+    new connection's ``session.update`` (before any other send); ``flush``
+    when the conversation ends; ``abandon`` when giving up.
+
+    Utterance boundaries: in ``client`` mode an ``audio.end`` closes the
+    utterance and the client commits it (never an empty or < 100 ms buffer:
+    such an utterance is skipped and its audio cleared). In ``server_vad``
+    mode the server commits, and ``input_audio_buffer.committed`` closes the
+    utterance with every input entry fed since the previous commit; an
+    ``audio.end`` only gives it its ``sent_ms``.
+
+    Ordering: results are released in commit order. Client mode: our own
+    commit order (committed events are matched to commits first in, first
+    out). Server VAD: an item is placed after its ``previous_item_id``. Text
+    utterances take their place in the same queue, so a typed utterance never
+    overtakes an earlier spoken one.
+    """
+
+    def __init__(self, turn_detection: TurnDetection = "client", min_commit_bytes: int = MIN_COMMIT_BYTES) -> None:
+        self.turn_detection: TurnDetection = turn_detection
+        self.min_commit_bytes = min_commit_bytes
+        self._open: _Utterance | None = None
+        self._queue: list[_Utterance] = []
+        self._by_item: dict[str, _Utterance] = {}
+        # A transcript for an item whose commit we have not seen yet.
+        self._early: dict[str, tuple[Literal["final", "failed"], str]] = {}
+        self._event_seq = 0
+        # Recently released utterance ids (server VAD: late entries of them are skipped).
+        self._released: deque[str] = deque(maxlen=64)
+
+    # --- introspection
+
+    @property
+    def outstanding(self) -> int:
+        """Utterances closed but not released yet (what ``flush`` waits for)."""
+        return len(self._queue)
+
+    @property
+    def has_open_audio(self) -> bool:
+        return self._open is not None and bool(self._open.entry_ids)
+
+    def item_utterance(self, item_id: str) -> str | None:
+        u = self._by_item.get(item_id)
+        return u.name() if u else None
+
+    # --- input entries
+
+    def text(self, entry_id: str, utterance_id: str, text: str, sent_ms: int) -> list[TranscriptionAction]:
+        """A typed utterance: its text is its transcript (no upstream call)."""
+        u = _Utterance(entry_ids=[entry_id], utterance_id=utterance_id, sent_ms=sent_ms, text=text)
+        u.result = ("final", text)
+        self._queue.append(u)
+        return self._release()
+
+    def chunk(self, entry_id: str, utterance_id: str | None, audio_b64: str, n_bytes: int) -> list[TranscriptionAction]:
+        if self.turn_detection == "server_vad" and utterance_id:
+            late = self._after_vad_commit(entry_id, utterance_id, None)
+            if late is not None:
+                # Trailing audio of an utterance the server already committed: it still goes
+                # into the buffer (the VAD needs it), its entry goes with that utterance.
+                return [Send(InputAudioBufferAppend(audio=audio_b64)), *late] if n_bytes > 0 else late
+        u = self._open
+        if u is None:
+            u = self._open = _Utterance()
+        u.entry_ids.append(entry_id)
+        if utterance_id and not u.utterance_id:
+            u.utterance_id = utterance_id
+        if n_bytes <= 0:
+            return []
+        u.chunks.append(audio_b64)
+        u.audio_bytes += n_bytes
+        return [Send(InputAudioBufferAppend(audio=audio_b64))]
+
+    def end(self, entry_id: str, utterance_id: str | None, sent_ms: int) -> list[TranscriptionAction]:
+        if self.turn_detection == "server_vad":
+            return self._end_server_vad(entry_id, utterance_id, sent_ms)
+        u = self._open or _Utterance()
+        self._open = None
+        u.entry_ids.append(entry_id)
+        u.sent_ms = sent_ms
+        if utterance_id:
+            u.utterance_id = utterance_id
+        return self._close_by_client(u)
+
+    def _after_vad_commit(
+        self, entry_id: str, utterance_id: str, sent_ms: int | None
+    ) -> list[TranscriptionAction] | None:
+        """Server VAD: an entry of an utterance the server committed already.
+        Returns None when the entry belongs to the open utterance instead."""
+        if self._open is not None and self._open.utterance_id == utterance_id:
+            return None
+        for u in self._queue:
+            if u.text is None and u.utterance_id == utterance_id:
+                u.entry_ids.append(entry_id)
+                if sent_ms is not None:
+                    u.sent_ms = sent_ms
+                return []
+        if utterance_id in self._released:
+            return [Skip((entry_id,), "audio after its utterance was transcribed", utterance_id)]
+        return None
+
+    def _end_server_vad(self, entry_id: str, utterance_id: str | None, sent_ms: int) -> list[TranscriptionAction]:
+        if utterance_id:
+            late = self._after_vad_commit(entry_id, utterance_id, sent_ms)
+            if late is not None:
+                return late
+        if self._open is not None and self._open.audio_bytes:
+            # Speech still buffered: the server's commit will close this utterance.
+            self._open.entry_ids.append(entry_id)
+            self._open.sent_ms = sent_ms
+            if utterance_id:
+                self._open.utterance_id = utterance_id
+            return []
+        # The server committed before the client's end arrived: it belongs to the last commit.
+        for u in reversed(self._queue):
+            if u.text is None:
+                u.entry_ids.append(entry_id)
+                u.sent_ms = sent_ms
+                return []
+        return [Skip((entry_id,), "audio.end after its utterance was transcribed", utterance_id)]
+
+    def _close_by_client(self, u: _Utterance) -> list[TranscriptionAction]:
+        """Commit ``u`` or skip it when the API would refuse the commit."""
+        if u.audio_bytes < self.min_commit_bytes:
+            actions: list[TranscriptionAction] = []
+            if u.audio_bytes:
+                # Drop the stray audio so it does not leak into the next utterance.
+                actions.append(Send(InputAudioBufferClear()))
+            ms = u.audio_bytes * MIN_COMMIT_MS // self.min_commit_bytes if self.min_commit_bytes else 0
+            reason = (
+                "empty audio buffer" if not u.audio_bytes
+                else f"{ms} ms of audio, under the {MIN_COMMIT_MS} ms minimum"
+            )
+            actions.append(Skip(tuple(u.entry_ids), reason, u.name()))
+            return actions
+        u.commit_event_id = self._event_id("commit")
+        self._queue.append(u)
+        return [Send(InputAudioBufferCommit(event_id=u.commit_event_id))]
+
+    def flush(self, now_ms: int) -> list[TranscriptionAction]:
+        """The conversation ends: close the open utterance (commit it when it
+        has enough audio, else skip it). Then wait for ``outstanding == 0``."""
+        u = self._open
+        if u is None or not u.entry_ids:
+            return []
+        self._open = None
+        if u.sent_ms is None:
+            u.sent_ms = now_ms
+        return self._close_by_client(u)
+
+    def abandon(self, reason: str) -> list[TranscriptionAction]:
+        """Give up on everything not released yet: skip it all, in order."""
+        actions: list[TranscriptionAction] = []
+        pending = list(self._queue)
+        if self._open is not None and self._open.entry_ids:
+            pending.append(self._open)
+        for u in pending:
+            if u.result is not None and u.result[0] == "final" and u.text is not None:
+                # A typed utterance blocked behind a stuck one still has its transcript.
+                actions.append(Final(u.name(), u.text, u.sent_ms or 0, tuple(u.entry_ids)))
+            else:
+                actions.append(Skip(tuple(u.entry_ids), reason, u.name(), failed=True))
+        self._queue.clear()
+        self._open = None
+        self._by_item.clear()
+        self._early.clear()
+        return actions
+
+    # --- server events
+
+    def on_event(self, event: ServerEvent, now_ms: int) -> list[TranscriptionAction]:
+        """Apply one server event. Events that need no action return []."""
+        if isinstance(event, InputAudioBufferCommitted):
+            return self._committed(event, now_ms)
+        if isinstance(event, TranscriptionDelta):
+            u = self._by_item.get(event.item_id)
+            return [Delta(u.name(), event.delta)] if u is not None and event.delta else []
+        if isinstance(event, TranscriptionCompleted):
+            return self._resolve(event.item_id, ("final", event.transcript))
+        if isinstance(event, TranscriptionFailed):
+            err = event.error
+            why = f"transcription failed: {err.code or err.type}: {err.message}"
+            return self._resolve(event.item_id, ("failed", why))
+        if isinstance(event, ErrorEvent) and event.error.event_id:
+            for u in self._queue:
+                if u.commit_event_id == event.error.event_id and u.item_id is None:
+                    # A skip writes nothing, so it needs no place in the order: ack it at once.
+                    self._queue.remove(u)
+                    why = f"commit refused: {event.error.code}: {event.error.message}"
+                    return [Skip(tuple(u.entry_ids), why, u.name(), failed=True), *self._release()]
+        return []
+
+    def _committed(self, event: InputAudioBufferCommitted, now_ms: int) -> list[TranscriptionAction]:
+        u = next((q for q in self._queue if q.text is None and q.item_id is None and q.commit_event_id), None)
+        if u is None:
+            if self.turn_detection != "server_vad":
+                return []  # not ours (e.g. a server VAD we did not ask for): nothing to map it to
+            u = self._open or _Utterance()
+            self._open = None
+            if u.sent_ms is None:
+                u.sent_ms = now_ms
+            position = len(self._queue)
+            if event.previous_item_id is not None:
+                for i, q in enumerate(self._queue):
+                    if q.item_id == event.previous_item_id:
+                        position = i + 1
+                        break
+            self._queue.insert(position, u)
+        u.item_id = event.item_id
+        self._by_item[event.item_id] = u
+        early = self._early.pop(event.item_id, None)
+        if early is not None:
+            return self._resolve(event.item_id, early)
+        return []
+
+    def _resolve(self, item_id: str, result: tuple[Literal["final", "failed"], str]) -> list[TranscriptionAction]:
+        u = self._by_item.get(item_id)
+        if u is None:
+            self._early[item_id] = result
+            return []
+        if u.result is None:
+            u.result = result
+        return self._release()
+
+    def _release(self) -> list[TranscriptionAction]:
+        actions: list[TranscriptionAction] = []
+        while self._queue and self._queue[0].result is not None:
+            u = self._queue.pop(0)
+            if u.utterance_id:
+                self._released.append(u.utterance_id)
+            if u.item_id is not None:
+                self._by_item.pop(u.item_id, None)
+            assert u.result is not None
+            kind, text = u.result
+            if kind == "failed":
+                actions.append(Skip(tuple(u.entry_ids), text, u.name(), failed=True))
+            elif u.text is None and not text.strip():
+                actions.append(Skip(tuple(u.entry_ids), "no speech recognised in the audio", u.name()))
+            else:
+                actions.append(Final(u.name(), text, u.sent_ms or 0, tuple(u.entry_ids)))
+        return actions
+
+    # --- reconnects
+
+    def on_reconnect(self) -> list[TranscriptionAction]:
+        """A new connection (a new upstream session) is set up: item ids of the
+        old one mean nothing now. Client mode: re-send the audio of every
+        utterance still waiting for its transcript and commit it again, then
+        the open utterance's audio. Server VAD: utterances the server had
+        committed are failed (re-sent audio would be committed again by the
+        new session's VAD at boundaries we cannot match); the open one's audio
+        is re-sent."""
+        self._by_item.clear()
+        self._early.clear()
+        actions: list[TranscriptionAction] = []
+        for u in list(self._queue):
+            if u.text is not None or u.result is not None:
+                continue
+            u.item_id = None
+            if self.turn_detection == "server_vad" and u.commit_event_id is None:
+                u.result = ("failed", "the connection dropped before its transcript arrived")
+                continue
+            actions.extend(Send(InputAudioBufferAppend(audio=c)) for c in u.chunks)
+            u.commit_event_id = self._event_id("commit")
+            actions.append(Send(InputAudioBufferCommit(event_id=u.commit_event_id)))
+        if self._open is not None:
+            actions.extend(Send(InputAudioBufferAppend(audio=c)) for c in self._open.chunks)
+        actions.extend(self._release())
+        return actions
+
+    def _event_id(self, kind: str) -> str:
+        self._event_seq += 1
+        return f"evt_{kind}_{self._event_seq}"
+
+
+# --- conversation ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TextOut:
+    """A piece of the active response's text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Done:
+    text: str
+    usage: dict[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    """The active turn failed; ``code`` is the API's (``rate_limit_exceeded``, ...)."""
+
+    code: str
+    message: str
+
+
+ConversationOutput = Send | TextOut | Done | Failed
+
+
+@dataclass
+class _PendingTurn:
+    user_text: str
+    utterance_id: str
+    item_event_id: str | None = None
+    response_event_id: str | None = None
+    response_id: str | None = None
+    parts: list[str] = field(default_factory=list)
+
+
+class ConversationState:
+    """Bookkeeping of one conversation session.
+
+    ``submit`` a user turn: it starts at once (``conversation.item.create``
+    then ``response.create``) when no response is active, else it queues.
+    ``on_event`` turns server events into :class:`TextOut` / :class:`Done` /
+    :class:`Failed` for the active turn, then starts the next queued one. A
+    completed turn joins the history, which :meth:`replay` turns into items
+    for a fresh session (no ``response.create`` for replayed items).
+    """
+
+    def __init__(
+        self,
+        instructions: str | None,
+        history: Iterable[Turn] = (),
+        max_turns: int = 0,
+        max_output_tokens: int | None = None,
+    ) -> None:
+        self.instructions = instructions
+        self.max_output_tokens = max_output_tokens
+        self.history: deque[Turn] = deque(history, maxlen=max_turns if max_turns > 0 else None)
+        self.active: _PendingTurn | None = None
+        self.queued: deque[_PendingTurn] = deque()
+        self._event_seq = 0
+        self._local_turns = 0
+        self.setup_event_id: str | None = None
+
+    # --- session set-up
+
+    def session_update(self) -> SessionUpdate:
+        self.setup_event_id = self._event_id("session")
+        return SessionUpdate(
+            event_id=self.setup_event_id,
+            session=RealtimeSessionConfig(output_modalities=["text"], instructions=self.instructions),
+        )
+
+    def replay(self) -> list[ConversationItemCreate]:
+        """Items that prime a fresh session with the history, oldest first."""
+        items: list[ConversationItemCreate] = []
+        for turn in self.history:
+            items.append(user_text_item(turn.user_text, event_id=self._event_id("replay")))
+            if turn.assistant_text:
+                items.append(assistant_text_item(turn.assistant_text, event_id=self._event_id("replay")))
+        return items
+
+    def remember(self, turn: Turn) -> None:
+        self.history.append(turn)
+
+    # --- turns
+
+    @property
+    def busy(self) -> bool:
+        return self.active is not None
+
+    def submit(self, user_text: str, utterance_id: str | None = None) -> list[ConversationOutput]:
+        """Queue a user turn; returns the events that start it when idle."""
+        if utterance_id is None:
+            self._local_turns += 1
+            utterance_id = f"local-{self._local_turns}"
+        self.queued.append(_PendingTurn(user_text, utterance_id))
+        return self._start_next()
+
+    def _start_next(self) -> list[ConversationOutput]:
+        if self.active is not None or not self.queued:
+            return []
+        turn = self.active = self.queued.popleft()
+        turn.item_event_id = self._event_id("item")
+        turn.response_event_id = self._event_id("response")
+        turn.response_id = None
+        turn.parts.clear()
+        params = ResponseParams(output_modalities=["text"], max_output_tokens=self.max_output_tokens)
+        return [
+            Send(user_text_item(turn.user_text, event_id=turn.item_event_id)),
+            Send(ResponseCreate(event_id=turn.response_event_id, response=params)),
+        ]
+
+    def connection_lost(self) -> _PendingTurn | None:
+        """The session is gone. Returns the turn that was mid-response (its
+        partial text in ``parts``), which is no longer active; queued turns
+        stay queued and start after the next ``submit`` or ``resume``."""
+        turn, self.active = self.active, None
+        return turn
+
+    def resume(self, turn: _PendingTurn) -> list[ConversationOutput]:
+        """Retry an interrupted turn first on a new session."""
+        self.queued.appendleft(turn)
+        return self._start_next()
+
+    def on_event(self, event: ServerEvent) -> list[ConversationOutput]:
+        turn = self.active
+        if turn is None:
+            return []
+        if isinstance(event, ResponseCreated):
+            if turn.response_id is None:
+                turn.response_id = event.response.id
+            return []
+        if isinstance(event, ResponseOutputTextDelta):
+            if turn.response_id not in (None, event.response_id) or not event.delta:
+                return []
+            turn.parts.append(event.delta)
+            return [TextOut(event.delta)]
+        if isinstance(event, ResponseDone):
+            if turn.response_id not in (None, event.response.id):
+                return []
+            return [self._finish(turn, event.response), *self._start_next()]
+        if isinstance(event, ErrorEvent) and event.error.event_id in (turn.item_event_id, turn.response_event_id):
+            self.active = None
+            failed = Failed(event.error.code or "invalid_request_error", event.error.message)
+            return [failed, *self._start_next()]
+        return []
+
+    def _finish(self, turn: _PendingTurn, response: ResponseObject) -> Done | Failed:
+        self.active = None
+        if response.status == "completed":
+            text = "".join(turn.parts)
+            self.history.append(Turn(turn.utterance_id, turn.user_text, text))
+            usage = {k: v for k, v in (response.usage or {}).items() if isinstance(v, int) and not isinstance(v, bool)}
+            return Done(text, usage)
+        return failure_of(response)
+
+    def _event_id(self, kind: str) -> str:
+        self._event_seq += 1
+        return f"evt_{kind}_{self._event_seq}"
+
+
+def failure_of(response: ResponseObject) -> Failed:
+    """Map a response.done that is not ``completed`` to a reason.
+
+    Rate limits and quota arrive here (status ``failed``, the reason in
+    ``status_details.error``), not as ``error`` events."""
+    details = response.status_details
+    err = details.error if details else None
+    reason = details.reason if details else None
+    if response.status == "failed":
+        code = (err.code if err else None) or "response_failed"
+        message = (err.message if err else None) or reason or "the response failed"
+    else:
+        code = f"response_{response.status}"
+        message = f"the response was {response.status}" + (f": {reason}" if reason else "")
+    return Failed(code, message)
+
+
+# --- retry policy ----------------------------------------------------------------------
+
+CloseDecision = Literal["reconnect", "new_session", "fatal"]
+
+#: Closes that say "try again later": going away, abnormal, server error, restart, try again later.
+TRANSIENT_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})
+#: Closes that retrying cannot fix: protocol errors, policy, too big, auth (3000), API shape (4000).
+FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 3000, 3003})
+
+
+def classify_close(code: int | None, reason: str = "", last_error_code: str | None = None) -> CloseDecision:
+    """What to do when a connection closed with ``code`` / ``reason``.
+
+    ``last_error_code``: the code of the last ``error`` event before the close
+    (``session_expired`` arrives that way, followed by a 1001 close).
+
+    - ``session_expired`` -> ``new_session`` (connect again now, replay history);
+    - 3000, ``invalid_api_key``, 401, beta-shape 4000, other protocol errors -> ``fatal``;
+    - 1001/1006/1011/1012/1013 and an unknown close -> ``reconnect`` with backoff.
+
+    Every reconnect is a new upstream session: the caller replays history either way.
+    """
+    text = f"{reason} {last_error_code or ''}".lower()
+    if "session_expired" in text:
+        return "new_session"
+    if code in FATAL_CLOSE_CODES or "invalid_api_key" in text or "401" in text.split():
+        return "fatal"
+    if code is not None and 4000 <= code < 5000:
+        return "fatal"
+    return "reconnect"
+
+
+def classify_handshake(status: int) -> CloseDecision:
+    """An HTTP status that refused the WebSocket upgrade: 401/403 and other
+    4xx are configuration errors (fatal); 408, 429 and 5xx may pass."""
+    if status in (408, 429) or status >= 500:
+        return "reconnect"
+    return "fatal"
+
+
+def sent_events(actions: Sequence[TranscriptionAction | ConversationOutput]) -> list[ClientEvent]:
+    """The client events among ``actions``, in order."""
+    return [a.event for a in actions if isinstance(a, Send)]

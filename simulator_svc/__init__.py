@@ -1,0 +1,1 @@
+"""simulator_svc: the simulated client and the operator tools."""
