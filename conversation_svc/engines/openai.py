@@ -39,6 +39,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from contextlib import aclosing
 from typing import Any
 
+from shared import metrics
 from shared.backoff import backoff
 from shared.bus import cancel_and_wait
 from shared.engines.base import (
@@ -159,6 +160,7 @@ class _Session(ConversationSession):
                     raise EngineError(f"cannot open a Realtime session after {attempts} attempts: {exc}",
                                       code=exc.code, retryable=True) from None
                 log.warning("opening a Realtime session failed (%s); retrying", exc, extra=self._extra)
+                metrics.UPSTREAM_RECONNECTS.labels("openai").inc()
                 await asyncio.sleep(next(delays))
 
     async def _open(self) -> None:
@@ -276,6 +278,7 @@ class _Session(ConversationSession):
                               code=exc.code, retryable=True) from None
         log.warning("realtime connection lost mid-turn (%s): reconnecting, replaying history, "
                     "retrying the turn once", exc, extra=self._extra)
+        metrics.UPSTREAM_RECONNECTS.labels("openai").inc()
 
     async def _run_turn(self, outputs: list[ConversationOutput]) -> AsyncGenerator[TextOut | Done | Failed]:
         """Send the turn's events and yield its outputs until Done / Failed.

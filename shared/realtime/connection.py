@@ -29,6 +29,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
+from shared import metrics
 from shared.engines.base import EngineError, EngineUnavailable
 from shared.logs import register_secret, scrub
 from shared.realtime.events import ClientEvent, ErrorEvent, ServerEvent, parse_server_event, to_wire
@@ -163,6 +164,7 @@ class RealtimeConnection:
             )
         except InvalidStatus as exc:
             status = exc.response.status_code
+            metrics.UPSTREAM_ERRORS.labels("openai", f"http_{status}").inc()
             if status in (401, 403):
                 raise RealtimeAuthError(
                     f"the Realtime API at {where} refused the API key (HTTP {status}): check OPENAI_API_KEY"
@@ -211,4 +213,5 @@ class RealtimeConnection:
         if decision == "fatal" and (code == 3000 or "invalid_api_key" in f"{reason} {self.last_error_code}"):
             return RealtimeAuthError(f"{text}: the API key was refused, check OPENAI_API_KEY")
         error_code = "session_expired" if decision == "new_session" else "upstream_closed"
+        metrics.UPSTREAM_ERRORS.labels("openai", error_code).inc()
         return RealtimeClosed(text, decision, close_code=code, reason=reason, error_code=error_code)

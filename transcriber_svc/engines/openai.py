@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from typing import Any, cast
 
+from shared import metrics
 from shared.backoff import backoff
 from shared.bus import cancel_and_wait
 from shared.engines.base import (
@@ -276,6 +277,7 @@ class _Session(TranscriptionSession):
                     await self._fail(exc)
                     return
                 log.warning("realtime transcription connection lost (%s): %s", decision, exc, extra=self._extra)
+                metrics.UPSTREAM_RECONNECTS.labels("openai").inc()
                 if decision != "new_session":
                     await asyncio.sleep(next(delays))
             finally:
