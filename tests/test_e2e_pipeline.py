@@ -124,6 +124,20 @@ def test_sigkill_mid_run_loses_nothing(stack: Stack, redis_url: str, prefix: str
     assert delay is not None, "the survivor never took over"
     lease_s = float(stack.env["LEASE_S"])
     assert delay <= 3 * lease_s, f"takeover after {delay:.1f}s with a {lease_s}s lease"
+    _assert_history_survived(redis_url, prefix, conversations=10, turns=13)
+
+
+def _assert_history_survived(redis_url: str, prefix: str, conversations: int, turns: int) -> None:
+    """The echo engine numbers its answers by the turns in its context: after a
+    takeover they go on counting only if the new owner rebuilt the history."""
+    r = syncredis.Redis.from_url(redis_url)
+    keys = list(r.scan_iter(match=f"{prefix}:conv:*:responses"))
+    assert len(keys) == conversations
+    for key in keys:
+        numbers = [int(e.text.rsplit("(turn ", 1)[1].rstrip(")")) for _, f in r.xrange(key)
+                   if isinstance(e := decode_fields(f), ResponseDone)]
+        assert numbers == list(range(1, turns + 1)), (key, numbers)
+    r.close()
 
 
 def test_sigterm_hands_back_at_once(stack: Stack, redis_url: str, prefix: str) -> None:
@@ -144,6 +158,7 @@ def test_sigterm_hands_back_at_once(stack: Stack, redis_url: str, prefix: str) -
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["missing"] == 0 and summary["duplicates"] == 0 and summary["out_of_order"] == 0, err
     assert any("handed back" in str(e.get("msg", "")) for e in _log_events(leaving))
+    _assert_history_survived(redis_url, prefix, conversations=10, turns=13)
     delay = _takeover_delay_s(staying, stopped_at)
     assert delay is not None
     # Handed back, not waited out: well under one lease.
