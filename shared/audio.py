@@ -58,7 +58,8 @@ def to_mono(samples: npt.ArrayLike) -> FloatArray:
         return arr
     if arr.ndim != 2:
         raise ValueError(f"expected (frames, channels), got shape {arr.shape}")
-    return arr.mean(axis=1, dtype=np.float32)
+    mono: FloatArray = arr.mean(axis=1, dtype=np.float32)
+    return mono
 
 
 def deinterleave(samples: npt.ArrayLike, channels: int) -> FloatArray:
@@ -211,6 +212,10 @@ class EndpointerConfig:
     min_speech_dbfs: float = -45.0
     #: ... and at least this far above the tracked background level.
     noise_margin_db: float = 12.0
+    #: Time constants of the background level: it rises slowly toward louder frames ...
+    noise_rise_ms: float = 3000.0
+    #: ... and falls quickly toward quieter ones.
+    noise_fall_ms: float = 100.0
     #: Voiced audio needed (consecutive frames) before speech counts as started: ignores clicks.
     min_speech_ms: float = 60.0
     #: Silence after speech that ends the utterance (the hangover).
@@ -229,8 +234,11 @@ class Endpointer:
     (and whatever ids go with it) and cuts where :class:`SpeechEnded` says.
     After :class:`SpeechEnded` the next speech starts a new utterance.
 
-    The background level is a slow average over unvoiced frames, so a steady
-    noise floor raises the threshold instead of counting as speech.
+    The threshold is the larger of ``min_speech_dbfs`` and the background
+    level plus ``noise_margin_db``; the background level follows quiet frames
+    quickly and loud ones slowly, so a steady noise (a hum, a fan) stops
+    counting as speech after a few seconds while pauses between words keep the
+    level down during real speech.
     """
 
     def __init__(self, config: EndpointerConfig | None = None) -> None:
@@ -239,6 +247,9 @@ class Endpointer:
         self._frame_samples = max(1, int(c.sample_rate_hz * c.frame_ms / 1000))
         self._frame_bytes = self._frame_samples * PCM16_WIDTH_BYTES
         self._frame_ms = self._frame_samples * 1000.0 / c.sample_rate_hz
+        # Per-frame smoothing factors of the background level (exponential, time constants in ms).
+        self._rise = 1.0 - math.exp(-self._frame_ms / c.noise_rise_ms)
+        self._fall = 1.0 - math.exp(-self._frame_ms / c.noise_fall_ms)
         self._carry = b""
         self._pos_ms = 0.0
         self._noise_dbfs = -90.0
@@ -290,9 +301,11 @@ class Endpointer:
         start_ms, self._pos_ms = self._pos_ms, self._pos_ms + self._frame_ms
         threshold = max(c.min_speech_dbfs, self._noise_dbfs + c.noise_margin_db)
         voiced = level_dbfs >= threshold
-        if not voiced:
-            # Track the background slowly (about a second to adapt), only on unvoiced frames.
-            self._noise_dbfs += 0.02 * (max(level_dbfs, -90.0) - self._noise_dbfs)
+        # Background level by minimum tracking: it follows a quieter level at once (pauses
+        # between words) and a louder one only slowly, so speech stays above it while a
+        # steady hum becomes background within a few seconds.
+        level = max(level_dbfs, -90.0)
+        self._noise_dbfs += (self._fall if level < self._noise_dbfs else self._rise) * (level - self._noise_dbfs)
         if not self._in_speech:
             if not voiced:
                 self._voiced_run_ms = 0.0

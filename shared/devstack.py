@@ -92,6 +92,25 @@ class Stack:
         self.procs.clear()
 
 
+def wait_ready(stack: Stack, redis_url: str, prefix: str, timeout_s: float = 120.0) -> None:
+    """Wait for every started worker's heartbeat (engines load before it), or a dead worker."""
+    import redis as syncredis
+
+    client = syncredis.Redis.from_url(redis_url)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            dead = [p for p in stack.procs if not p.alive()]
+            if dead:
+                raise SystemExit(f"[devstack] {dead[0].module} exited at start:\n{dead[0].log_text()[-3000:]}")
+            if len(list(client.scan_iter(match=f"{prefix}:worker:*"))) >= len(stack.procs):
+                return
+            time.sleep(0.1)
+        raise SystemExit(f"[devstack] workers not up after {timeout_s:.0f}s; logs in {stack.log_dir}/")
+    finally:
+        client.close()
+
+
 def resolve_redis(say: IO[str] = sys.stderr) -> tuple[str, RedisServer | None]:
     """REDIS_URL, else a Redis answering on localhost:6379, else an embedded one."""
     url = os.environ.get("REDIS_URL")
@@ -122,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
             for _ in range(int(env.get(count_var, "1"))):
                 stack.start(module)
         sys.stderr.write(f"[devstack] services started; logs in {stack.log_dir}/\n")
-        sim = subprocess.run([sys.executable, "-m", "simulator_svc", *argv], env=env, check=False)
+        # The run command's default is the full voice path: speech synthesized, transcribed, answered.
+        sim_args = argv if any(a == "--mode" or a.startswith("--mode=") for a in argv) else ["--mode", "audio", *argv]
+        wait_ready(stack, url, env["KEY_PREFIX"])
+        sim = subprocess.run([sys.executable, "-m", "simulator_svc", *sim_args], env=env, check=False)
         for p in stack.procs:
             if not p.alive():
                 sys.stderr.write(f"[devstack] {p.module} exited early; its log:\n{p.log_text()[-3000:]}\n")

@@ -55,7 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
             "as they stream. Exits 0 only when every utterance got exactly one response.done."
         ),
     )
-    parser.add_argument("--mode", choices=["text"], default="text", help="what to send (text: utterance.text)")
+    parser.add_argument("--mode", choices=["text", "audio"], default="text",
+                        help="text: utterance.text entries; audio: synthesized speech as PCM16 24 kHz chunks")
+    parser.add_argument("--wav", action="append", metavar="FILE",
+                        help="audio mode: send this recording (any rate/channels) instead of synthesized speech; "
+                             "repeat for several utterances")
+    parser.add_argument("--chunk-ms", type=float, default=100.0, help="audio chunk length (default 100 ms)")
+    parser.add_argument("--realtime-factor", type=float, default=1.0,
+                        help="audio mode: send this many times faster than real time (load tests)")
     parser.add_argument("--conversations", type=int, default=1, metavar="N")
     parser.add_argument("--utterances", metavar="K|FILE",
                         help="K generated utterances, or a file with one utterance per line "
@@ -77,7 +84,23 @@ async def _simulate(args: argparse.Namespace) -> int:
     except argparse.ArgumentTypeError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    recordings: list[tuple[str, bytes]] = []
+    for path in args.wav or []:
+        from simulator_svc.wav import WavError, read_wav
+
+        try:
+            recordings.append((f"(recording {Path(path).name})", read_wav(path)))
+        except WavError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    if recordings and args.mode != "audio":
+        print("error: --wav needs --mode audio", file=sys.stderr)
+        return 2
     plan = SimulationPlan(
+        mode=args.mode,
+        recordings=recordings,
+        chunk_ms=args.chunk_ms,
+        realtime_factor=args.realtime_factor,
         conversations=args.conversations,
         utterances=utterances,
         greeting=not args.no_greeting,

@@ -9,6 +9,7 @@ over each inter-utterance gap, so the load has no lock-step bursts.
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import logging
 import sys
@@ -35,6 +36,7 @@ from shared.models import (
     decode_fields,
     encode,
 )
+from shared.wer import word_errors
 from simulator_svc.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -71,11 +73,20 @@ class SimulationPlan:
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:6])
     #: Most utterances sent and not yet answered (0: no bound).
     max_in_flight: int = 0
+    #: "text": utterance.text entries; "audio": speech as audio.chunk + audio.end.
+    mode: str = "text"
+    #: Audio mode: recordings to send instead of synthesized speech (PCM16 24 kHz).
+    recordings: list[tuple[str, bytes]] = field(default_factory=list)
+    chunk_ms: float = 100.0
+    #: Audio mode: >1 sends audio faster than real time (load tests).
+    realtime_factor: float = 1.0
 
     def conversation_ids(self) -> list[str]:
         return [f"sim-{self.run_id}-{i:04d}" for i in range(self.conversations)]
 
     def texts(self) -> list[str]:
+        if self.recordings:
+            return [name for name, _ in self.recordings]
         return ([GREETING] if self.greeting else []) + self.utterances
 
 
@@ -102,8 +113,15 @@ class DialoguePrinter:
     def sending(self, conversation_id: str, text: str) -> None:
         self._line(f"[SIMULATION{self._tag(conversation_id)}] Sending utterance: {text}")
 
-    def transcript(self, conversation_id: str, text: str) -> None:
-        self._line(f"[CONVERSATION{self._tag(conversation_id)}] Sent: {text}")
+    def transcript(self, conversation_id: str, text: str, said: str | None = None) -> None:
+        if said is None:
+            self._line(f"[CONVERSATION{self._tag(conversation_id)}] Sent: {text}")
+        else:
+            self._line(f"[TRANSCRIPT{self._tag(conversation_id)}] said: {said!r}  heard: {text!r}")
+            self._line(f"[CONVERSATION{self._tag(conversation_id)}] Sent: {text}")
+
+    def speaking(self, conversation_id: str, text: str, seconds: float) -> None:
+        self._line(f"[SIMULATION{self._tag(conversation_id)}] Speaking ({seconds:.1f} s of audio): {text}")
 
     def delta(self, conversation_id: str, index: int, text: str) -> None:
         if self.out is None or not self.single:
@@ -137,6 +155,7 @@ class Simulation:
         self.printer = printer or DialoguePrinter(None, plan.conversations)
         self.tracker = Tracker()
         self._seen_delta: set[tuple[str, int]] = set()
+        self._settled: dict[tuple[str, str], asyncio.Event] = {}
         self._answered = asyncio.Event()
         self._sent_all = False
         self._in_flight = 0
@@ -156,8 +175,9 @@ class Simulation:
             [(self.keys.control_for(cid), encode(ConversationStarted(conversation_id=cid))) for cid in ids]
         )
         reader = asyncio.create_task(self._read(ids), name="sim-reader")
+        sender = self._send_audio(ids) if plan.mode == "audio" else self._send(ids)
         try:
-            await asyncio.wait_for(self._send(ids), timeout=plan.timeout_s)
+            await asyncio.wait_for(sender, timeout=plan.timeout_s)
             remaining = plan.timeout_s - (time.monotonic() - self.started_at)
             if not self.tracker.settled():
                 await asyncio.wait_for(self._answered.wait(), timeout=max(0.0, remaining))
@@ -177,6 +197,14 @@ class Simulation:
                 [(self.keys.input(cid), encode(ConversationEnded(conversation_id=cid))) for cid in ids]
             )
         summary = self.tracker.summary()
+        summary["mode"] = plan.mode
+        if plan.mode == "audio" and not plan.recordings:
+            errors = words = 0
+            for rec in self.tracker.records.values():
+                if rec.transcript is not None:
+                    e, n = word_errors(rec.text, rec.transcript)
+                    errors, words = errors + e, words + n
+            summary["wer"] = round(errors / words, 4) if words else None
         elapsed = max(1e-9, self.finished_at - self.started_at)
         summary["elapsed_s"] = round(elapsed, 3)
         summary["answered_per_s"] = round(summary["responses_done"] / elapsed, 1)
@@ -216,6 +244,43 @@ class Simulation:
                 if k + 1 < len(texts):
                     heapq.heappush(heap, (due_s + gap_s, c, k + 1))
             await self._xadd_all(batch)
+        self._sent_all = True
+        if self.tracker.settled():
+            self._answered.set()
+
+    async def _send_audio(self, ids: list[str]) -> None:
+        """Each conversation speaks its utterances one after another, at real-time
+        pace, and waits for each answer before the next (as a person would)."""
+        from simulator_svc.audio_mode import publish_audio_utterance, speech_pcm
+
+        plan = self.plan
+        texts = plan.texts()
+        recorded = dict(plan.recordings)
+        # Synthesis is CPU work: do it once per distinct text, off the event loop.
+        pcms = {t: recorded[t] if t in recorded else await asyncio.to_thread(speech_pcm, t) for t in set(texts)}
+        gap_s = 1.0 / plan.rate if plan.rate > 0 else 0.0
+
+        async def converse(c: int, cid: str) -> None:
+            await asyncio.sleep(gap_s * c / len(ids))  # spread the conversations' starts
+            for k, text in enumerate(texts):
+                uid = f"u{k:04d}"
+                pcm = pcms[text]
+                self.tracker.sent(cid, uid, k, text, now_ms())
+                self.printer.speaking(cid, text, len(pcm) / 48_000)
+                reference = None if text in recorded else text
+                # A retry after Redis went away re-sends the utterance; chunks carry their
+                # utterance id and seq, and the transcriber answers an utterance id once.
+                sent_ms = await retry_forever("simulator audio", functools.partial(
+                    publish_audio_utterance, self.redis, self.keys, cid, uid, pcm, reference,
+                    chunk_ms=plan.chunk_ms, realtime_factor=plan.realtime_factor,
+                ))
+                rec = self.tracker.records[(cid, uid)]
+                rec.sent_ms = float(sent_ms)  # latency counts from the end of speech
+                self._in_flight += 1
+                await self._settled_event(cid, uid).wait()
+                await asyncio.sleep(gap_s)
+
+        await asyncio.gather(*(converse(c, cid) for c, cid in enumerate(ids)))
         self._sent_all = True
         if self.tracker.settled():
             self._answered.set()
@@ -261,8 +326,9 @@ class Simulation:
         t = now_ms()
         tr = self.tracker
         if isinstance(entry, TranscriptFinal):
-            if tr.transcript(cid, entry.utterance_id, entry.text, t) is not None:
-                self.printer.transcript(cid, entry.text)
+            rec = tr.transcript(cid, entry.utterance_id, entry.text, t)
+            if rec is not None:
+                self.printer.transcript(cid, entry.text, rec.text if self.plan.mode == "audio" else None)
         elif isinstance(entry, ResponseDelta):
             if (entry.response_id, entry.index) in self._seen_delta:
                 return
@@ -273,14 +339,23 @@ class Simulation:
             rec = tr.done(cid, entry.utterance_id, entry.text, t)
             if rec is not None and rec.dones == 1:
                 self._one_answered()
+                self._settled_event(cid, entry.utterance_id).set()
                 self.printer.done(cid, entry.text)
         elif isinstance(entry, ResponseFailed):
             rec = tr.failed(cid, entry.utterance_id, f"{entry.code}: {entry.reason}")
             if rec is not None and rec.dones == 0:
                 self._one_answered()
+                self._settled_event(cid, entry.utterance_id).set()
                 self.printer.failed(cid, entry.reason)
         elif isinstance(entry, TranscriptDelta | ResponseStarted):
             pass
+
+    def _settled_event(self, cid: str, uid: str) -> asyncio.Event:
+        event = self._settled.setdefault((cid, uid), asyncio.Event())
+        rec = self.tracker.records.get((cid, uid))
+        if rec is not None and (rec.dones or rec.failed is not None):
+            event.set()
+        return event
 
     def _one_answered(self) -> None:
         self._in_flight -= 1
@@ -301,3 +376,5 @@ def print_summary(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
         f"{lat['first_delta']['p99']}, done {lat['response_done']['p50']}/{lat['response_done']['p95']}/"
         f"{lat['response_done']['p99']}\n"
     )
+    if summary.get("wer") is not None:
+        out.write(f"word error rate of the transcripts against what was said: {summary['wer']:.1%}\n")
