@@ -96,6 +96,8 @@ class AudioChunk(_Entry):
             raise ValueError(f"audio chunk over {MAX_AUDIO_CHUNK_BYTES} bytes")
         if len(raw) % AUDIO_SAMPLE_WIDTH_BYTES:
             raise ValueError("audio length is not a whole number of PCM16 samples")
+        if raw[:4] in (b"RIFF", b"RIFX", b"OggS", b"fLaC", b"ID3\x03", b"ID3\x04"):
+            raise ValueError("audio is a file container (WAV/Ogg/FLAC/MP3), not raw PCM16 24 kHz mono samples")
         return value
 
     def pcm(self) -> bytes:
