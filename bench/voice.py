@@ -37,7 +37,7 @@ def _metrics(redis_url: str, prefix: str) -> dict[str, dict[str, float]]:
     r = syncredis.Redis.from_url(redis_url, decode_responses=True)
     out: dict[str, dict[str, float]] = {}
     for key in r.scan_iter(match=f"{prefix}:worker:*"):
-        h = r.hgetall(key)
+        h = {str(k): str(v) for k, v in r.hgetall(key).items()}
         with urllib.request.urlopen(f"http://127.0.0.1:{h['metrics_port']}/metrics", timeout=5) as resp:
             text = resp.read().decode()
         samples = out.setdefault(h["service"], {})
