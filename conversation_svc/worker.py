@@ -138,6 +138,8 @@ class ConversationWorkerSession:
         )
         writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(done), maxlen)
         self.history.add(Turn(uid, final.text, text))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("answered in %d deltas", len(parts), extra={"conversation_id": cid, "utterance_id": uid})
         self._observe(done.timings, asked_s, first_delta_s, len(parts))
         writer.add(self.stats_key, json.dumps({
             "c": cid, "w": ctx.worker_id, "sent": final.sent_ms, "tf": final.final_ms,

@@ -29,7 +29,8 @@ AUDIO_SAMPLE_WIDTH_BYTES = 2
 
 ENTRY_FIELD = b"d"
 
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")]
+# No ':' in ids: they become parts of key names, split on ':'.
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 

@@ -119,6 +119,12 @@ class Service(Protocol):
         ...
 
 
+def conversation_of_key(key: str) -> str | None:
+    """``vab:conv:{0}:abc:input`` -> ``abc`` (None for a control stream)."""
+    parts = key.split(":")
+    return parts[-2] if len(parts) >= 5 and parts[-4] == "conv" else None
+
+
 def dead_letter(
     writer: BatchWriter,
     keys: Keys,
@@ -140,7 +146,8 @@ def dead_letter(
         raw=(raw or b"").decode("utf-8", errors="replace"),
         dead_ms=int(time.time() * 1000),
     )
-    log.warning("dead-lettered %s %s: %s", stream, entry_id, reason)
+    log.warning("dead-lettered %s %s: %s", stream, entry_id, reason,
+                extra={"conversation_id": conversation_of_key(stream), "entry_id": entry_id})
     dead_key = keys.dead(keys.partition_of_key(stream))
     writer.gate(stream, group, entry_id, dead_key, letter.model_dump_json().encode(), maxlen=100_000)
 
@@ -418,7 +425,8 @@ class OwnershipRuntime:
                 ), fields.get(ENTRY_FIELD)))
                 continue
             self._enqueue(live, entry_id, fields)
-        log.info("replaying %d pending entries of %s", len(claimed), live.ctx.conversation_id)
+        log.info("replaying %d pending entries of %s", len(claimed), live.ctx.conversation_id,
+                 extra={"conversation_id": live.ctx.conversation_id})
 
     async def _relay_ended(self, control_key: str, entry_id: str, ended: ConversationEnded, raw: bytes | None) -> None:
         """A control-stream ``ended`` may overtake utterances still in flight, so it
@@ -550,7 +558,8 @@ class OwnershipRuntime:
             try:
                 await live.session.close()
             except Exception:
-                log.exception("closing session %s failed", live.ctx.conversation_id)
+                log.exception("closing session %s failed", live.ctx.conversation_id,
+                              extra={"conversation_id": live.ctx.conversation_id})
             live.session = None
 
     async def _drop(self, conversation_ids: Iterable[str], why: str) -> None:

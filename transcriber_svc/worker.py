@@ -54,6 +54,9 @@ class _Sink:
             final_ms=int(time.time() * 1000),
         )
         self.finals += 1
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("transcribed (%d input entries)", len(consumed_ids),
+                      extra={"conversation_id": self.ctx.conversation_id, "utterance_id": utterance_id})
         if not consumed_ids:
             self.ctx.writer.add(self.transcripts_key, encode(entry), self.maxlen)
             return
