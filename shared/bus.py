@@ -186,6 +186,60 @@ async def ensure_group(redis: aioredis.Redis, key: str, group: str) -> bool:
         raise
 
 
+StreamReply = list[tuple[bytes, StreamEntries]]
+
+
+class GroupReader:
+    """XREADGROUP ``>`` over many streams on a connection of its own.
+
+    A worker owning thousands of conversations lists thousands of keys in every
+    read; packing that command is most of a read's cost, so it is packed once
+    per change of the stream set (``plan_key``) and sent as bytes. The reply is
+    parsed here (no redis-py response callback on this path).
+    """
+
+    def __init__(self, redis: aioredis.Redis, group: str, consumer: str, block_ms: int) -> None:
+        self._conn = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        self._group = group
+        self._consumer = consumer
+        self._block_ms = block_ms
+        self._plan_key: object = None
+        self._packed: list[bytes] = []
+
+    async def read(self, plan_key: object, streams: Sequence[str], count: int) -> StreamReply:
+        if plan_key != self._plan_key:
+            self._packed = self._conn.pack_command(
+                "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count, "BLOCK", self._block_ms,
+                "STREAMS", *streams, *([">"] * len(streams)),
+            )
+            self._plan_key = plan_key
+        try:
+            await self._conn.send_packed_command(self._packed, check_health=False)
+            raw = await self._conn.read_response()
+        except BaseException:
+            # A reply may still be on its way: this connection cannot be reused.
+            await self._conn.disconnect()
+            raise
+        if not raw:
+            return []
+        # RESP3 (redis-py 8's default) answers a map {key: entries}; RESP2 a list of [key, entries].
+        pairs = raw.items() if isinstance(raw, dict) else raw
+        return [
+            (key, [(entry_id, _pairs(fields)) for entry_id, fields in entries])
+            for key, entries in cast(list[tuple[bytes, list[tuple[bytes, list[bytes] | None]]]], pairs)
+        ]
+
+    async def aclose(self) -> None:
+        await self._conn.disconnect()
+
+
+def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
+    if not flat:
+        return {}
+    it = iter(flat)
+    return dict(zip(it, it, strict=True))
+
+
 def hash_tag(key: str) -> str:
     """The ``{...}`` part of a key: keys with the same tag share a cluster slot."""
     start = key.find("{")

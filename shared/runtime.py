@@ -33,7 +33,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -44,7 +44,7 @@ from redis.exceptions import ResponseError
 from shared import keys as keynames
 from shared import metrics
 from shared.backoff import backoff
-from shared.bus import BatchWriter, Scripts, cancel_and_wait, ensure_group, is_transient, retry_forever
+from shared.bus import BatchWriter, GroupReader, Scripts, cancel_and_wait, ensure_group, is_transient, retry_forever
 from shared.engines.base import EngineError
 from shared.keys import Keys
 from shared.metrics import stream_kind
@@ -200,6 +200,8 @@ class OwnershipRuntime:
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         self.metrics_port = metrics_port
+        self._streams_version = 0
+        self._data_keys: list[str] | None = None
         self._m = _Meters(service.name)
         self.writer.on_suppressed = self._m.suppressed.inc
         self._m.capacity.set(settings.max_sessions)
@@ -251,38 +253,43 @@ class OwnershipRuntime:
 
     # --- reading -------------------------------------------------------------
 
-    def _read_plan(self) -> tuple[dict[bytes | str, str], int]:
-        streams: dict[bytes | str, str] = {}
+    def _read_plan(self) -> tuple[object, list[str], int]:
+        """(cache key, streams, COUNT) of the next read; the list is rebuilt only
+        when the set of owned conversations changed."""
         count = self.settings.read_count
-        if self.table.accepting:
-            for key in self._control_keys:
-                streams[key] = ">"
+        accepting = self.table.accepting
+        if accepting:
             # A read must not hand this worker more conversations than it has slots,
             # nor a whole burst: COUNT is per stream, so this caps the claims of one read.
             count = min(count, self.table.free_slots, self.settings.claim_batch)
-        for live in self.live.values():
-            if not live.closed:
-                streams[live.ctx.data_key] = ">"
-        return streams, count
+        if self._data_keys is None:
+            self._data_keys = [live.ctx.data_key for live in self.live.values() if not live.closed]
+        streams = (self._control_keys + self._data_keys) if accepting else self._data_keys
+        return (self._streams_version, accepting, count), streams, count
+
+    def _streams_changed(self) -> None:
+        self._streams_version += 1
+        self._data_keys = None
 
     async def _read_loop(self) -> None:
         delays = backoff()
         high_water = max(4 * self.settings.read_count, 1000)
+        reader = GroupReader(self.redis, self.service.group, self.worker_id, self.settings.read_block_ms)
+        try:
+            await self._read_with(reader, delays, high_water)
+        finally:
+            await reader.aclose()
+
+    async def _read_with(self, reader: GroupReader, delays: Iterator[float], high_water: int) -> None:
         while not self._stopping.is_set():
             await self.writer.wait_below(high_water)
-            streams, count = self._read_plan()
+            plan_key, streams, count = self._read_plan()
             if not streams:
                 # At capacity with nothing owned cannot happen; draining can.
                 await asyncio.sleep(self.settings.read_block_ms / 1000)
                 continue
             try:
-                reply = await self.redis.xreadgroup(
-                    self.service.group,
-                    self.worker_id,
-                    streams,  # type: ignore[arg-type]
-                    count=count,
-                    block=self.settings.read_block_ms,
-                )
+                reply = await reader.read(plan_key, streams, count)
                 if not self.redis_ok:
                     log.info("redis is back: reading again")
                 self.redis_ok = True
@@ -301,19 +308,18 @@ class OwnershipRuntime:
                 self._m.redis_errors_read.inc()
                 await asyncio.sleep(next(delays))
                 continue
-            for key, entries in _stream_reply(reply):
+            for key, entries in reply:
                 if key in self._control_bkeys:
                     for entry_id, fields in entries:
                         await self._on_control(key.decode(), entry_id.decode(), fields)
                 else:
                     self._on_data(key, entries)
 
-    async def _recreate_groups(self, streams: dict[bytes | str, str]) -> None:
+    async def _recreate_groups(self, streams: list[str]) -> None:
         """A stream lost its group (expired key, Redis restarted empty): recreate them."""
         for key in streams:
-            k = key.decode() if isinstance(key, bytes) else key
-            if await ensure_group(self.redis, k, self.service.group):
-                log.warning("recreated consumer group %s on %s", self.service.group, k)
+            if await ensure_group(self.redis, key, self.service.group):
+                log.warning("recreated consumer group %s on %s", self.service.group, key)
 
     def _on_data(self, key: bytes, entries: list[tuple[bytes, dict[bytes, bytes]]]) -> None:
         conversation_id = self._key_to_conv.get(key)
@@ -388,6 +394,7 @@ class OwnershipRuntime:
         self.table.add(claim)
         self.live[conversation_id] = live
         self._key_to_conv[data_key.encode()] = conversation_id
+        self._streams_changed()
         self.stats.claimed += 1
         self._m.owned.set(len(self.table.claims))
         if took_over:
@@ -545,6 +552,7 @@ class OwnershipRuntime:
         claim = self.table.remove(cid)
         self.live.pop(cid, None)
         self._key_to_conv.pop(live.ctx.data_key.encode(), None)
+        self._streams_changed()
         if claim is not None:
             self.writer.ack(claim.control_key, self.service.group, [claim.control_entry_id])
         for key in self.service.keys_to_expire(self.keys, cid):
@@ -571,6 +579,7 @@ class OwnershipRuntime:
                 continue
             live.closed = True
             self._key_to_conv.pop(live.ctx.data_key.encode(), None)
+            self._streams_changed()
             await cancel_and_wait(live.task)
             await self._close_session(live)
             log.warning("released conversation %s: %s", cid, why, extra={"conversation_id": cid})
@@ -820,14 +829,6 @@ class _Meters:
         self._child(metrics.ENTRIES_HANDLED, kind, type_).inc()
         ms = int(entry_id.split("-", 1)[0])
         self._child(metrics.QUEUE_TIME, kind).observe(max(0.0, time.time() - ms / 1000))
-
-
-StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
-
-
-def _stream_reply(reply: Any) -> StreamReply:
-    """XREADGROUP's RESP2 reply, typed (redis-py declares it as Any)."""
-    return cast(StreamReply, reply or [])
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:
