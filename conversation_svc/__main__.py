@@ -2,35 +2,24 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Awaitable, Callable
 
 from conversation_svc.engines import load_engine
 from conversation_svc.worker import ConversationService
-from shared.process import run_worker
+from shared.process import worker_cli
 from shared.runtime import Service
 from shared.settings import ConversationSettings
 
+DESCRIPTION = (
+    "Owns conversation sessions: claims conversations from the control stream, answers each final "
+    "transcript (the two-step 'send the message, then ask for a response'), and streams the answer to "
+    "the responses stream. Configured by environment variables (see README): REDIS_URL, KEY_PREFIX, "
+    "CONVERSATION_ENGINE (auto|echo|local|openai), LEASE_S, MAX_SESSIONS, HISTORY_MAX_TURNS, ..."
+)
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m conversation_svc",
-        description=(
-            "Owns conversation sessions: claims conversations from the control stream, "
-            "answers each final transcript (the two-step 'send the message, then ask for a "
-            "response'), and streams the answer to the responses stream. Configured by "
-            "environment variables (see README): REDIS_URL, KEY_PREFIX, CONVERSATION_ENGINE "
-            "(auto|echo|local|openai), LEASE_S, MAX_SESSIONS, HISTORY_MAX_TURNS, ..."
-        ),
-    )
-    parser.add_argument("--engine", help="override CONVERSATION_ENGINE")
-    parser.add_argument("--max-sessions", type=int, help="override MAX_SESSIONS")
-    args = parser.parse_args(argv)
-    overrides: dict[str, object] = {}
-    if args.engine:
-        overrides["conversation_engine"] = args.engine
-    if args.max_sessions:
-        overrides["max_sessions"] = args.max_sessions
+
+def build(overrides: dict[str, object]) -> tuple[ConversationSettings, Callable[[], Awaitable[Service]]]:
     settings = ConversationSettings(**overrides)  # type: ignore[arg-type]
 
     async def make_service() -> Service:
@@ -38,7 +27,11 @@ def main(argv: list[str] | None = None) -> int:
         await engine.start()
         return ConversationService(settings, engine)
 
-    return run_worker("conversation", settings, make_service)
+    return settings, make_service
+
+
+def main(argv: list[str] | None = None) -> int:
+    return worker_cli("conversation", DESCRIPTION, "CONVERSATION_ENGINE", argv, build)
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ client, signals, the event loop. Each service's ``__main__`` calls
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import logging
@@ -88,3 +89,25 @@ def run_worker(
     setup_logging(service_name, settings.worker_id, settings.log_level, settings.log_format)
     install_fast_loop()
     return asyncio.run(serve(settings, make_service))
+
+
+def worker_cli(
+    service_name: str,
+    description: str,
+    engine_env: str,
+    argv: list[str] | None,
+    build: Callable[[dict[str, object]], tuple[CommonSettings, Callable[[], Awaitable[Service]]]],
+) -> int:
+    """The command line both session services share: ``--help``, ``--engine``,
+    ``--max-sessions``; everything else comes from the environment."""
+    parser = argparse.ArgumentParser(prog=f"python -m {service_name}_svc", description=description)
+    parser.add_argument("--engine", help=f"override {engine_env}")
+    parser.add_argument("--max-sessions", type=int, help="override MAX_SESSIONS")
+    args = parser.parse_args(argv)
+    overrides: dict[str, object] = {}
+    if args.engine:
+        overrides[engine_env.lower()] = args.engine
+    if args.max_sessions:
+        overrides["max_sessions"] = args.max_sessions
+    settings, make_service = build(overrides)
+    return run_worker(service_name, settings, make_service)

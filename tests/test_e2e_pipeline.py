@@ -95,6 +95,15 @@ def test_scaling_spreads_conversations_over_workers(stack: Stack, redis_url: str
     assert all(n > 0 for n in transcribers + conversations), per_worker
 
 
+def _start_simulation(env: dict[str, str], conversations: int = 10, rate: float = 3) -> subprocess.Popen[str]:
+    """A simulation of a few seconds (12 utterances and a greeting each), in the background."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulator_svc", "--json", "--conversations", str(conversations), "--utterances",
+         "12", "--rate", str(rate), "--timeout", "90"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
 def _takeover_delay_s(survivor: ServiceProcess, since_s: float) -> float | None:
     times = [float(str(e["ts"])) for e in _log_events(survivor) if "took over" in str(e.get("msg", ""))]
     later = [t for t in times if t >= since_s]
@@ -106,11 +115,7 @@ def test_sigkill_mid_run_loses_nothing(stack: Stack, redis_url: str, prefix: str
     victim = stack.start("conversation_svc")
     survivor = stack.start("conversation_svc")
     wait_for_workers(redis_url, prefix, 3)
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "simulator_svc", "--json", "--conversations", "10", "--utterances", "12",
-         "--rate", "3", "--timeout", "90"],
-        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    sim = _start_simulation(stack.env)
     time.sleep(2.0)
     killed_at = time.time()
     victim.signal(signal.SIGKILL)
@@ -145,11 +150,7 @@ def test_sigterm_hands_back_at_once(stack: Stack, redis_url: str, prefix: str) -
     leaving = stack.start("conversation_svc")
     staying = stack.start("conversation_svc")
     wait_for_workers(redis_url, prefix, 3)
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "simulator_svc", "--json", "--conversations", "10", "--utterances", "12",
-         "--rate", "3", "--timeout", "90"],
-        env=stack.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+    sim = _start_simulation(stack.env)
     time.sleep(2.0)
     stopped_at = time.time()
     leaving.signal(signal.SIGTERM)
@@ -223,11 +224,7 @@ def test_redis_restart_mid_run(own_redis_server: RedisServer, prefix: str, tmp_p
     try:
         _start(stack)
         wait_for_workers(own_redis_server.url, prefix, 2)
-        sim = subprocess.Popen(
-            [sys.executable, "-m", "simulator_svc", "--json", "--conversations", "5", "--utterances", "12",
-             "--rate", "2", "--timeout", "90"],
-            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
+        sim = _start_simulation(env, conversations=5, rate=2)
         time.sleep(2.0)
         own_redis_server.stop()
         time.sleep(1.5)
