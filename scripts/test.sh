@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-ensure_venv requirements/base.lock requirements/dev.lock requirements/local.lock
+ensure_venv requirements/base.lock requirements/dev.lock requirements/local.lock requirements/bench.lock
 ruff check .
 mypy
 exec pytest -q "$@"

@@ -1,0 +1,19 @@
+"""The benchmark: our pipeline against two hand-written baselines, side by side.
+
+``python -m bench [--quick] [--out bench-results/NAME]`` starts its own Redis
+(or uses ``REDIS_URL``), runs every phase and writes ``results.json``,
+``results.md`` and PNG plots to the output folder.
+
+Modules, one job each:
+
+- :mod:`bench.driver`: the load generator and the measurement, the same for
+  every system (closed loop with a bounded in-flight count; open loop on an
+  evenly spread schedule);
+- :mod:`bench.pipeline`: our services as the system under test (start them,
+  write and read their streams);
+- :mod:`bench.baseline_redis`: the hand-written two-hop redis-py pipeline;
+- :mod:`bench.baseline_queues`: the same two hops on asyncio queues;
+- :mod:`bench.cpu`: CPU seconds and RSS per process, Redis command counts;
+- :mod:`bench.capacity`: live conversations held by one conversation worker;
+- :mod:`bench.report`: the markdown table, the JSON dump and the plots.
+"""

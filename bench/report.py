@@ -1,0 +1,348 @@
+"""The report: ``results.json`` (every raw figure), ``results.md`` (the tables,
+our figures beside both baselines with the ratios, and the issue's targets
+checked) and PNG plots (matplotlib, Agg backend):
+
+- ``latency.png``: end-to-end p50 / p99 vs offered load, per system;
+- ``scaling.png``: throughput vs workers per tier;
+- ``capacity.png``: the conversation worker's RSS and the light load's p99 vs live sessions.
+
+Ratios are ours / baseline_redis unless said otherwise (throughput: higher is
+better; CPU and latency: lower is better).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+OURS = "ours"
+BASE = "baseline_redis"
+QUEUES = "baseline_queues"
+SYSTEMS = (OURS, BASE, QUEUES)
+
+
+def _f(v: Any, digits: int = 2) -> str:
+    if v is None or (isinstance(v, float) and math.isnan(v)):
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, int):
+        return f"{v:,}"
+    if isinstance(v, float):
+        return f"{v:,.{digits}f}"
+    return str(v)
+
+
+def _sessions(owned: Any) -> str:
+    """``{group: {consumer: n}}`` as ``group n1 + n2``."""
+    if not isinstance(owned, dict) or not owned:
+        return "-"
+    return "; ".join(f"{g} " + " + ".join(str(n) for n in sorted(c.values(), reverse=True))
+                     for g, c in owned.items())
+
+
+def _cpu_pct(pct: Any) -> str:
+    if not isinstance(pct, dict):
+        return "-"
+    return " / ".join(_f(pct.get(k), 0) for k in ("conversation-0", "transcriber-0", "redis-server"))
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    if not isinstance(a, int | float) or not isinstance(b, int | float) or not b:
+        return None
+    return float(a) / float(b)
+
+
+def _get(d: Any, *path: str | int) -> Any:
+    for p in path:
+        if isinstance(d, dict) and p in d:
+            d = d[p]
+        elif isinstance(d, list) and isinstance(p, int) and 0 <= p < len(d):
+            d = d[p]
+        else:
+            return None
+    return d
+
+
+def _level(results: dict[str, Any], system: str, rate: float) -> dict[str, Any] | None:
+    for lvl in _get(results, "systems", system, "latency") or []:
+        if lvl.get("offered_per_s") == rate:
+            return dict(lvl)
+    return None
+
+
+def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """The issue's targets, each with our value, the limit and whether it holds."""
+    out: list[dict[str, Any]] = []
+    ours_tp = _get(results, "systems", OURS, "throughput")
+    base_tp = _get(results, "systems", BASE, "throughput")
+    r = _ratio(_get(ours_tp, "answered_per_s"), _get(base_tp, "answered_per_s"))
+    out.append({"target": "throughput >= 0.8x redis-py baseline", "value": r, "limit": 0.8,
+                "ok": r is not None and r >= 0.8})
+    r = _ratio(_get(ours_tp, "system_cpu_s_per_1000"), _get(base_tp, "system_cpu_s_per_1000"))
+    out.append({"target": "CPU per 1,000 utterances (services + Redis) <= 1.5x baseline", "value": r,
+                "limit": 1.5, "ok": r is not None and r <= 1.5})
+    rates = _get(results, "meta", "sizes", "latency_rates") or []
+    top = max(rates) if rates else None
+    if top is not None:
+        ours_top, base_top = _level(results, OURS, top), _level(results, BASE, top)
+        r = _ratio(_get(ours_top, "latency_ms", "e2e", "p99"), _get(base_top, "latency_ms", "e2e", "p99"))
+        sustained = bool(_get(ours_top, "sustained"))
+        out.append({"target": f"e2e p99 at {top:g}/s <= 1.5x baseline, and sustained", "value": r, "limit": 1.5,
+                    "ok": r is not None and r <= 1.5 and sustained, "sustained": sustained})
+    mid_rate = 200.0 if 200.0 in rates else (sorted(rates)[len(rates) // 2] if rates else None)
+    if mid_rate is not None:
+        lvl = _level(results, OURS, mid_rate)
+        for hop in ("hop1_ids", "hop2_ids"):
+            p50 = _get(lvl, "latency_ms", hop, "p50")
+            p99 = _get(lvl, "latency_ms", hop, "p99")
+            out.append({"target": f"{hop[:4]} at {mid_rate:g}/s p50 <= 0.5 ms (ids, 1 ms resolution)",
+                        "value": p50, "limit": 0.5, "ok": p50 is not None and p50 <= 0.5,
+                        "mean": _get(lvl, "latency_ms", hop, "mean")})
+            out.append({"target": f"{hop[:4]} at {mid_rate:g}/s p99 <= 2 ms (ids, 1 ms resolution)",
+                        "value": p99, "limit": 2.0, "ok": p99 is not None and p99 <= 2.0})
+    steps = _get(results, "capacity", "steps") or []
+    fit = [s for s in steps if s.get("sessions", 0) > 0 and s.get("rss_per_session_bytes", 1e12) <= 50 * 1024]
+    best = max((s["sessions"] for s in fit), default=0)
+    top_step: dict[str, Any] = max(steps, key=lambda s: s.get("sessions", 0), default={})
+    out.append({"target": ">= 2,000 live conversations per worker at <= 50 KB RSS each",
+                "value": best, "limit": 2000, "ok": best >= 2000,
+                "kb_per_session_at_largest": round(top_step.get("rss_per_session_bytes", 0) / 1024, 1)
+                if top_step.get("rss_per_session_bytes") else None})
+    return out
+
+
+def markdown(results: dict[str, Any]) -> str:
+    meta = results.get("meta", {})
+    sizes = meta.get("sizes", {})
+    lines: list[str] = []
+    add = lines.append
+    add(f"# Benchmark ({meta.get('mode', '?')} run, {meta.get('started_utc', '?')})")
+    add("")
+    add(f"Machine: {meta.get('cpu_count')} cores ({meta.get('cpu_model')}), Python {meta.get('python')}, "
+        f"Redis {_get(meta, 'redis', 'version')} ({_get(meta, 'redis', 'origin')}). "
+        f"Command: `{meta.get('command')}`; run time {meta.get('duration_s')} s. Every process (services, "
+        "baseline stages, Redis, the driver) shares these cores.")
+    add("")
+    add("Systems (what each does per utterance):")
+    add("")
+    for name in SYSTEMS:
+        add(f"- **{name}**: {_get(results, 'systems', name, 'description')}")
+    add("")
+
+    # --- throughput
+    add(f"## Throughput: {_f(sizes.get('throughput_utterances'))} utterances over {sizes.get('conversations')} "
+        f"conversations, at most {_f(sizes.get('max_in_flight'))} in flight (closed loop)")
+    add("")
+    add("CPU = user + system seconds of each process during the phase, per 1,000 answered utterances. "
+        "*system* = the pipeline's processes + Redis (the driver excluded); the queue baseline's stages run in "
+        "the driver's process, their CPU is summed around their own work.")
+    add("")
+    add(f"Each figure is the median of {sizes.get('throughput_reps', 1)} consecutive runs (all runs in the JSON, "
+        "`reps`); *other CPU* = what the rest of the machine used meanwhile (a shared machine disturbs the figures).")
+    add("")
+    add("| system | answered/s | x baseline_redis | system CPU s/1000 | x baseline_redis | CPU s/1000 by process "
+        "| Redis calls per utterance | missing / dup / out of order | answered/s of each run | other CPU s |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
+    base_tp = _get(results, "systems", BASE, "throughput")
+    rows: list[tuple[str, Any]] = [(n, _get(results, "systems", n, "throughput")) for n in SYSTEMS]
+    rows.insert(1, ("ours, default deltas (3 words)", _get(results, "systems", OURS, "throughput_default_deltas")))
+    for name, tp in rows:
+        if not tp:
+            add(f"| {name} | (failed) | | | | | | | | |")
+            continue
+        procs = ", ".join(f"{k} {_f(v, 3)}" for k, v in sorted(tp.get("cpu_s_per_1000", {}).items()))
+        calls = tp.get("redis_calls_per_utterance", {}) if name != QUEUES else {}
+        calls_s = ", ".join(f"{k} {_f(v)}" for k, v in sorted(calls.items()) if k not in ("info",))
+        add(f"| {name} | {_f(tp.get('answered_per_s'), 0)} "
+            f"| {_f(_ratio(tp.get('answered_per_s'), _get(base_tp, 'answered_per_s')))} "
+            f"| {_f(tp.get('system_cpu_s_per_1000'), 3)} "
+            f"| {_f(_ratio(tp.get('system_cpu_s_per_1000'), _get(base_tp, 'system_cpu_s_per_1000')))} "
+            f"| {procs} | {calls_s or '-'} "
+            f"| {_f(tp.get('missing'))} / {_f(tp.get('duplicates'))} / {_f(tp.get('out_of_order'))} "
+            f"| {', '.join(_f(r.get('answered_per_s'), 0) for r in tp.get('reps', []))} "
+            f"| {_f(tp.get('other_processes_cpu_s'))} |")
+    add("")
+
+    # --- latency
+    add(f"## Latency under open-loop load ({_f(sizes.get('latency_window_s'), 0)} s per level, spread evenly "
+        f"over {sizes.get('conversations')} conversations)")
+    add("")
+    add("e2e = client clock, sent -> `response.done` (`out`) seen. hop N (ids) = output entry id time - input "
+        "entry id time of that hop: **1 ms resolution** (stream ids carry whole ms; the mean is unbiased). "
+        "hop N (client) = when the client saw each output (perf_counter, includes the client's read). "
+        "Sustained = send rate within 5% of offered, backlog not growing (mid vs end of window), all answered.")
+    add("")
+    add("| offered/s | system | achieved/s | sustained | backlog mid/end | e2e p50 | p95 | p99 | max "
+        "| e2e p99 x base | hop1 ids p50/p99/mean | hop2 ids p50/p99/mean | hop1 client p50/p99 "
+        "| hop2 client p50/p99 |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for rate in sizes.get("latency_rates", []):
+        base_p99 = _get(_level(results, BASE, rate), "latency_ms", "e2e", "p99")
+        for name in SYSTEMS:
+            lvl = _level(results, name, rate)
+            if lvl is None:
+                add(f"| {rate:g} | {name} | (failed) |||||||||||")
+                continue
+            lat = lvl["latency_ms"]
+            e2e = lat["e2e"]
+
+            def hop(key: str, mean: bool = True, lat: dict[str, Any] = lat) -> str:
+                h = lat[key]
+                s = f"{_f(h['p50'])} / {_f(h['p99'])}"
+                return s + (f" / {_f(h['mean'])}" if mean else "")
+
+            add(f"| {rate:g} | {name} | {_f(lvl['achieved_send_per_s'], 0)} | {_f(lvl['sustained'])} "
+                f"| {lvl['backlog_mid']} / {lvl['backlog_end']} | {_f(e2e['p50'])} | {_f(e2e['p95'])} "
+                f"| {_f(e2e['p99'])} | {_f(e2e['max'])} | {_f(_ratio(e2e['p99'], base_p99))} "
+                f"| {hop('hop1_ids')} | {hop('hop2_ids')} | {hop('hop1_client', False)} "
+                f"| {hop('hop2_client', False)} |")
+    add("")
+
+    # --- scaling
+    cores = meta.get("cpu_count")
+    add(f"## Scaling: throughput vs workers per tier ({cores} cores: every worker, Redis and the driver "
+        "share them, so a second worker per tier can only help as far as a core is idle)")
+    add("")
+    add("| workers per tier | ours answered/s | baseline_redis answered/s | x baseline | ours system CPU s/1000 "
+        "| sessions per worker (ours) |")
+    add("|---|---|---|---|---|---|")
+    for w in ("1", "2"):
+        o = _get(results, "scaling", OURS, w)
+        b = _get(results, "scaling", BASE, w)
+        if o is None and b is None:
+            continue
+        add(f"| {w} | {_f(_get(o, 'answered_per_s'), 0)} | {_f(_get(b, 'answered_per_s'), 0)} "
+            f"| {_f(_ratio(_get(o, 'answered_per_s'), _get(b, 'answered_per_s')))} "
+            f"| {_f(_get(o, 'system_cpu_s_per_1000'), 3)} | {_sessions(_get(o, 'sessions_per_worker'))} |")
+    add("")
+
+    # --- capacity
+    cap = results.get("capacity") or {}
+    add(f"## Capacity: live conversations on one conversation worker (light load {_f(cap.get('light_load_per_s'), 0)}"
+        f" utterances/s over {cap.get('probes')} probe conversations, the rest idle but open)")
+    add("")
+    add("RSS/session = (RSS - RSS with no conversation) / live conversations; marginal = slope from the first "
+        f"loaded step. p99 doubled at: {_f(cap.get('p99_doubled_at')) if cap.get('p99_doubled_at') else 'never'}"
+        f" (reference p99 {_f(cap.get('reference_p99_ms'))} ms).")
+    add("")
+    add("| live conversations | worker RSS MB | RSS/session KB | marginal KB | transcriber RSS MB | e2e p50 | p99 "
+        "| max | sustained | CPU % worker / transcriber / Redis | XREADGROUP µs per call (calls/s) |")
+    add("|---|---|---|---|---|---|---|---|---|---|---|")
+    for s in cap.get("steps", []):
+        e2e = s.get("e2e_ms") or {}
+        add(f"| {_f(s['sessions'])} | {_f(s['rss_bytes'] / 2**20, 1)} "
+            f"| {_f(s.get('rss_per_session_bytes', 0) / 1024 if 'rss_per_session_bytes' in s else None, 1)} "
+            f"| {_f(s['marginal_rss_per_session_bytes'] / 1024 if 'marginal_rss_per_session_bytes' in s else None, 1)}"
+            f" | {_f(s['transcriber_rss_bytes'] / 2**20, 1)} | {_f(e2e.get('p50'))} | {_f(e2e.get('p99'))} "
+            f"| {_f(e2e.get('max'))} | {_f(s.get('sustained'))} | {_cpu_pct(s.get('cpu_percent'))} "
+            f"| {_f(s.get('xreadgroup_usec_per_call'), 0)} ({_f(s.get('xreadgroup_calls_per_s'), 0)}) |")
+    add("")
+
+    # --- targets
+    add("## Targets (issue #7)")
+    add("")
+    add("| target | value | limit | met |")
+    add("|---|---|---|---|")
+    for t in results.get("targets", []):
+        extra = ""
+        if t.get("mean") is not None:
+            extra = f" (mean {_f(t['mean'])} ms)"
+        if t.get("kb_per_session_at_largest") is not None:
+            extra = f" ({_f(t['kb_per_session_at_largest'], 1)} KB/session at the largest step)"
+        add(f"| {t['target']} | {_f(t['value'])}{extra} | {_f(t['limit'])} | {_f(t['ok'])} |")
+    add("")
+    if results.get("errors"):
+        add("## Errors")
+        add("")
+        for e in results["errors"]:
+            add(f"- {e['section']}: `{e['error']}`")
+        add("")
+    return "\n".join(lines)
+
+
+def plots(out: Path, results: dict[str, Any]) -> list[str]:
+    """Write the PNGs; return their file names."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    rates = _get(results, "meta", "sizes", "latency_rates") or []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name, color in zip(SYSTEMS, ("tab:blue", "tab:orange", "tab:green"), strict=True):
+        for q, style in (("p50", "--"), ("p99", "-")):
+            xs, ys = [], []
+            for rate in rates:
+                v = _get(_level(results, name, rate), "latency_ms", "e2e", q)
+                if v is not None:
+                    xs.append(rate)
+                    ys.append(max(float(v), 0.01))
+            if xs:
+                ax.plot(xs, ys, style, marker="o", color=color, label=f"{name} {q}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load (utterances/s)")
+    ax.set_ylabel("end-to-end latency (ms)")
+    ax.set_title("Latency vs offered load")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=7, loc="best", ncol=3)
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+    written.append("latency.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    width = 0.35
+    for i, (name, color) in enumerate(((OURS, "tab:blue"), (BASE, "tab:orange"))):
+        ws = sorted(int(w) for w in (_get(results, "scaling", name) or {}))
+        vals = [_get(results, "scaling", name, str(w), "answered_per_s") or 0 for w in ws]
+        ax.bar([w + (i - 0.5) * width for w in ws], vals, width, color=color, label=name)
+    qtp = _get(results, "systems", QUEUES, "throughput", "answered_per_s")
+    if qtp:
+        ax.axhline(qtp, color="tab:green", linestyle=":", label=f"{QUEUES} (1 process)")
+    ax.set_xticks([1, 2])
+    ax.set_xlabel("workers per tier")
+    ax.set_ylabel("answered utterances/s")
+    ax.set_title(f"Throughput vs workers ({_get(results, 'meta', 'cpu_count')} cores)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "scaling.png", dpi=110)
+    plt.close(fig)
+    written.append("scaling.png")
+
+    steps = _get(results, "capacity", "steps") or []
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if steps:
+        xs = [s["sessions"] for s in steps]
+        ax.plot(xs, [s["rss_bytes"] / 2**20 for s in steps], marker="o", color="tab:blue", label="worker RSS")
+        ax.set_xlabel("live conversations on one conversation worker")
+        ax.set_ylabel("RSS (MB)", color="tab:blue")
+        ax2 = ax.twinx()
+        lat = [(s["sessions"], s["e2e_ms"]["p99"]) for s in steps if s.get("e2e_ms", {}).get("p99") is not None]
+        if lat:
+            ax2.plot([x for x, _ in lat], [y for _, y in lat], marker="s", color="tab:red", label="light-load p99")
+        ax2.set_ylabel("e2e p99 (ms)", color="tab:red")
+        fig.legend(loc="upper left", bbox_to_anchor=(0.12, 0.88), fontsize=8)
+    ax.set_title("Conversation worker RSS and p99 vs live conversations")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "capacity.png", dpi=110)
+    plt.close(fig)
+    written.append("capacity.png")
+    return written
+
+
+def write(out: Path, results: dict[str, Any]) -> None:
+    """results.json, results.md and the plots into ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    results["targets"] = targets(results)
+    try:
+        results["plots"] = plots(out, results)
+    except Exception as exc:  # a plot must not cost the figures
+        results.setdefault("errors", []).append({"section": "plots", "error": repr(exc)})
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
+    (out / "results.md").write_text(markdown(results))

@@ -1,0 +1,76 @@
+"""The benchmark command works and its output parses (``python -m bench --quick``).
+
+No timed assertions: the figures depend on the machine; this only proves that
+every phase ran, produced numbers, and wrote its report and plots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=220, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-6000:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert results["errors"] == []
+    assert results["meta"]["mode"] == "quick"
+
+    systems = results["systems"]
+    rates = results["meta"]["sizes"]["latency_rates"]
+    for name in ("ours", "baseline_redis", "baseline_queues"):
+        tp = systems[name]["throughput"]
+        assert tp["answered"] == tp["sent"] > 0, name
+        assert tp["duplicates"] == 0 and tp["out_of_order"] == 0, name
+        assert _number(tp["answered_per_s"]) and _number(tp["system_cpu_s_per_1000"]), name
+        levels = systems[name]["latency"]
+        assert [lvl["offered_per_s"] for lvl in levels] == rates, name
+        for lvl in levels:
+            assert isinstance(lvl["sustained"], bool)
+            for figure in ("e2e", "hop1_ids", "hop2_ids", "hop1_client", "hop2_client"):
+                summary = lvl["latency_ms"][figure]
+                assert summary["n"] > 0 and all(_number(summary[q]) for q in ("p50", "p95", "p99", "max")), (
+                    name, lvl["offered_per_s"], figure)
+    assert _number(systems["ours"]["throughput_default_deltas"]["answered_per_s"])
+    # Our pipeline's Redis command counts per utterance are part of the fairness statement.
+    assert systems["ours"]["throughput"]["redis_calls_per_utterance"]["xadd"] > 0
+
+    for name in ("ours", "baseline_redis"):
+        for workers in ("1", "2"):
+            assert _number(results["scaling"][name][workers]["answered_per_s"]), (name, workers)
+
+    capacity = results["capacity"]
+    steps = capacity["steps"]
+    assert steps[0]["sessions"] == 0 and len(steps) >= 3
+    for step in steps[1:]:
+        assert step["sessions"] > 0 and _number(step["rss_bytes"]) and _number(step["rss_per_session_bytes"])
+        assert _number(step["e2e_ms"]["p99"])
+
+    assert {t["target"] for t in results["targets"]} and all("ok" in t for t in results["targets"])
+
+    table = (out / "results.md").read_text()
+    for heading in ("## Throughput", "## Latency", "## Scaling", "## Capacity", "## Targets"):
+        assert heading in table
+    for png in ("latency.png", "scaling.png", "capacity.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
