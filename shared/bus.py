@@ -31,6 +31,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.backoff import backoff
+from shared.keys import CONTROL_KIND, Keys, conversation_of_key, data_kind_of_key
 from shared.models import ENTRY_FIELD
 
 log = logging.getLogger(__name__)
@@ -206,15 +207,25 @@ class GroupReader:
         self._plan_key: object = None
         self._packed: list[bytes] = []
 
-    async def read(self, plan_key: object, streams: Sequence[str], count: int) -> StreamReply:
-        if plan_key != self._plan_key:
-            self._packed = self._conn.pack_command(
-                "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count, "BLOCK", self._block_ms,
+    async def read(self, plan_key: object, streams: Sequence[str], count: int, block: bool = True) -> StreamReply:
+        """Read ``>`` on ``streams``. The command is packed once per ``plan_key``
+        (the full set of owned streams); ``plan_key`` None packs a one-off set."""
+        blocking = ("BLOCK", self._block_ms) if block else ()
+        if plan_key is None:
+            packed = self._conn.pack_command(
+                "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count, *blocking,
                 "STREAMS", *streams, *([">"] * len(streams)),
             )
-            self._plan_key = plan_key
+        else:
+            if (plan_key, block) != self._plan_key:
+                self._packed = self._conn.pack_command(
+                    "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count, *blocking,
+                    "STREAMS", *streams, *([">"] * len(streams)),
+                )
+                self._plan_key = (plan_key, block)
+            packed = self._packed
         try:
-            await self._conn.send_packed_command(self._packed, check_health=False)
+            await self._conn.send_packed_command(packed, check_health=False)
             raw = await self._conn.read_response()
         except BaseException:
             # A reply may still be on its way: this connection cannot be reused.
@@ -231,6 +242,77 @@ class GroupReader:
 
     async def aclose(self) -> None:
         await self._conn.disconnect()
+
+
+class Doorbell:
+    """Listens to the per-partition doorbell streams.
+
+    Whoever writes to a conversation's stream also adds a doorbell entry (one
+    per write batch: field = stream kind, value = the conversation ids). A
+    worker blocks on the doorbells (a few keys) instead of on every stream it
+    owns (thousands), then reads just the streams that rang. A writer that
+    does not ring is still read, by the worker's periodic sweep.
+    """
+
+    def __init__(self, redis: aioredis.Redis, keys: Sequence[str]) -> None:
+        self._redis = redis
+        self._conn = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        self._keys = list(keys)
+        self._last: dict[str, str] = {}
+
+    async def start(self) -> None:
+        """Listen from now on (what rang before is covered by the first sweep)."""
+        for key in self._keys:
+            newest = await xrange_entries(self._redis, key, count=1, reverse=True)
+            self._last[key] = newest[0][0].decode() if newest else "0-0"
+
+    async def wait(self, block_ms: int, count: int = 1000) -> list[tuple[str, list[str]]]:
+        """(kind, conversation ids) rung since the last call; [] after ``block_ms`` of quiet."""
+        packed = self._conn.pack_command(
+            "XREAD", "COUNT", count, "BLOCK", max(1, block_ms), "STREAMS", *self._keys,
+            *(self._last[k] for k in self._keys),
+        )
+        try:
+            await self._conn.send_packed_command(packed, check_health=False)
+            raw = await self._conn.read_response()
+        except BaseException:
+            await self._conn.disconnect()
+            raise
+        if not raw:
+            return []
+        rings: list[tuple[str, list[str]]] = []
+        pairs = raw.items() if isinstance(raw, dict) else raw
+        for key, entries in cast(list[tuple[bytes, list[tuple[bytes, list[bytes]]]]], pairs):
+            for _entry_id, fields in entries:
+                for kind, ids in _pairs(fields).items():
+                    rings.append((kind.decode(), ids.decode().split()))
+            self._last[key.decode()] = entries[-1][0].decode()
+        return rings
+
+    async def aclose(self) -> None:
+        await self._conn.disconnect()
+
+
+def ring_ops(keys: Sequence[str]) -> dict[str, dict[str, list[str]]]:
+    """Doorbell rings for writes to ``keys``: {partition tag: {kind: [conversation ids]}}."""
+    rings: dict[str, dict[str, dict[str, None]]] = {}
+    for key in keys:
+        kind = data_kind_of_key(key)
+        cid = conversation_of_key(key)
+        if kind is not None and cid is not None:
+            rings.setdefault(hash_tag(key), {}).setdefault(kind, {})[cid] = None
+    return {tag: {kind: list(ids) for kind, ids in kinds.items()} for tag, kinds in rings.items()}
+
+
+def add_rings(pipe: Any, keys: Keys, written: Sequence[str], maxlen: int = 10_000) -> None:
+    """Queue on ``pipe`` the doorbell entries for a client's writes to ``written``
+    (conversation streams and control streams)."""
+    controls = set(keys.controls())
+    for key in {k for k in written if k in controls}:
+        pipe.xadd(keys.bell_for_key(key), {CONTROL_KIND: "1"}, maxlen=maxlen, approximate=True)
+    for tag, kinds in ring_ops([k for k in written if k not in controls]).items():
+        pipe.xadd(keys.bell(int(tag)), {kind: " ".join(ids) for kind, ids in kinds.items()},
+                  maxlen=maxlen, approximate=True)
 
 
 def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
@@ -277,8 +359,18 @@ class _Barrier:
 class BatchWriter:
     """Queue of writes, flushed in order by one background task (see module doc)."""
 
-    def __init__(self, redis: aioredis.Redis, scripts: Scripts, max_batch: int = 1000) -> None:
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        scripts: Scripts,
+        max_batch: int = 1000,
+        bell_key: Callable[[str], str] | None = None,
+        bell_maxlen: int = 10_000,
+    ) -> None:
         self._redis = redis
+        #: Maps a written stream to its partition's doorbell (None: ring nothing).
+        self._bell_key = bell_key
+        self._bell_maxlen = bell_maxlen
         self._scripts = scripts
         self._max_batch = max_batch
         self._ops: deque[_Op] = deque()
@@ -393,6 +485,20 @@ class BatchWriter:
                 log.warning("redis write failed (%s); retrying in %.2fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
 
+    def _add_rings(self, programs: dict[str, tuple[list[str], dict[str, int], list[Any], list[_Op]]]) -> None:
+        """Append one doorbell XADD per program: the conversations whose streams it writes."""
+        assert self._bell_key is not None
+        for keys, index, argv, ops in programs.values():
+            written = [op.keys[-1] for op in ops if op.code in ("X", "G")]
+            for kinds in ring_ops(written).values():
+                bell = self._bell_key(written[0])
+                idx = index.get(bell)
+                if idx is None:
+                    keys.append(bell)
+                    idx = index[bell] = len(keys)
+                for kind, ids in kinds.items():
+                    argv.extend(("X", idx, self._bell_maxlen, kind, " ".join(ids)))
+
     async def _send(self, batch: list[_Op]) -> None:
         """One EVALSHA per partition (hash tag), all in one pipeline round trip."""
         if "batch" not in self._scripts.sha:
@@ -412,6 +518,8 @@ class BatchWriter:
                 argv.append(idx)
             argv.extend(op.args)
             ops.append(op)
+        if self._bell_key is not None:
+            self._add_rings(programs)
         sha = self._scripts.sha["batch"]
         if len(programs) == 1:
             keys, _, argv, ops = next(iter(programs.values()))
@@ -427,7 +535,8 @@ class BatchWriter:
         self.stats.flushes += 1
         self.stats.ops += len(batch)
         for ops, results in zip(groups, replies, strict=True):
-            for op, result in zip(ops, results, strict=True):
+            # Doorbell ops come last in a program and have no _Op: zip stops before them.
+            for op, result in zip(ops, results, strict=False):
                 if isinstance(result, bytes) and result.startswith(b"ERR "):
                     self.stats.op_errors += 1
                     log.error("write %s to %s failed: %s", op.code, op.keys[0], result[4:].decode(errors="replace"))

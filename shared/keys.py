@@ -38,6 +38,10 @@ class Keys:
     def control_for(self, conversation_id: str) -> str:
         return self.control(partition_of(conversation_id, self.partitions))
 
+    def conv_prefix(self, conversation_id: str) -> str:
+        """The part of a conversation's key names before ``:<kind>``."""
+        return self._conv(conversation_id)
+
     def _conv(self, conversation_id: str) -> str:
         p = partition_of(conversation_id, self.partitions)
         return f"{self.prefix}:conv:{{{p}}}:{conversation_id}"
@@ -65,6 +69,16 @@ class Keys:
     def deads(self) -> list[str]:
         return [self.dead(p) for p in range(self.partitions)]
 
+    def bell(self, partition: int = 0) -> str:
+        """The partition's doorbell: "these conversations' <kind> streams have new entries"."""
+        return f"{self.prefix}:bell:{{{partition}}}"
+
+    def bells(self) -> list[str]:
+        return [self.bell(p) for p in range(self.partitions)]
+
+    def bell_for_key(self, key: str) -> str:
+        return f"{self.prefix}:bell:{{{self.partition_of_key(key)}}}"
+
     def stats(self, partition: int = 0) -> str:
         """A short rolling log of answered utterances' timings, for the monitor."""
         return f"{self.prefix}:stats:{{{partition}}}"
@@ -82,3 +96,20 @@ class Keys:
     def partition_of_key(self, key: str) -> int:
         start = key.index("{") + 1
         return int(key[start : key.index("}", start)])
+
+
+#: Stream kinds a doorbell announces, and the field name used for the control stream.
+DATA_KINDS = ("input", "transcripts", "responses")
+CONTROL_KIND = "control"
+
+
+def conversation_of_key(key: str) -> str | None:
+    """``vab:conv:{0}:abc:input`` -> ``abc`` (None for any other key)."""
+    parts = key.split(":")
+    return parts[-2] if len(parts) >= 5 and parts[-4] == "conv" else None
+
+
+def data_kind_of_key(key: str) -> str | None:
+    """``...:input`` -> ``input``; None when the key is no conversation stream."""
+    kind = key.rsplit(":", 1)[-1]
+    return kind if kind in DATA_KINDS and conversation_of_key(key) is not None else None

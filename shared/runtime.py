@@ -33,7 +33,7 @@ import os
 import socket
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, cast
 
@@ -44,9 +44,18 @@ from redis.exceptions import ResponseError
 from shared import keys as keynames
 from shared import metrics
 from shared.backoff import backoff
-from shared.bus import BatchWriter, GroupReader, Scripts, cancel_and_wait, ensure_group, is_transient, retry_forever
+from shared.bus import (
+    BatchWriter,
+    Doorbell,
+    GroupReader,
+    Scripts,
+    cancel_and_wait,
+    ensure_group,
+    is_transient,
+    retry_forever,
+)
 from shared.engines.base import EngineError
-from shared.keys import Keys
+from shared.keys import CONTROL_KIND, Keys, conversation_of_key
 from shared.metrics import stream_kind
 from shared.models import (
     ENTRY_FIELD,
@@ -119,12 +128,6 @@ class Service(Protocol):
         ...
 
 
-def conversation_of_key(key: str) -> str | None:
-    """``vab:conv:{0}:abc:input`` -> ``abc`` (None for a control stream)."""
-    parts = key.split(":")
-    return parts[-2] if len(parts) >= 5 and parts[-4] == "conv" else None
-
-
 def dead_letter(
     writer: BatchWriter,
     keys: Keys,
@@ -188,7 +191,7 @@ class OwnershipRuntime:
         self.keys = settings.keys
         self.worker_id = settings.worker_id
         self.scripts = Scripts()
-        self.writer = BatchWriter(redis, self.scripts)
+        self.writer = BatchWriter(redis, self.scripts, bell_key=self.keys.bell_for_key)
         self.table = OwnershipTable(capacity=settings.max_sessions)
         self.live: dict[str, _Live] = {}
         self._key_to_conv: dict[bytes, str] = {}
@@ -202,6 +205,10 @@ class OwnershipRuntime:
         self.metrics_port = metrics_port
         self._streams_version = 0
         self._data_keys: list[str] | None = None
+        #: Owned data streams that rang (or may hold more) since the last read.
+        self._dirty: set[str] = set()
+        self._control_rung = False
+        self._data_kind = stream_kind(service.data_key(self.keys, "x"))
         self._m = _Meters(service.name)
         self.writer.on_suppressed = self._m.suppressed.inc
         self._m.capacity.set(settings.max_sessions)
@@ -272,24 +279,44 @@ class OwnershipRuntime:
         self._data_keys = None
 
     async def _read_loop(self) -> None:
-        delays = backoff()
-        high_water = max(4 * self.settings.read_count, 1000)
         reader = GroupReader(self.redis, self.service.group, self.worker_id, self.settings.read_block_ms)
+        bell = Doorbell(self.redis, self.keys.bells())
         try:
-            await self._read_with(reader, delays, high_water)
+            await retry_forever("doorbell", bell.start)
+            await self._read_with(reader, bell)
         finally:
             await reader.aclose()
+            await bell.aclose()
 
-    async def _read_with(self, reader: GroupReader, delays: Iterator[float], high_water: int) -> None:
+    async def _read_with(self, reader: GroupReader, bell: Doorbell) -> None:
+        """Block on the doorbells; read only the owned streams that rang (and the
+        control stream when it rang and a slot is free); every ``sweep_ms`` read
+        everything owned, for writers that do not ring."""
+        delays = backoff()
+        high_water = max(4 * self.settings.read_count, 1000)
+        sweep_s = self.settings.sweep_ms / 1000
+        next_sweep = 0.0
         while not self._stopping.is_set():
             await self.writer.wait_below(high_water)
-            plan_key, streams, count = self._read_plan()
-            if not streams:
-                # At capacity with nothing owned cannot happen; draining can.
-                await asyncio.sleep(self.settings.read_block_ms / 1000)
-                continue
+            streams: list[str] = []
             try:
-                reply = await reader.read(plan_key, streams, count)
+                now = time.monotonic()
+                if now >= next_sweep:
+                    next_sweep = now + sweep_s
+                    plan_key, streams, count = self._read_plan()
+                    self._dirty.clear()
+                    self._control_rung = False
+                    reply = await reader.read(plan_key, streams, count, block=False) if streams else []
+                else:
+                    streams, count = self._rung_plan()
+                    if streams:
+                        self._dirty.clear()
+                        self._control_rung = False
+                        reply = await reader.read(None, streams, count, block=False)
+                    else:
+                        wait_ms = int(min(self.settings.read_block_ms, (next_sweep - now) * 1000))
+                        self._on_rings(await bell.wait(wait_ms))
+                        reply = []
                 if not self.redis_ok:
                     log.info("redis is back: reading again")
                 self.redis_ok = True
@@ -306,14 +333,38 @@ class OwnershipRuntime:
                     log.warning("redis unavailable (%s): retrying with backoff", type(exc).__name__)
                 self.redis_ok = False
                 self._m.redis_errors_read.inc()
+                next_sweep = 0.0  # rings may have been lost meanwhile
                 await asyncio.sleep(next(delays))
                 continue
             for key, entries in reply:
                 if key in self._control_bkeys:
                     for entry_id, fields in entries:
                         await self._on_control(key.decode(), entry_id.decode(), fields)
+                    if len(entries) >= count:
+                        self._control_rung = True  # more may be waiting
                 else:
                     self._on_data(key, entries)
+                    if len(entries) >= count:
+                        self._dirty.add(key.decode())
+
+    def _rung_plan(self) -> tuple[list[str], int]:
+        """The streams that rang since the last read, and the COUNT to read them with."""
+        count = self.settings.read_count
+        streams = [k for k in self._dirty if self._key_to_conv.get(k.encode()) is not None]
+        if self._control_rung and self.table.accepting:
+            count = min(count, self.table.free_slots, self.settings.claim_batch)
+            streams = self._control_keys + streams
+        return streams, count
+
+    def _on_rings(self, rings: list[tuple[str, list[str]]]) -> None:
+        for kind, ids in rings:
+            if kind == self._data_kind:
+                for cid in ids:
+                    live = self.live.get(cid)
+                    if live is not None and not live.closed:
+                        self._dirty.add(live.ctx.data_key)
+            elif kind == CONTROL_KIND:
+                self._control_rung = True
 
     async def _recreate_groups(self, streams: list[str]) -> None:
         """A stream lost its group (expired key, Redis restarted empty): recreate them."""
@@ -402,6 +453,8 @@ class OwnershipRuntime:
             self._m.takeovers.inc()
             log.info("took over conversation %s", conversation_id, extra={"conversation_id": conversation_id})
             await self._claim_pending_data(live)
+        # Its stream may already hold entries (their rings came before we owned it).
+        self._dirty.add(data_key)
         # Open the session inside its task so a slow upstream never stalls the read loop.
         self._kick(live)
 

@@ -39,6 +39,8 @@ class CommonSettings(BaseSettings):
     read_block_ms: int = Field(1000, ge=1)
     #: Most entries fetched by one read.
     read_count: int = Field(1000, ge=1)
+    #: Every owned stream is read this often even if it never rang (writers that do not ring).
+    sweep_ms: int = Field(1000, ge=10)
     #: Most conversations claimed by one read: a burst of new conversations is
     #: spread over the workers instead of landing on whichever reads first.
     claim_batch: int = Field(8, ge=1)

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from shared.bus import xrange_entries
+from shared.bus import add_rings, xrange_entries
 from shared.keys import Keys
 from shared.models import (
     AudioChunk,
@@ -183,6 +183,10 @@ async def replay_dead(
     except EntryError as exc:
         raise AdminError(f"the entry is still invalid, not replayed: {exc.reason} (fix it with --raw)") from None
     new_id: Any = await redis.eval(REPLAY_SCRIPT, 2, dead_key, letter.stream, dead_id, payload)
+    if new_id is not None:
+        pipe = redis.pipeline(transaction=False)
+        add_rings(pipe, keys, [letter.stream])
+        await pipe.execute()
     if new_id is None:
         raise AdminError(f"dead letter {dead_id} was replayed by someone else just now")
     entry_id = new_id.decode() if isinstance(new_id, bytes) else str(new_id)

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 from shared.audio import chunk_pcm, silence_pcm
+from shared.bus import add_rings
 from shared.keys import Keys
 from shared.models import (
     AUDIO_SAMPLE_RATE_HZ,
@@ -98,6 +99,7 @@ async def publish_audio_utterance(
                                audio=_b64(chunks[seq]))
             pipe.xadd(key, {ENTRY_FIELD: encode(entry)}, **xadd_args)
             seq += 1
+        add_rings(pipe, keys, [key])
         await pipe.execute()
     if chunks:
         # The last chunk holds the last chunk_ms of speech: speech ends when it would have been captured.
@@ -107,7 +109,10 @@ async def publish_audio_utterance(
     sent_ms = _now_ms()
     end = AudioEnd(conversation_id=conversation_id, utterance_id=utterance_id, sent_ms=sent_ms,
                    reference_text=text[:MAX_TEXT_CHARS] if text else None)
-    await redis.xadd(key, {ENTRY_FIELD: encode(end)}, **xadd_args)
+    pipe = redis.pipeline(transaction=False)
+    pipe.xadd(key, {ENTRY_FIELD: encode(end)}, **xadd_args)
+    add_rings(pipe, keys, [key])
+    await pipe.execute()
     return sent_ms
 
 
