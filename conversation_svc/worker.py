@@ -9,12 +9,13 @@ acked without a second answer.
 
 from __future__ import annotations
 
-import json
+import itertools
 import logging
 import time
 import uuid
 
 from pydantic import BaseModel
+from pydantic_core import to_json
 
 from shared import keys as keynames
 from shared import metrics
@@ -26,16 +27,15 @@ from shared.models import (
     ConversationEnded,
     Entry,
     EntryError,
-    ResponseDelta,
-    ResponseDone,
     ResponseFailed,
-    ResponseStarted,
     Timings,
     TranscriptDelta,
     TranscriptFinal,
-    Usage,
     decode_fields,
     encode,
+    encode_response_delta,
+    encode_response_done,
+    encode_response_started,
 )
 from shared.runtime import SessionContext
 from shared.settings import ConversationSettings
@@ -45,6 +45,15 @@ log = logging.getLogger(__name__)
 
 #: The monitor's rolling window of answers (about a minute at 150 answers/s).
 STATS_MAXLEN = 10_000
+
+
+_RESPONSE_ID_PREFIX = f"r{uuid.uuid4().hex[:8]}"
+_response_ids = itertools.count()
+
+
+def next_response_id() -> str:
+    """Unique across processes (a random per-process prefix) without a uuid per answer."""
+    return f"{_RESPONSE_ID_PREFIX}{next(_response_ids):x}"
 
 
 def _now_ms() -> int:
@@ -92,11 +101,10 @@ class ConversationWorkerSession:
     async def _answer(self, entry_id: str, final: TranscriptFinal) -> None:
         ctx = self.ctx
         cid, uid = ctx.conversation_id, final.utterance_id
-        response_id = f"r{uuid.uuid4().hex[:12]}"
+        response_id = next_response_id()
         maxlen = self.settings.responses_maxlen
         writer = ctx.writer
-        writer.add(self.responses_key, encode(ResponseStarted(conversation_id=cid, utterance_id=uid,
-                                                              response_id=response_id)), maxlen)
+        writer.add(self.responses_key, encode_response_started(cid, uid, response_id), maxlen)
         parts: list[str] = []
         first_delta_ms: int | None = None
         asked_s = time.perf_counter()
@@ -112,10 +120,9 @@ class ConversationWorkerSession:
                 if first_delta_ms is None:
                     first_delta_ms = _now_ms()
                     first_delta_s = time.perf_counter()
-                delta = ResponseDelta(conversation_id=cid, utterance_id=uid, response_id=response_id,
-                                      index=len(parts), delta=event.text)
+                delta = encode_response_delta(cid, uid, response_id, len(parts), event.text)
                 parts.append(event.text)
-                writer.add(self.responses_key, encode(delta), maxlen)
+                writer.add(self.responses_key, delta, maxlen)
         except EngineError as exc:
             if exc.retryable:
                 raise
@@ -127,23 +134,17 @@ class ConversationWorkerSession:
             self.history.answered.add(uid)
             return
         text = "".join(parts)
-        done = ResponseDone(
-            conversation_id=cid,
-            utterance_id=uid,
-            response_id=response_id,
-            text=text[: 8000],
-            usage=Usage(**{k: v for k, v in usage.items() if isinstance(v, int)}),
-            timings=Timings(sent_ms=final.sent_ms, transcript_final_ms=final.final_ms,
-                            first_delta_ms=first_delta_ms, done_ms=_now_ms()),
-        )
-        writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(done), maxlen)
+        timings = Timings(sent_ms=final.sent_ms, transcript_final_ms=final.final_ms,
+                          first_delta_ms=first_delta_ms, done_ms=_now_ms())
+        done = encode_response_done(cid, uid, response_id, text, usage, timings)
+        writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, done, maxlen)
         self.history.add(Turn(uid, final.text, text))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("answered in %d deltas", len(parts), extra={"conversation_id": cid, "utterance_id": uid})
-        self._observe(done.timings, asked_s, first_delta_s, len(parts))
-        writer.add(self.stats_key, json.dumps({
+        self._observe(timings, asked_s, first_delta_s, len(parts))
+        writer.add(self.stats_key, to_json({
             "c": cid, "w": ctx.worker_id, "sent": final.sent_ms, "tf": final.final_ms,
-            "fd": first_delta_ms, "done": done.timings.done_ms,
+            "fd": first_delta_ms, "done": timings.done_ms,
         }), STATS_MAXLEN)
 
     def _observe(self, t: Timings, asked_s: float, first_delta_s: float, deltas: int) -> None:

@@ -315,6 +315,51 @@ def add_rings(pipe: Any, keys: Keys, written: Sequence[str], maxlen: int = 10_00
                   maxlen=maxlen, approximate=True)
 
 
+def pack_command(args: Sequence[Any]) -> bytes:
+    """RESP-encode one command (bytes, str and int arguments). A flush packs
+    thousands of arguments: this is several times faster than redis-py's packer."""
+    out = [b"*%d\r\n" % len(args)]
+    append = out.append
+    for arg in args:
+        if isinstance(arg, str):
+            arg = arg.encode()
+        elif isinstance(arg, int):
+            arg = b"%d" % arg
+        append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(out)
+
+
+class RawConnection:
+    """A connection of its own for pre-packed commands and their replies."""
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._conn = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+
+    async def roundtrip(self, packed: bytes, replies: int) -> list[Any]:
+        """Send ``packed`` (``replies`` commands), return their replies in order.
+        The first error reply is raised after every reply has been read."""
+        try:
+            await self._conn.send_packed_command(packed, check_health=False)
+            out: list[Any] = []
+            error: ResponseError | None = None
+            for _ in range(replies):
+                try:
+                    out.append(await self._conn.read_response())
+                except ResponseError as exc:
+                    error = error or exc
+                    out.append(exc)
+        except BaseException:
+            # A reply may still be on its way: this connection cannot be reused.
+            await self._conn.disconnect()
+            raise
+        if error is not None:
+            raise error
+        return out
+
+    async def aclose(self) -> None:
+        await self._conn.disconnect()
+
+
 def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
     if not flat:
         return {}
@@ -368,6 +413,7 @@ class BatchWriter:
         bell_maxlen: int = 10_000,
     ) -> None:
         self._redis = redis
+        self._conn = RawConnection(redis)
         #: Maps a written stream to its partition's doorbell (None: ring nothing).
         self._bell_key = bell_key
         self._bell_maxlen = bell_maxlen
@@ -416,6 +462,10 @@ class BatchWriter:
 
     def expire(self, key: str, seconds: int) -> None:
         self._push(_Op("E", (key,), (seconds,)))
+
+    async def aclose(self) -> None:
+        """Close the writer's connection (after the flush task is stopped)."""
+        await self._conn.aclose()
 
     # --- waiting ----------------------------------------------------------
 
@@ -521,17 +571,11 @@ class BatchWriter:
         if self._bell_key is not None:
             self._add_rings(programs)
         sha = self._scripts.sha["batch"]
-        if len(programs) == 1:
-            keys, _, argv, ops = next(iter(programs.values()))
-            replies = [await self._redis.evalsha(sha, len(keys), *keys, *argv)]
-            groups = [ops]
-        else:
-            pipe = self._redis.pipeline(transaction=False)
-            groups = []
-            for keys, _, argv, ops in programs.values():
-                pipe.evalsha(sha, len(keys), *keys, *argv)
-                groups.append(ops)
-            replies = await pipe.execute()
+        packed = b"".join(
+            pack_command(("EVALSHA", sha, len(keys), *keys, *argv)) for keys, _, argv, _ in programs.values()
+        )
+        groups = [ops for _, _, _, ops in programs.values()]
+        replies = await self._conn.roundtrip(packed, len(groups))
         self.stats.flushes += 1
         self.stats.ops += len(batch)
         for ops, results in zip(groups, replies, strict=True):

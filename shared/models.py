@@ -16,6 +16,7 @@ import binascii
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
+from pydantic_core import to_json
 
 SCHEMA_VERSION = 1
 
@@ -212,6 +213,31 @@ _ENTRY_ADAPTER: TypeAdapter[Entry] = TypeAdapter(Entry)
 
 def encode(entry: BaseModel) -> bytes:
     return entry.model_dump_json(exclude_none=True).encode()
+
+
+# Hot-path encoders: a worker's own output entries, built from parts that were
+# validated when they came in (ids) or are bounded here (text). They skip the
+# model's validation pass; tests check that they decode to the same models.
+
+
+def encode_response_started(conversation_id: str, utterance_id: str, response_id: str) -> bytes:
+    return to_json({"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "response.started",
+                    "utterance_id": utterance_id, "response_id": response_id})
+
+
+def encode_response_delta(conversation_id: str, utterance_id: str, response_id: str, index: int, delta: str) -> bytes:
+    return to_json({"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "response.delta",
+                    "utterance_id": utterance_id, "response_id": response_id, "index": index,
+                    "delta": delta[:MAX_TEXT_CHARS]})
+
+
+def encode_response_done(
+    conversation_id: str, utterance_id: str, response_id: str, text: str, usage: dict[str, int], timings: Timings
+) -> bytes:
+    return to_json({"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "response.done",
+                    "utterance_id": utterance_id, "response_id": response_id, "text": text[:MAX_TEXT_CHARS],
+                    "usage": {k: v for k, v in usage.items() if isinstance(v, int)},
+                    "timings": timings.model_dump(exclude_none=True)})
 
 
 def decode(raw: bytes | str) -> Entry:

@@ -813,6 +813,7 @@ class OwnershipRuntime:
         await self._hand_back()
         for task in self._tasks:
             await cancel_and_wait(task)
+        await self.writer.aclose()
         try:
             await self.redis.delete(self.keys.worker(self.service.name, self.worker_id))
         except Exception as exc:

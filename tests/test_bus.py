@@ -28,6 +28,7 @@ async def test_gate_writes_the_effect_once(redis: aioredis.Redis, prefix: str) -
         writer.gate(src, "g", entry_id, dst, b"effect", maxlen=1000, on_result=results.append)
     await writer.flushed()
     task.cancel()
+    await writer.aclose()
     assert results == [1, 0, 0]
     assert await redis.xlen(dst) == 1
     assert (await redis.xpending(src, "g"))["pending"] == 0
@@ -44,6 +45,7 @@ async def test_gate_acks_extra_ids_only_when_the_gate_takes(redis: aioredis.Redi
     writer.gate(src, "g", ids[-1], dst, b"final", maxlen=1000, extra_ack_ids=ids[:-1])
     await writer.flushed()
     task.cancel()
+    await writer.aclose()
     assert (await redis.xpending(src, "g"))["pending"] == 0
     assert await redis.xlen(dst) == 1
 
@@ -61,6 +63,7 @@ async def test_writer_keeps_queue_order_and_reloads_scripts(redis: aioredis.Redi
     writer.gate(src, "g", entry_id, dst, b"done", maxlen=1000)
     await writer.flushed()
     task.cancel()
+    await writer.aclose()
     rows = await redis.xrange(dst)
     assert [fields[b"d"] for _, fields in rows] == [b"delta0", b"delta1", b"delta2", b"delta3", b"delta4", b"done"]
 

@@ -82,3 +82,22 @@ def test_expect_names_the_stream_types() -> None:
     entry = decode(encode(ConversationStarted(conversation_id="c")))
     with pytest.raises(EntryError, match="does not belong"):
         expect(entry, UtteranceText)
+
+
+def test_hot_path_encoders_decode_to_the_same_models() -> None:
+    from shared.models import (
+        ResponseDelta,
+        ResponseStarted,
+        encode_response_delta,
+        encode_response_done,
+        encode_response_started,
+    )
+
+    timings = Timings(sent_ms=1, transcript_final_ms=2, first_delta_ms=None, done_ms=4)
+    assert decode(encode_response_started("c", "u", "r1")) == ResponseStarted(
+        conversation_id="c", utterance_id="u", response_id="r1")
+    assert decode(encode_response_delta("c", "u", "r1", 2, "hé \"x\"")) == ResponseDelta(
+        conversation_id="c", utterance_id="u", response_id="r1", index=2, delta="hé \"x\"")
+    done = decode(encode_response_done("c", "u", "r1", "t" * 9000, {"input_tokens": 3, "odd": "x"}, timings))  # type: ignore[dict-item]
+    assert isinstance(done, ResponseDone)
+    assert done.text == "t" * MAX_TEXT_CHARS and done.usage.input_tokens == 3 and done.timings == timings
