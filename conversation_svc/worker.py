@@ -131,7 +131,7 @@ class ConversationWorkerSession:
             failed = ResponseFailed(conversation_id=cid, utterance_id=uid, response_id=response_id,
                                     code=exc.code, reason=str(exc)[:2000])
             writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(failed), maxlen)
-            self.history.answered.add(uid)
+            self.history.mark_answered(uid)
             return
         text = "".join(parts)
         timings = Timings(sent_ms=final.sent_ms, transcript_final_ms=final.final_ms,

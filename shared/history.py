@@ -18,20 +18,32 @@ class Turn:
     assistant_text: str
 
 
+#: Answered utterance ids remembered per conversation. A replay (after a takeover,
+#: or a client's retried write) concerns recent utterances; memory stays bounded.
+ANSWERED_MEMORY = 2048
+
+
 class History:
-    """The last ``max_turns`` answered turns, oldest first, plus which
+    """The last ``max_turns`` answered turns, oldest first, plus which recent
     utterances have been answered (so a replayed transcript is not answered twice)."""
 
     def __init__(self, max_turns: int, turns: Iterable[Turn] = (), answered: Iterable[str] = ()) -> None:
         self.turns: deque[Turn] = deque(turns, maxlen=max_turns if max_turns > 0 else 0)
-        self.answered: set[str] = set(answered)
+        self._answered: dict[str, None] = {}
+        for utterance_id in answered:
+            self.mark_answered(utterance_id)
 
     def add(self, turn: Turn) -> None:
         self.turns.append(turn)
-        self.answered.add(turn.utterance_id)
+        self.mark_answered(turn.utterance_id)
+
+    def mark_answered(self, utterance_id: str) -> None:
+        self._answered[utterance_id] = None
+        if len(self._answered) > ANSWERED_MEMORY:
+            del self._answered[next(iter(self._answered))]
 
     def is_answered(self, utterance_id: str) -> bool:
-        return utterance_id in self.answered
+        return utterance_id in self._answered
 
 
 def rebuild(

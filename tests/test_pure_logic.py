@@ -61,6 +61,15 @@ def test_history_is_bounded_but_remembers_what_was_answered() -> None:
     assert h.is_answered("u0")
 
 
+def test_answered_memory_is_bounded() -> None:
+    from shared.history import ANSWERED_MEMORY
+
+    h = History(max_turns=2)
+    for i in range(ANSWERED_MEMORY + 10):
+        h.mark_answered(f"u{i}")
+    assert not h.is_answered("u0") and h.is_answered(f"u{ANSWERED_MEMORY + 9}")
+
+
 def test_tracker_counts_missing_duplicates_and_order() -> None:
     t = Tracker()
     for i in range(3):
