@@ -22,6 +22,7 @@ from typing import Any, cast
 import redis.asyncio as aioredis
 
 from bench.driver import DONE, FAILED, MID, Observation, Utt, id_ms, stamp_batch
+from shared.bus import Doorbell, add_rings
 from shared.devstack import ServiceProcess, Stack
 from shared.keys import CONVERSATION_GROUP, TRANSCRIBER_GROUP, Keys
 from shared.models import ConversationStarted, encode
@@ -126,12 +127,16 @@ class PipelineTarget:
         self._streams: dict[str, str] = {}
         self._last: dict[str, str] = {}
         self._key_conv: dict[bytes, str] = {}
+        self._bell: Doorbell | None = None
+        self._dirty: set[str] = set()
+        self._next_sweep = 0.0
 
     async def start_conversations(self, cids: Sequence[str]) -> None:
         for start in range(0, len(cids), 1000):
             pipe = self.redis.pipeline(transaction=False)
             for cid in cids[start : start + 1000]:
                 pipe.xadd(self.keys.control_for(cid), {"d": encode(ConversationStarted(conversation_id=cid))})
+            add_rings(pipe, self.keys, [self.keys.control_for(cid) for cid in cids[start : start + 1000]])
             await pipe.execute()
 
     def _keys_of(self, cid: str) -> list[str]:
@@ -157,17 +162,38 @@ class PipelineTarget:
         payloads = stamp_batch(batch)
         for key, payload in zip(keys, payloads, strict=True):
             pipe.xadd(key, {"d": payload})
-        ids = await pipe.execute()
+        # Our protocol: a writer rings the partition's doorbell (one entry per batch).
+        add_rings(pipe, self.keys, keys)
+        ids = (await pipe.execute())[: len(batch)]
         for u, entry_id in zip(batch, ids, strict=True):
             u.in_id_ms = id_ms(entry_id)
 
     async def read(self, block_ms: int) -> tuple[list[Observation], int]:
+        """Like any client of the pipeline: wait on the doorbells, read the streams
+        that rang (and every followed stream once a second, as the sweep)."""
         if not self._streams:
             await asyncio.sleep(block_ms / 1000)
             return [], 0
-        reply = cast(StreamReply, await self.redis.xread(
-            dict(self._streams), count=1000, block=block_ms  # type: ignore[arg-type]
-        ) or [])
+        if self._bell is None:
+            self._bell = Doorbell(self.redis, self.keys.bells())
+            await self._bell.start()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + 1.0
+            targets = dict(self._streams)
+        else:
+            if not self._dirty:
+                for kind, cids in await self._bell.wait(block_ms):
+                    if kind == "responses" or (kind == "transcripts" and self.read_mid):
+                        for cid in cids:
+                            key = f"{self.keys.conv_prefix(cid)}:{kind}"
+                            if key in self._streams:
+                                self._dirty.add(key)
+            targets = {k: self._streams[k] for k in self._dirty if k in self._streams}
+            self._dirty.clear()
+            if not targets:
+                return [], 0
+        reply = cast(StreamReply, await self.redis.xread(targets, count=1000) or [])  # type: ignore[arg-type]
         out: list[Observation] = []
         n = 0
         for key_b, entries in reply:
@@ -186,13 +212,16 @@ class PipelineTarget:
                 out.append((kind, cid, json.loads(raw)["utterance_id"], id_ms(entry_id), None))
             key = key_b.decode()
             last = entries[-1][0].decode()
+            if len(entries) >= 1000:
+                self._dirty.add(key)
             self._last[key] = last
             if key in self._streams:
                 self._streams[key] = last
         return out, n
 
     async def aclose(self) -> None:
-        return None
+        if self._bell is not None:
+            await self._bell.aclose()
 
 
 async def delete_prefix(redis: aioredis.Redis, prefix: str) -> int:
