@@ -112,3 +112,22 @@ def test_echo_answer_streams_in_several_deltas() -> None:
     assert answer.startswith("I've received your transcription: \"This is a test.\"")
     deltas = split_deltas(answer, 3)
     assert len(deltas) > 2 and "".join(deltas) == answer
+
+
+def test_rings_name_each_conversation_once_per_kind_and_partition() -> None:
+    from shared.bus import ring_ops
+
+    keys = Keys("p", partitions=4)
+    written = [keys.input("a"), keys.input("a"), keys.transcripts("a"), keys.input("b"), keys.dead(0),
+               keys.stats(0)]
+    rings = ring_ops(written)
+    flat = {(tag, kind, cid) for tag, kinds in rings.items() for kind, ids in kinds.items() for cid in ids}
+    assert flat == {(str(partition_of("a", 4)), "input", "a"), (str(partition_of("a", 4)), "transcripts", "a"),
+                    (str(partition_of("b", 4)), "input", "b")}
+    assert all(len(ids) == len(set(ids)) for kinds in rings.values() for ids in kinds.values())
+
+
+def test_pack_command_is_resp() -> None:
+    from shared.bus import pack_command
+
+    assert pack_command(("XADD", b"k\x00", 7, "é")) == b"*4\r\n$4\r\nXADD\r\n$2\r\nk\x00\r\n$1\r\n7\r\n$2\r\n\xc3\xa9\r\n"
