@@ -130,4 +130,5 @@ def test_rings_name_each_conversation_once_per_kind_and_partition() -> None:
 def test_pack_command_is_resp() -> None:
     from shared.bus import pack_command
 
-    assert pack_command(("XADD", b"k\x00", 7, "é")) == b"*4\r\n$4\r\nXADD\r\n$2\r\nk\x00\r\n$1\r\n7\r\n$2\r\n\xc3\xa9\r\n"
+    packed = pack_command(("XADD", b"k\x00", 7, "é"))
+    assert packed == b"*4\r\n$4\r\nXADD\r\n$2\r\nk\x00\r\n$1\r\n7\r\n$2\r\n\xc3\xa9\r\n"
