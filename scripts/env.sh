@@ -14,8 +14,7 @@ ensure_venv() {
     local reqs=()
     for lock in "$@"; do reqs+=(-r "$root/$lock"); done
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "${reqs[@]}"
-    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$root" \
-      || "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$root"
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$root"
     echo "$want" > "$stamp"
   fi
   export PATH="$venv/bin:$PATH"
