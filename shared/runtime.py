@@ -90,7 +90,7 @@ class SessionContext:
     def dead_letter(self, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
         """Ack ``entry_id`` on this conversation's data stream into the dead-letter stream."""
         dead_letter(
-            self.writer, self.keys, self.data_key, self.group, self.worker_id, entry_id, raw, reason, deliveries
+            self.writer, self.settings, self.data_key, self.group, self.worker_id, entry_id, raw, reason, deliveries
         )
 
 
@@ -130,7 +130,7 @@ class Service(Protocol):
 
 def dead_letter(
     writer: BatchWriter,
-    keys: Keys,
+    settings: CommonSettings,
     stream: str,
     group: str,
     worker_id: str,
@@ -151,8 +151,9 @@ def dead_letter(
     )
     log.warning("dead-lettered %s %s: %s", stream, entry_id, reason,
                 extra={"conversation_id": conversation_of_key(stream), "entry_id": entry_id})
+    keys = settings.keys
     dead_key = keys.dead(keys.partition_of_key(stream))
-    writer.gate(stream, group, entry_id, dead_key, letter.model_dump_json().encode(), maxlen=100_000)
+    writer.gate(stream, group, entry_id, dead_key, letter.model_dump_json().encode(), maxlen=settings.dead_maxlen)
 
 
 @dataclass
@@ -515,7 +516,7 @@ class OwnershipRuntime:
         self.stats.dead += 1
         self._m.dead(stream).inc()
         dead_letter(
-            self.writer, self.keys, stream, self.service.group, self.worker_id, entry_id, raw, reason, deliveries
+            self.writer, self.settings, stream, self.service.group, self.worker_id, entry_id, raw, reason, deliveries
         )
 
     # --- per-conversation work ------------------------------------------------------

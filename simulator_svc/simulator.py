@@ -51,6 +51,10 @@ DEFAULT_UTTERANCES = [
 ]
 
 
+#: Input streams are capped like the services cap theirs (INPUT_MAXLEN's default).
+INPUT_MAXLEN = 20_000
+
+
 def generated_utterances(k: int) -> list[str]:
     return [DEFAULT_UTTERANCES[i % len(DEFAULT_UTTERANCES)] + f" Number {i + 1}." for i in range(k)]
 
@@ -289,10 +293,14 @@ class Simulation:
         """One pipeline of XADDs, retried while Redis is away. A retry after a lost
         reply may repeat an utterance; the services answer an utterance id once."""
 
+        controls = set(self.keys.controls())
+
         async def send() -> None:
             pipe = self.redis.pipeline(transaction=False)
             for key, payload in batch:
-                pipe.xadd(key, {"d": payload})
+                # Never cap a control stream: its pending entries are the ownership claims.
+                cap = {} if key in controls else {"maxlen": INPUT_MAXLEN, "approximate": True}
+                pipe.xadd(key, {"d": payload}, **cap)  # type: ignore[arg-type]
             add_rings(pipe, self.keys, [key for key, _ in batch])
             await pipe.execute()
 
