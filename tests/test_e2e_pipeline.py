@@ -110,10 +110,14 @@ def _takeover_delay_s(survivor: ServiceProcess, since_s: float) -> float | None:
     return min(later) - since_s if later else None
 
 
-def test_sigkill_mid_run_loses_nothing(stack: Stack, redis_url: str, prefix: str) -> None:
-    _start(stack, conversations=0)
-    victim = stack.start("conversation_svc")
-    survivor = stack.start("conversation_svc")
+@pytest.mark.parametrize("module", ["conversation_svc", "transcriber_svc"])
+def test_sigkill_mid_run_loses_nothing(stack: Stack, redis_url: str, prefix: str, module: str) -> None:
+    if module == "conversation_svc":
+        _start(stack, conversations=0)
+    else:
+        _start(stack, transcribers=0)
+    victim = stack.start(module)
+    survivor = stack.start(module)
     wait_for_workers(redis_url, prefix, 3)
     sim = _start_simulation(stack.env)
     time.sleep(2.0)
