@@ -220,6 +220,14 @@ def encode(entry: BaseModel) -> bytes:
 # model's validation pass; tests check that they decode to the same models.
 
 
+def encode_transcript_final(
+    conversation_id: str, utterance_id: str, text: str, sent_ms: int, final_ms: int
+) -> bytes:
+    return to_json({"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "transcript.final",
+                    "utterance_id": utterance_id, "text": text[:MAX_TEXT_CHARS], "sent_ms": sent_ms,
+                    "final_ms": final_ms})
+
+
 def encode_response_started(conversation_id: str, utterance_id: str, response_id: str) -> bytes:
     return to_json({"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "response.started",
                     "utterance_id": utterance_id, "response_id": response_id})

@@ -98,6 +98,10 @@ def test_hot_path_encoders_decode_to_the_same_models() -> None:
         conversation_id="c", utterance_id="u", response_id="r1")
     assert decode(encode_response_delta("c", "u", "r1", 2, "hé \"x\"")) == ResponseDelta(
         conversation_id="c", utterance_id="u", response_id="r1", index=2, delta="hé \"x\"")
+    from shared.models import TranscriptFinal, encode_transcript_final
+
+    assert decode(encode_transcript_final("c", "u", "hi", 1, 2)) == TranscriptFinal(
+        conversation_id="c", utterance_id="u", text="hi", sent_ms=1, final_ms=2)
     done = decode(encode_response_done("c", "u", "r1", "t" * 9000, {"input_tokens": 3, "odd": "x"}, timings))  # type: ignore[dict-item]
     assert isinstance(done, ResponseDone)
     assert done.text == "t" * MAX_TEXT_CHARS and done.usage.input_tokens == 3 and done.timings == timings

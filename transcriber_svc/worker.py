@@ -22,9 +22,9 @@ from shared.models import (
     ConversationEnded,
     Entry,
     TranscriptDelta,
-    TranscriptFinal,
     UtteranceText,
     encode,
+    encode_transcript_final,
 )
 from shared.runtime import SessionContext
 from shared.settings import TranscriberSettings
@@ -46,23 +46,18 @@ class _Sink:
         self.ctx.writer.add(self.transcripts_key, encode(entry), self.maxlen)
 
     def final(self, utterance_id: str, text: str, sent_ms: int, consumed_ids: Sequence[str]) -> None:
-        entry = TranscriptFinal(
-            conversation_id=self.ctx.conversation_id,
-            utterance_id=utterance_id,
-            text=text,
-            sent_ms=sent_ms,
-            final_ms=int(time.time() * 1000),
-        )
+        entry = encode_transcript_final(self.ctx.conversation_id, utterance_id, text, sent_ms,
+                                        int(time.time() * 1000))
         self.finals += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("transcribed (%d input entries)", len(consumed_ids),
                       extra={"conversation_id": self.ctx.conversation_id, "utterance_id": utterance_id})
         if not consumed_ids:
-            self.ctx.writer.add(self.transcripts_key, encode(entry), self.maxlen)
+            self.ctx.writer.add(self.transcripts_key, entry, self.maxlen)
             return
         self.ctx.writer.gate(
             self.ctx.data_key, self.ctx.group, consumed_ids[-1], self.transcripts_key,
-            encode(entry), self.maxlen, extra_ack_ids=consumed_ids[:-1],
+            entry, self.maxlen, extra_ack_ids=consumed_ids[:-1],
         )
 
     def dead(self, consumed_ids: Sequence[str], reason: str) -> None:
