@@ -68,6 +68,7 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
 # sees every key the script touches). Each op runs under pcall so one bad op
 # cannot abort the rest; the reply holds one result per op.
 #   X key maxlen field value                  XADD
+#   M key maxlen field n value1..valuen       n XADDs to one stream (consecutive X ops, folded)
 #   G src dst group gate maxlen field value n id1..idn
 #                                              XACK gate; only if it took: XADD, XACK the n extra ids
 #   K src group n id1..idn                     XACK
@@ -100,6 +101,15 @@ while i <= n do
       return 0
     end)
     i = base + extra + 1
+  elseif op == 'M' then
+    local key = KEYS[tonumber(ARGV[i+1])]
+    local count = tonumber(ARGV[i+4])
+    local base = i + 4
+    ok, res = pcall(function()
+      for j = 1, count do add(key, ARGV[i+2], ARGV[i+3], ARGV[base+j]) end
+      return count
+    end)
+    i = base + count + 1
   elseif op == 'K' then
     local src = KEYS[tonumber(ARGV[i+1])]
     local group = ARGV[i+2]
@@ -386,6 +396,66 @@ class _Op:
     on_result: Callable[[Any], None] | None = None
 
 
+@dataclass(slots=True)
+class _Item:
+    """One op of a batch program; consecutive XADDs to one stream fold into one ``M``."""
+
+    code: str
+    key_idxs: list[int]
+    args: list[Any]
+    ops: list[_Op]
+    values: list[Any] = field(default_factory=list)
+
+
+class _Program:
+    """The ops of one partition, in order, as the batch script's ARGV."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        self.items: list[_Item] = []
+
+    def _key(self, key: str) -> int:
+        idx = self._index.get(key)
+        if idx is None:
+            self.keys.append(key)
+            idx = self._index[key] = len(self.keys)
+        return idx
+
+    def add(self, op: _Op) -> None:
+        idxs = [self._key(k) for k in op.keys]
+        if op.code == "X":
+            maxlen, fld, value = op.args
+            last = self.items[-1] if self.items else None
+            if last is not None and last.code in ("X", "M") and last.key_idxs == idxs and last.args == [maxlen, fld]:
+                last.code = "M"
+                last.values.append(value)
+                last.ops.append(op)
+                return
+            self.items.append(_Item("X", idxs, [maxlen, fld], [op], [value]))
+            return
+        self.items.append(_Item(op.code, idxs, list(op.args), [op]))
+
+    def add_rings(self, bell_key: Callable[[str], str], maxlen: int) -> None:
+        """One doorbell XADD per stream kind: the conversations this program writes to."""
+        written = [self.keys[item.key_idxs[-1] - 1] for item in self.items if item.code in ("X", "M", "G")]
+        for kinds in ring_ops(written).values():
+            idx = self._key(bell_key(written[0]))
+            for kind, ids in kinds.items():
+                self.items.append(_Item("X", [idx], [maxlen, kind], [], [" ".join(ids)]))
+
+    def argv(self) -> list[Any]:
+        out: list[Any] = []
+        for item in self.items:
+            if item.code == "X":
+                out.extend(("X", *item.key_idxs, *item.args, item.values[0]))
+            elif item.code == "M":
+                out.extend(("M", *item.key_idxs, *item.args, len(item.values), *item.values))
+            else:
+                out.extend((item.code, *item.key_idxs, *item.args))
+        return out
+
+
 @dataclass
 class WriterStats:
     flushes: int = 0
@@ -535,52 +605,31 @@ class BatchWriter:
                 log.warning("redis write failed (%s); retrying in %.2fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
 
-    def _add_rings(self, programs: dict[str, tuple[list[str], dict[str, int], list[Any], list[_Op]]]) -> None:
-        """Append one doorbell XADD per program: the conversations whose streams it writes."""
-        assert self._bell_key is not None
-        for keys, index, argv, ops in programs.values():
-            written = [op.keys[-1] for op in ops if op.code in ("X", "G")]
-            for kinds in ring_ops(written).values():
-                bell = self._bell_key(written[0])
-                idx = index.get(bell)
-                if idx is None:
-                    keys.append(bell)
-                    idx = index[bell] = len(keys)
-                for kind, ids in kinds.items():
-                    argv.extend(("X", idx, self._bell_maxlen, kind, " ".join(ids)))
-
     async def _send(self, batch: list[_Op]) -> None:
-        """One EVALSHA per partition (hash tag), all in one pipeline round trip."""
+        """One EVALSHA per partition (hash tag), all in one round trip."""
         if "batch" not in self._scripts.sha:
             await self._scripts.load(self._redis)
-        programs: dict[str, tuple[list[str], dict[str, int], list[Any], list[_Op]]] = {}
+        programs: dict[str, _Program] = {}
         for op in batch:
-            prog = programs.get(hash_tag(op.keys[0]))
+            tag = hash_tag(op.keys[0])
+            prog = programs.get(tag)
             if prog is None:
-                prog = programs[hash_tag(op.keys[0])] = ([], {}, [], [])
-            keys, index, argv, ops = prog
-            argv.append(op.code)
-            for key in op.keys:
-                idx = index.get(key)
-                if idx is None:
-                    keys.append(key)
-                    idx = index[key] = len(keys)
-                argv.append(idx)
-            argv.extend(op.args)
-            ops.append(op)
+                prog = programs[tag] = _Program()
+            prog.add(op)
         if self._bell_key is not None:
-            self._add_rings(programs)
+            for prog in programs.values():
+                prog.add_rings(self._bell_key, self._bell_maxlen)
         sha = self._scripts.sha["batch"]
-        packed = b"".join(
-            pack_command(("EVALSHA", sha, len(keys), *keys, *argv)) for keys, _, argv, _ in programs.values()
-        )
-        groups = [ops for _, _, _, ops in programs.values()]
-        replies = await self._conn.roundtrip(packed, len(groups))
+        packed = b"".join(pack_command(("EVALSHA", sha, len(p.keys), *p.keys, *p.argv())) for p in programs.values())
+        replies = await self._conn.roundtrip(packed, len(programs))
         self.stats.flushes += 1
         self.stats.ops += len(batch)
-        for ops, results in zip(groups, replies, strict=True):
-            # Doorbell ops come last in a program and have no _Op: zip stops before them.
-            for op, result in zip(ops, results, strict=False):
+        for prog, results in zip(programs.values(), replies, strict=True):
+            # Doorbell items come last in a program and cover no op: zip stops before them.
+            for item, result in zip(prog.items, results, strict=False):
+                if not item.ops:
+                    continue
+                op = item.ops[0]
                 if isinstance(result, bytes) and result.startswith(b"ERR "):
                     self.stats.op_errors += 1
                     log.error("write %s to %s failed: %s", op.code, op.keys[0], result[4:].decode(errors="replace"))
@@ -589,8 +638,9 @@ class BatchWriter:
                     self.stats.suppressed += 1
                     if self.on_suppressed:
                         self.on_suppressed()
-                if op.on_result is not None:
-                    op.on_result(result)
+                for covered in item.ops:
+                    if covered.on_result is not None:
+                        covered.on_result(result)
 
 
 async def retry_forever(
