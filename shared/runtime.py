@@ -72,6 +72,12 @@ from shared.settings import CommonSettings
 log = logging.getLogger(__name__)
 
 
+#: A sweep of every owned stream is spread over this many reads per SWEEP_MS.
+SWEEP_SLICES = 10
+#: Owned streams whose group lag/pending one sampling tick (every 5 s) refreshes.
+SAMPLE_STREAMS = 250
+
+
 @dataclass
 class SessionContext:
     """What a session may use: its keys, the writer, and facts about its claim."""
@@ -206,6 +212,10 @@ class OwnershipRuntime:
         self.metrics_port = metrics_port
         self._streams_version = 0
         self._data_keys: list[str] | None = None
+        self._sweep_cursor = 0
+        self._sample_cursor = 0
+        #: Last sampled (lag, pending) of each stream this worker reads.
+        self._group_load: dict[str, tuple[int, int]] = {}
         #: Owned data streams that rang (or may hold more) since the last read.
         self._dirty: set[str] = set()
         self._control_rung = False
@@ -297,14 +307,19 @@ class OwnershipRuntime:
         high_water = max(4 * self.settings.read_count, 1000)
         sweep_s = self.settings.sweep_ms / 1000
         next_sweep = 0.0
+        full_sweep = True
         while not self._stopping.is_set():
             await self.writer.wait_below(high_water)
             streams: list[str] = []
             try:
                 now = time.monotonic()
                 if now >= next_sweep:
-                    next_sweep = now + sweep_s
-                    plan_key, streams, count = self._read_plan()
+                    next_sweep = now + sweep_s / SWEEP_SLICES
+                    if full_sweep:
+                        plan_key, streams, count = self._read_plan()
+                        full_sweep = False
+                    else:
+                        plan_key, (streams, count) = None, self._sweep_plan()
                     self._dirty.clear()
                     self._control_rung = False
                     reply = await reader.read(plan_key, streams, count, block=False) if streams else []
@@ -334,7 +349,7 @@ class OwnershipRuntime:
                     log.warning("redis unavailable (%s): retrying with backoff", type(exc).__name__)
                 self.redis_ok = False
                 self._m.redis_errors_read.inc()
-                next_sweep = 0.0  # rings may have been lost meanwhile
+                next_sweep, full_sweep = 0.0, True  # rings may have been lost meanwhile
                 await asyncio.sleep(next(delays))
                 continue
             for key, entries in reply:
@@ -348,11 +363,28 @@ class OwnershipRuntime:
                     if len(entries) >= count:
                         self._dirty.add(key.decode())
 
-    def _rung_plan(self) -> tuple[list[str], int]:
+    def _sweep_plan(self) -> tuple[list[str], int]:
+        """A slice of the sweep: the next 1/SWEEP_SLICES of the owned streams, the
+        control stream when a slot is free, and whatever rang. Sweeping in slices
+        keeps each read small, so no one read stalls the loop."""
+        streams, count = self._rung_plan(control=True)
+        if self._data_keys is None:
+            self._data_keys = [live.ctx.data_key for live in self.live.values() if not live.closed]
+        owned = self._data_keys
+        if owned:
+            size = -(-len(owned) // SWEEP_SLICES)
+            start = self._sweep_cursor % len(owned)
+            chunk = owned[start : start + size]
+            self._sweep_cursor = start + size
+            seen = set(streams)
+            streams += [k for k in chunk if k not in seen]
+        return streams, count
+
+    def _rung_plan(self, control: bool = False) -> tuple[list[str], int]:
         """The streams that rang since the last read, and the COUNT to read them with."""
         count = self.settings.read_count
         streams = [k for k in self._dirty if self._key_to_conv.get(k.encode()) is not None]
-        if self._control_rung and self.table.accepting:
+        if (control or self._control_rung) and self.table.accepting:
             count = min(count, self.table.free_slots, self.settings.claim_batch)
             streams = self._control_keys + streams
         return streams, count
@@ -775,25 +807,38 @@ class OwnershipRuntime:
                     log.exception("lag sampling failed")
 
     async def _sample_once(self) -> None:
+        """Refresh the lag/pending of the control streams and of the next
+        SAMPLE_STREAMS owned streams (rotating), then publish the sums. A worker
+        with thousands of conversations thus spends a bounded time per tick."""
         group = self.service.group
-        keys = list(self._control_keys) + [live.ctx.data_key for live in list(self.live.values())[:2000]]
+        owned = [live.ctx.data_key for live in self.live.values() if not live.closed]
+        start = self._sample_cursor % len(owned) if owned else 0
+        chunk = owned[start : start + SAMPLE_STREAMS]
+        self._sample_cursor = start + len(chunk)
+        keys = list(self._control_keys) + chunk
         pipe = self.redis.pipeline(transaction=False)
         for key in keys:
             pipe.xinfo_groups(key)
         replies = await pipe.execute(raise_on_error=False)
-        totals: dict[str, list[int]] = {}
         for key, groups in zip(keys, replies, strict=True):
             if isinstance(groups, Exception):
                 continue
             for g in groups:
                 name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-                if name != group:
-                    continue
-                kind = stream_kind(key)
-                t = totals.setdefault(kind, [0, 0])
-                t[0] += int(g.get("lag") or 0)
-                t[1] += int(g.get("pending") or 0)
-        for kind, (lag, pending) in totals.items():
+                if name == group:
+                    self._group_load[key] = (int(g.get("lag") or 0), int(g.get("pending") or 0))
+        live_keys = set(owned) | set(self._control_keys)
+        totals: dict[str, list[int]] = {}
+        for key in list(self._group_load):
+            if key not in live_keys:
+                del self._group_load[key]
+                continue
+            lag, pending = self._group_load[key]
+            t = totals.setdefault(stream_kind(key), [0, 0])
+            t[0] += lag
+            t[1] += pending
+        for kind in ("control", self._data_kind):
+            lag, pending = totals.get(kind, [0, 0])
             self._m.lag(kind).set(lag)
             self._m.pending(kind).set(pending)
 
