@@ -210,37 +210,27 @@ class GroupReader:
     """
 
     def __init__(self, redis: aioredis.Redis, group: str, consumer: str, block_ms: int) -> None:
-        self._conn = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        self._conn = RawConnection(redis)
         self._group = group
         self._consumer = consumer
         self._block_ms = block_ms
         self._plan_key: object = None
-        self._packed: list[bytes] = []
+        self._packed = b""
 
     async def read(self, plan_key: object, streams: Sequence[str], count: int, block: bool = True) -> StreamReply:
         """Read ``>`` on ``streams``. The command is packed once per ``plan_key``
         (the full set of owned streams); ``plan_key`` None packs a one-off set."""
         blocking = ("BLOCK", self._block_ms) if block else ()
-        if plan_key is None:
-            packed = self._conn.pack_command(
+        if plan_key is None or (plan_key, block) != self._plan_key:
+            packed = pack_command((
                 "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count, *blocking,
                 "STREAMS", *streams, *([">"] * len(streams)),
-            )
+            ))
+            if plan_key is not None:
+                self._packed, self._plan_key = packed, (plan_key, block)
         else:
-            if (plan_key, block) != self._plan_key:
-                self._packed = self._conn.pack_command(
-                    "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count, *blocking,
-                    "STREAMS", *streams, *([">"] * len(streams)),
-                )
-                self._plan_key = (plan_key, block)
             packed = self._packed
-        try:
-            await self._conn.send_packed_command(packed, check_health=False)
-            raw = await self._conn.read_response()
-        except BaseException:
-            # A reply may still be on its way: this connection cannot be reused.
-            await self._conn.disconnect()
-            raise
+        raw = (await self._conn.roundtrip(packed, 1))[0]
         if not raw:
             return []
         # RESP3 (redis-py 8's default) answers a map {key: entries}; RESP2 a list of [key, entries].
@@ -251,7 +241,7 @@ class GroupReader:
         ]
 
     async def aclose(self) -> None:
-        await self._conn.disconnect()
+        await self._conn.aclose()
 
 
 class Doorbell:
@@ -266,7 +256,7 @@ class Doorbell:
 
     def __init__(self, redis: aioredis.Redis, keys: Sequence[str]) -> None:
         self._redis = redis
-        self._conn = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+        self._conn = RawConnection(redis)
         self._keys = list(keys)
         self._last: dict[str, str] = {}
 
@@ -278,16 +268,11 @@ class Doorbell:
 
     async def wait(self, block_ms: int, count: int = 1000) -> list[tuple[str, list[str]]]:
         """(kind, conversation ids) rung since the last call; [] after ``block_ms`` of quiet."""
-        packed = self._conn.pack_command(
+        packed = pack_command((
             "XREAD", "COUNT", count, "BLOCK", max(1, block_ms), "STREAMS", *self._keys,
             *(self._last[k] for k in self._keys),
-        )
-        try:
-            await self._conn.send_packed_command(packed, check_health=False)
-            raw = await self._conn.read_response()
-        except BaseException:
-            await self._conn.disconnect()
-            raise
+        ))
+        raw = (await self._conn.roundtrip(packed, 1))[0]
         if not raw:
             return []
         rings: list[tuple[str, list[str]]] = []
@@ -300,7 +285,7 @@ class Doorbell:
         return rings
 
     async def aclose(self) -> None:
-        await self._conn.disconnect()
+        await self._conn.aclose()
 
 
 def ring_ops(keys: Sequence[str]) -> dict[str, dict[str, list[str]]]:
