@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from conversation_svc.engines import load_engine
 from conversation_svc.worker import ConversationService
 from shared.process import worker_cli
-from shared.runtime import Service
+from shared.service import Service
 from shared.settings import ConversationSettings
 
 DESCRIPTION = (

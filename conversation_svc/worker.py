@@ -37,7 +37,7 @@ from shared.models import (
     encode_response_done,
     encode_response_started,
 )
-from shared.runtime import SessionContext
+from shared.service import SessionContext
 from shared.settings import ConversationSettings
 
 log = logging.getLogger(__name__)

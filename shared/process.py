@@ -19,7 +19,8 @@ from shared.engines.base import EngineUnavailable
 from shared.http_server import HealthServer
 from shared.logs import register_secret, setup_logging
 from shared.metrics import REGISTRY
-from shared.runtime import OwnershipRuntime, Service
+from shared.runtime import OwnershipRuntime
+from shared.service import Service
 from shared.settings import CommonSettings, EngineCredentials
 
 log = logging.getLogger(__name__)

@@ -35,14 +35,12 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import redis.asyncio as aioredis
-from pydantic import BaseModel
 from redis.exceptions import ResponseError
 
 from shared import keys as keynames
-from shared import metrics
 from shared.backoff import backoff
 from shared.bus import (
     BatchWriter,
@@ -55,18 +53,19 @@ from shared.bus import (
     retry_forever,
 )
 from shared.engines.base import EngineError
-from shared.keys import CONTROL_KIND, Keys, conversation_of_key
+from shared.keys import CONTROL_KIND
 from shared.metrics import stream_kind
 from shared.models import (
     ENTRY_FIELD,
     ConversationEnded,
     ConversationStarted,
-    DeadLetter,
     Entry,
     EntryError,
     decode_fields,
 )
 from shared.ownership import Claim, OwnershipTable
+from shared.runtime_meters import RuntimeMeters
+from shared.service import Service, ServiceSession, SessionContext, dead_letter
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -76,90 +75,6 @@ log = logging.getLogger(__name__)
 SWEEP_SLICES = 10
 #: Owned streams whose group lag/pending one sampling tick (every 5 s) refreshes.
 SAMPLE_STREAMS = 250
-
-
-@dataclass
-class SessionContext:
-    """What a session may use: its keys, the writer, and facts about its claim."""
-
-    conversation_id: str
-    started: ConversationStarted
-    took_over: bool
-    data_key: str
-    group: str
-    worker_id: str
-    keys: Keys
-    settings: CommonSettings
-    writer: BatchWriter
-    redis: aioredis.Redis
-
-    def dead_letter(self, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
-        """Ack ``entry_id`` on this conversation's data stream into the dead-letter stream."""
-        dead_letter(
-            self.writer, self.settings, self.data_key, self.group, self.worker_id, entry_id, raw, reason, deliveries
-        )
-
-
-class ServiceSession(Protocol):
-    async def handle(self, entry_id: str | None, entry: Entry) -> bool:
-        """Process one entry of the data stream, in order. Write its effect with
-        the entry's ack through ``ctx.writer.gate``. Return True once the
-        conversation has ended (the runtime then closes and releases it).
-        ``entry_id`` is None for a synthetic entry (idle timeout)."""
-        ...
-
-    async def close(self) -> None:
-        """Release the session's resources; called once, also on hand-back."""
-        ...
-
-
-class Service(Protocol):
-    name: str
-    group: str
-    #: Entry types this service accepts on its data stream.
-    data_types: tuple[type[BaseModel], ...]
-
-    def data_key(self, keys: Keys, conversation_id: str) -> str: ...
-
-    async def open_session(self, ctx: SessionContext) -> ServiceSession: ...
-
-    #: Where a control-stream ``conversation.ended`` is relayed (None: only ack it).
-    def ended_relay_key(self, keys: Keys, conversation_id: str) -> str | None: ...
-
-    #: Keys to expire once this service is done with a conversation.
-    def keys_to_expire(self, keys: Keys, conversation_id: str) -> list[str]: ...
-
-    def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
-        """Hook for a dead-lettered data entry (e.g. tell the client its answer failed)."""
-        ...
-
-
-def dead_letter(
-    writer: BatchWriter,
-    settings: CommonSettings,
-    stream: str,
-    group: str,
-    worker_id: str,
-    entry_id: str,
-    raw: bytes | None,
-    reason: str,
-    deliveries: int = 1,
-) -> None:
-    letter = DeadLetter(
-        stream=stream,
-        entry_id=entry_id,
-        group=group,
-        worker_id=worker_id,
-        reason=reason[:4000],
-        deliveries=deliveries,
-        raw=(raw or b"").decode("utf-8", errors="replace"),
-        dead_ms=int(time.time() * 1000),
-    )
-    log.warning("dead-lettered %s %s: %s", stream, entry_id, reason,
-                extra={"conversation_id": conversation_of_key(stream), "entry_id": entry_id})
-    keys = settings.keys
-    dead_key = keys.dead(keys.partition_of_key(stream))
-    writer.gate(stream, group, entry_id, dead_key, letter.model_dump_json().encode(), maxlen=settings.dead_maxlen)
 
 
 @dataclass
@@ -220,7 +135,7 @@ class OwnershipRuntime:
         self._dirty: set[str] = set()
         self._control_rung = False
         self._data_kind = stream_kind(service.data_key(self.keys, "x"))
-        self._m = _Meters(service.name)
+        self._m = RuntimeMeters(service.name)
         self.writer.on_suppressed = self._m.suppressed.inc
         self._m.capacity.set(settings.max_sessions)
 
@@ -888,47 +803,6 @@ class OwnershipRuntime:
                 raise
             log.error("could not hand back (redis away): peers take over after the lease")
         await self._drop([c.conversation_id for c in claims], "handed back on shutdown")
-
-
-class _Meters:
-    """This service's metric children, with labels resolved once (hot path)."""
-
-    def __init__(self, service: str) -> None:
-        self.service = service
-        self.owned = metrics.SESSIONS_OWNED.labels(service)
-        self.capacity = metrics.SESSION_CAPACITY.labels(service)
-        self.takeovers = metrics.TAKEOVERS.labels(service)
-        self.handbacks = metrics.HANDBACKS.labels(service)
-        self.lost = metrics.LOST_CLAIMS.labels(service)
-        self.suppressed = metrics.DUPLICATES_SUPPRESSED.labels(service)
-        self.redis_errors_read = metrics.REDIS_ERRORS.labels(service, "read")
-        self._cache: dict[tuple[str, ...], Any] = {}
-
-    def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
-        child = self._cache.get(key)
-        if child is None:
-            child = self._cache[key] = metric.labels(self.service, *labels)
-        return child
-
-    def read(self, key: str) -> Any:
-        return self._child(metrics.ENTRIES_READ, stream_kind(key))
-
-    def dead(self, key: str) -> Any:
-        return self._child(metrics.ENTRIES_DEAD, stream_kind(key))
-
-    def lag(self, kind: str) -> Any:
-        return self._child(metrics.GROUP_LAG, kind)
-
-    def pending(self, kind: str) -> Any:
-        return self._child(metrics.GROUP_PENDING, kind)
-
-    def handled(self, key: str, item: Entry | EntryError, entry_id: str) -> None:
-        kind = stream_kind(key)
-        type_ = "invalid" if isinstance(item, EntryError) else item.type
-        self._child(metrics.ENTRIES_HANDLED, kind, type_).inc()
-        ms = int(entry_id.split("-", 1)[0])
-        self._child(metrics.QUEUE_TIME, kind).observe(max(0.0, time.time() - ms / 1000))
 
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:

@@ -6,7 +6,7 @@ import sys
 from collections.abc import Awaitable, Callable
 
 from shared.process import worker_cli
-from shared.runtime import Service
+from shared.service import Service
 from shared.settings import TranscriberSettings
 from transcriber_svc.engines import load_engine
 from transcriber_svc.worker import TranscriberService

@@ -26,7 +26,7 @@ from shared.models import (
     encode,
     encode_transcript_final,
 )
-from shared.runtime import SessionContext
+from shared.service import SessionContext
 from shared.settings import TranscriberSettings
 
 log = logging.getLogger(__name__)

@@ -1,0 +1,54 @@
+"""The ownership runtime's metric children, with their labels resolved once
+(the hot path observes them per entry)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from shared import metrics
+from shared.metrics import stream_kind
+from shared.models import Entry, EntryError
+
+
+class RuntimeMeters:
+    """This service's metric children, with labels resolved once (hot path)."""
+
+    def __init__(self, service: str) -> None:
+        self.service = service
+        self.owned = metrics.SESSIONS_OWNED.labels(service)
+        self.capacity = metrics.SESSION_CAPACITY.labels(service)
+        self.takeovers = metrics.TAKEOVERS.labels(service)
+        self.handbacks = metrics.HANDBACKS.labels(service)
+        self.lost = metrics.LOST_CLAIMS.labels(service)
+        self.suppressed = metrics.DUPLICATES_SUPPRESSED.labels(service)
+        self.redis_errors_read = metrics.REDIS_ERRORS.labels(service, "read")
+        self._cache: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, metric: Any, *labels: str) -> Any:
+        key = (metric._name, *labels)
+        child = self._cache.get(key)
+        if child is None:
+            child = self._cache[key] = metric.labels(self.service, *labels)
+        return child
+
+    def read(self, key: str) -> Any:
+        return self._child(metrics.ENTRIES_READ, stream_kind(key))
+
+    def dead(self, key: str) -> Any:
+        return self._child(metrics.ENTRIES_DEAD, stream_kind(key))
+
+    def lag(self, kind: str) -> Any:
+        return self._child(metrics.GROUP_LAG, kind)
+
+    def pending(self, kind: str) -> Any:
+        return self._child(metrics.GROUP_PENDING, kind)
+
+    def handled(self, key: str, item: Entry | EntryError, entry_id: str) -> None:
+        kind = stream_kind(key)
+        type_ = "invalid" if isinstance(item, EntryError) else item.type
+        self._child(metrics.ENTRIES_HANDLED, kind, type_).inc()
+        ms = int(entry_id.split("-", 1)[0])
+        self._child(metrics.QUEUE_TIME, kind).observe(max(0.0, time.time() - ms / 1000))
+
+

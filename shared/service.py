@@ -1,0 +1,108 @@
+"""What a session service implements (``Service``, ``ServiceSession``) and what
+its sessions may use (``SessionContext``), for the ownership runtime in
+``shared/runtime.py`` to run. Both session services implement these; neither
+sees the runtime's internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis.asyncio as aioredis
+from pydantic import BaseModel
+
+from shared.bus import BatchWriter
+from shared.keys import Keys, conversation_of_key
+from shared.models import ConversationStarted, DeadLetter, Entry
+from shared.settings import CommonSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SessionContext:
+    """What a session may use: its keys, the writer, and facts about its claim."""
+
+    conversation_id: str
+    started: ConversationStarted
+    took_over: bool
+    data_key: str
+    group: str
+    worker_id: str
+    keys: Keys
+    settings: CommonSettings
+    writer: BatchWriter
+    redis: aioredis.Redis
+
+    def dead_letter(self, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
+        """Ack ``entry_id`` on this conversation's data stream into the dead-letter stream."""
+        dead_letter(
+            self.writer, self.settings, self.data_key, self.group, self.worker_id, entry_id, raw, reason, deliveries
+        )
+
+
+class ServiceSession(Protocol):
+    async def handle(self, entry_id: str | None, entry: Entry) -> bool:
+        """Process one entry of the data stream, in order. Write its effect with
+        the entry's ack through ``ctx.writer.gate``. Return True once the
+        conversation has ended (the runtime then closes and releases it).
+        ``entry_id`` is None for a synthetic entry (idle timeout)."""
+        ...
+
+    async def close(self) -> None:
+        """Release the session's resources; called once, also on hand-back."""
+        ...
+
+
+class Service(Protocol):
+    name: str
+    group: str
+    #: Entry types this service accepts on its data stream.
+    data_types: tuple[type[BaseModel], ...]
+
+    def data_key(self, keys: Keys, conversation_id: str) -> str: ...
+
+    async def open_session(self, ctx: SessionContext) -> ServiceSession: ...
+
+    #: Where a control-stream ``conversation.ended`` is relayed (None: only ack it).
+    def ended_relay_key(self, keys: Keys, conversation_id: str) -> str | None: ...
+
+    #: Keys to expire once this service is done with a conversation.
+    def keys_to_expire(self, keys: Keys, conversation_id: str) -> list[str]: ...
+
+    def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
+        """Hook for a dead-lettered data entry (e.g. tell the client its answer failed)."""
+        ...
+
+
+def dead_letter(
+    writer: BatchWriter,
+    settings: CommonSettings,
+    stream: str,
+    group: str,
+    worker_id: str,
+    entry_id: str,
+    raw: bytes | None,
+    reason: str,
+    deliveries: int = 1,
+) -> None:
+    letter = DeadLetter(
+        stream=stream,
+        entry_id=entry_id,
+        group=group,
+        worker_id=worker_id,
+        reason=reason[:4000],
+        deliveries=deliveries,
+        raw=(raw or b"").decode("utf-8", errors="replace"),
+        dead_ms=int(time.time() * 1000),
+    )
+    log.warning("dead-lettered %s %s: %s", stream, entry_id, reason,
+                extra={"conversation_id": conversation_of_key(stream), "entry_id": entry_id})
+    keys = settings.keys
+    dead_key = keys.dead(keys.partition_of_key(stream))
+    writer.gate(stream, group, entry_id, dead_key, letter.model_dump_json().encode(), maxlen=settings.dead_maxlen)
+
+
