@@ -9,17 +9,19 @@ acked without a second answer.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import time
 import uuid
+from typing import Any
 
 from pydantic import BaseModel
 from pydantic_core import to_json
 
 from shared import keys as keynames
 from shared import metrics
-from shared.bus import retry_forever
+from shared.bus import BatchWriter, retry_forever
 from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
 from shared.history import History, Turn, rebuild
 from shared.keys import Keys
@@ -43,8 +45,31 @@ from shared.settings import ConversationSettings
 log = logging.getLogger(__name__)
 
 
-#: The monitor's rolling window of answers (about a minute at 150 answers/s).
-STATS_MAXLEN = 10_000
+#: Entries of the monitor's stats stream: each holds up to a second of answers.
+STATS_MAXLEN = 5_000
+STATS_FLUSH_S = 1.0
+
+
+class StatsBuffer:
+    """The answers' timings for the monitor, written as one stats entry per
+    second (per partition) instead of one per answer: off the hot path."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, list[dict[str, Any]]] = {}
+        self._writer: BatchWriter | None = None
+
+    def add(self, writer: BatchWriter, key: str, record: dict[str, Any]) -> None:
+        self._writer = writer
+        records = self._pending.get(key)
+        if records is None:
+            records = self._pending[key] = []
+            asyncio.get_running_loop().call_later(STATS_FLUSH_S, self._flush, key)
+        records.append(record)
+
+    def _flush(self, key: str) -> None:
+        records = self._pending.pop(key, None)
+        if records and self._writer is not None:
+            self._writer.add(key, to_json(records), STATS_MAXLEN)
 
 
 _RESPONSE_ID_PREFIX = f"r{uuid.uuid4().hex[:8]}"
@@ -68,6 +93,7 @@ class ConversationWorkerSession:
         engine_session: ConversationSession,
         history: History,
         engine_name: str,
+        stats: StatsBuffer,
     ) -> None:
         self.ctx = ctx
         self.settings = settings
@@ -75,6 +101,7 @@ class ConversationWorkerSession:
         self.history = history
         self.responses_key = ctx.keys.responses(ctx.conversation_id)
         self.stats_key = ctx.keys.stats(ctx.keys.partition_of_key(self.responses_key))
+        self.stats = stats
         self.engine_name = engine_name
         self._m_engine = metrics.ENGINE_TIME.labels(engine_name, "answer")
         self._m_first = metrics.LLM_FIRST_TOKEN.labels(engine_name)
@@ -142,10 +169,10 @@ class ConversationWorkerSession:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("answered in %d deltas", len(parts), extra={"conversation_id": cid, "utterance_id": uid})
         self._observe(timings, asked_s, first_delta_s, len(parts))
-        writer.add(self.stats_key, to_json({
+        self.stats.add(writer, self.stats_key, {
             "c": cid, "w": ctx.worker_id, "sent": final.sent_ms, "tf": final.final_ms,
             "fd": first_delta_ms, "done": timings.done_ms,
-        }), STATS_MAXLEN)
+        })
 
     def _observe(self, t: Timings, asked_s: float, first_delta_s: float, deltas: int) -> None:
         metrics.UTTERANCE_TRANSCRIPT.observe(max(0, t.transcript_final_ms - t.sent_ms) / 1000)
@@ -171,6 +198,7 @@ class ConversationService:
     def __init__(self, settings: ConversationSettings, engine: ConversationEngine) -> None:
         self.settings = settings
         self.engine = engine
+        self.stats = StatsBuffer()
 
     def data_key(self, keys: Keys, conversation_id: str) -> str:
         return keys.transcripts(conversation_id)
@@ -189,7 +217,7 @@ class ConversationService:
                      extra={"conversation_id": ctx.conversation_id})
         instructions = ctx.started.instructions or self.settings.system_prompt
         engine_session = await self.engine.open_session(ctx.conversation_id, instructions, list(history.turns))
-        return ConversationWorkerSession(ctx, self.settings, engine_session, history, self.engine.name)
+        return ConversationWorkerSession(ctx, self.settings, engine_session, history, self.engine.name, self.stats)
 
     async def _rebuild(self, ctx: SessionContext) -> History:
         """Read the durable log: final transcripts and done responses."""

@@ -43,7 +43,7 @@ class CommonSettings(BaseSettings):
     sweep_ms: int = Field(1000, ge=10)
     #: Most conversations claimed by one read: a burst of new conversations is
     #: spread over the workers instead of landing on whichever reads first.
-    claim_batch: int = Field(8, ge=1)
+    claim_batch: int = Field(2, ge=1)
     #: Deliveries of one entry before it goes to the dead-letter stream.
     max_deliveries: int = Field(3, ge=1)
     #: Approximate stream caps (XADD MAXLEN ~).

@@ -153,9 +153,11 @@ async def recent_answers(redis: aioredis.Redis, keys: Keys, window_s: float = 60
     for key in keys.stats_keys():
         for _, fields in await xrange_entries(redis, key, min=f"{since}-0", count=100_000):
             try:
-                out.append(json.loads(fields[b"d"]))
+                doc = json.loads(fields[b"d"])
             except (KeyError, ValueError):
                 continue
+            # One entry holds a worker's answers of up to a second (a list).
+            out.extend(doc if isinstance(doc, list) else [doc])
     return out
 
 

@@ -104,6 +104,17 @@ def _start_simulation(env: dict[str, str], conversations: int = 10, rate: float 
     )
 
 
+def _sessions_by_pid(redis_url: str, prefix: str) -> dict[int, int]:
+    """Sessions each worker holds, from the heartbeats (pid -> sessions)."""
+    r = syncredis.Redis.from_url(redis_url, decode_responses=True)
+    out = {}
+    for key in r.scan_iter(match=f"{prefix}:worker:*"):
+        h = r.hgetall(key)
+        out[int(h["pid"])] = int(h["sessions"])
+    r.close()
+    return out
+
+
 def _takeover_delay_s(survivor: ServiceProcess, since_s: float) -> float | None:
     times = [float(str(e["ts"])) for e in _log_events(survivor) if "took over" in str(e.get("msg", ""))]
     later = [t for t in times if t >= since_s]
@@ -116,11 +127,15 @@ def test_sigkill_mid_run_loses_nothing(stack: Stack, redis_url: str, prefix: str
         _start(stack, conversations=0)
     else:
         _start(stack, transcribers=0)
-    victim = stack.start(module)
-    survivor = stack.start(module)
+    first = stack.start(module)
+    second = stack.start(module)
     wait_for_workers(redis_url, prefix, 3)
     sim = _start_simulation(stack.env)
     time.sleep(2.0)
+    # Kill the worker that holds the most conversations (a burst may land unevenly on a busy machine).
+    held = _sessions_by_pid(redis_url, prefix)
+    victim, survivor = (first, second) if held.get(first.pid, 0) >= held.get(second.pid, 0) else (second, first)
+    assert held.get(victim.pid, 0) > 0, held
     killed_at = time.time()
     victim.signal(signal.SIGKILL)
     out, err = sim.communicate(timeout=120)
