@@ -201,33 +201,32 @@ StreamReply = list[tuple[bytes, StreamEntries]]
 
 
 class GroupReader:
-    """XREADGROUP ``>`` over many streams on a connection of its own.
+    """Non-blocking XREADGROUP ``>`` over many streams on a connection of its own
+    (the blocking wait is on the doorbells).
 
-    A worker owning thousands of conversations lists thousands of keys in every
-    read; packing that command is most of a read's cost, so it is packed once
-    per change of the stream set (``plan_key``) and sent as bytes. The reply is
-    parsed here (no redis-py response callback on this path).
+    A sweep lists every owned stream, thousands for a busy worker; packing that
+    command is most of a read's cost, so it is packed once per change of the
+    stream set (``plan_key``) and sent as bytes. The reply is parsed here (no
+    redis-py response callback on this path).
     """
 
-    def __init__(self, redis: aioredis.Redis, group: str, consumer: str, block_ms: int) -> None:
+    def __init__(self, redis: aioredis.Redis, group: str, consumer: str) -> None:
         self._conn = RawConnection(redis)
         self._group = group
         self._consumer = consumer
-        self._block_ms = block_ms
         self._plan_key: object = None
         self._packed = b""
 
-    async def read(self, plan_key: object, streams: Sequence[str], count: int, block: bool = True) -> StreamReply:
+    async def read(self, plan_key: object, streams: Sequence[str], count: int) -> StreamReply:
         """Read ``>`` on ``streams``. The command is packed once per ``plan_key``
         (the full set of owned streams); ``plan_key`` None packs a one-off set."""
-        blocking = ("BLOCK", self._block_ms) if block else ()
-        if plan_key is None or (plan_key, block) != self._plan_key:
+        if plan_key is None or plan_key != self._plan_key:
             packed = pack_command((
-                "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count, *blocking,
+                "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count,
                 "STREAMS", *streams, *([">"] * len(streams)),
             ))
             if plan_key is not None:
-                self._packed, self._plan_key = packed, (plan_key, block)
+                self._packed, self._plan_key = packed, plan_key
         else:
             packed = self._packed
         raw = (await self._conn.roundtrip(packed, 1))[0]

@@ -78,18 +78,6 @@ SAMPLE_STREAMS = 250
 
 
 @dataclass
-class RuntimeStats:
-    read: int = 0
-    handled: int = 0
-    dead: int = 0
-    claimed: int = 0
-    took_over: int = 0
-    handed_back: int = 0
-    lost: int = 0
-    finished: int = 0
-
-
-@dataclass
 class _Live:
     ctx: SessionContext
     claim: Claim
@@ -119,7 +107,8 @@ class OwnershipRuntime:
         self._key_to_conv: dict[bytes, str] = {}
         self._control_keys = self.keys.controls()
         self._control_bkeys = {k.encode() for k in self._control_keys}
-        self.stats = RuntimeStats()
+        #: Entries handled since start (published in the heartbeat; Prometheus has the rest).
+        self.handled = 0
         self.redis_ok = False
         self.started = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -205,7 +194,7 @@ class OwnershipRuntime:
         self._data_keys = None
 
     async def _read_loop(self) -> None:
-        reader = GroupReader(self.redis, self.service.group, self.worker_id, self.settings.read_block_ms)
+        reader = GroupReader(self.redis, self.service.group, self.worker_id)
         bell = Doorbell(self.redis, self.keys.bells())
         try:
             await retry_forever("doorbell", bell.start)
@@ -237,13 +226,13 @@ class OwnershipRuntime:
                         plan_key, (streams, count) = None, self._sweep_plan()
                     self._dirty.clear()
                     self._control_rung = False
-                    reply = await reader.read(plan_key, streams, count, block=False) if streams else []
+                    reply = await reader.read(plan_key, streams, count) if streams else []
                 else:
                     streams, count = self._rung_plan()
                     if streams:
                         self._dirty.clear()
                         self._control_rung = False
-                        reply = await reader.read(None, streams, count, block=False)
+                        reply = await reader.read(None, streams, count)
                     else:
                         wait_ms = int(min(self.settings.read_block_ms, (next_sweep - now) * 1000))
                         self._on_rings(await bell.wait(wait_ms))
@@ -326,7 +315,6 @@ class OwnershipRuntime:
         if live is None or live.closed:
             # Read just before we lost or closed it; the entries stay pending for the owner.
             return
-        self.stats.read += len(entries)
         self._m.read(live.ctx.data_key).inc(len(entries))
         for entry_id, fields in entries:
             self._enqueue(live, entry_id.decode(), fields)
@@ -394,10 +382,8 @@ class OwnershipRuntime:
         self.live[conversation_id] = live
         self._key_to_conv[data_key.encode()] = conversation_id
         self._streams_changed()
-        self.stats.claimed += 1
         self._m.owned.set(len(self.table.claims))
         if took_over:
-            self.stats.took_over += 1
             self._m.takeovers.inc()
             log.info("took over conversation %s", conversation_id, extra={"conversation_id": conversation_id})
             await self._claim_pending_data(live)
@@ -460,7 +446,6 @@ class OwnershipRuntime:
         )
 
     def _dead(self, stream: str, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
-        self.stats.dead += 1
         self._m.dead(stream).inc()
         dead_letter(
             self.writer, self.settings, stream, self.service.group, self.worker_id, entry_id, raw, reason, deliveries
@@ -482,7 +467,7 @@ class OwnershipRuntime:
                         continue  # retry the same entry
                     finished = False
                 live.queue.popleft()
-                self.stats.handled += 1
+                self.handled += 1
                 if entry_id is not None:
                     self._m.handled(ctx.data_key, item, entry_id)
                 if finished:
@@ -558,7 +543,6 @@ class OwnershipRuntime:
             self.writer.ack(claim.control_key, self.service.group, [claim.control_entry_id])
         for key in self.service.keys_to_expire(self.keys, cid):
             self.writer.expire(key, self.settings.conversation_ttl_s)
-        self.stats.finished += 1
         self._m.owned.set(len(self.table.claims))
         log.info("conversation %s finished", cid, extra={"conversation_id": cid})
 
@@ -610,7 +594,6 @@ class OwnershipRuntime:
                 lost = [x.decode() if isinstance(x, bytes) else str(x) for x in lost_raw or ()]
                 if lost:
                     gone = self.table.lose(control_key, lost)
-                    self.stats.lost += len(gone)
                     self._m.lost.inc(len(gone))
                     # Put them back so _drop finds them; it removes them from both maps.
                     await self._drop(gone, "a peer took it over (this worker missed its lease)")
@@ -630,7 +613,7 @@ class OwnershipRuntime:
             "sessions": len(self.table.claims),
             "capacity": self.table.capacity,
             "draining": int(self.table.draining),
-            "handled": self.stats.handled,
+            "handled": self.handled,
             "seen_ms": int(time.time() * 1000),
             "host": socket.gethostname(),
             "pid": os.getpid(),
@@ -795,7 +778,6 @@ class OwnershipRuntime:
                     idle=idle_ms, justid=True,
                 )
             await pipe.execute()
-            self.stats.handed_back += len(claims)
             self._m.handbacks.inc(len(claims))
             log.info("handed back %d conversations", len(claims))
         except Exception as exc:
