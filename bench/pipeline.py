@@ -17,13 +17,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import redis.asyncio as aioredis
 
 from bench.driver import DONE, FAILED, MID, Observation, Utt, id_ms, stamp_batch
-from shared.bus import Doorbell, add_rings
+from shared.bus import add_rings
 from shared.devstack import ServiceProcess, Stack
+from shared.follow import StreamFollower
 from shared.keys import CONVERSATION_GROUP, TRANSCRIBER_GROUP, Keys
 from shared.models import ConversationStarted, encode
 
@@ -124,12 +125,8 @@ class PipelineTarget:
         self.redis = redis
         self.keys = keys
         self.read_mid = read_mid
-        self._streams: dict[str, str] = {}
-        self._last: dict[str, str] = {}
         self._key_conv: dict[bytes, str] = {}
-        self._bell: Doorbell | None = None
-        self._dirty: set[str] = set()
-        self._next_sweep = 0.0
+        self._follower = StreamFollower(redis, keys)
 
     async def start_conversations(self, cids: Sequence[str]) -> None:
         for start in range(0, len(cids), 1000):
@@ -149,12 +146,12 @@ class PipelineTarget:
         for cid in cids:
             for key in self._keys_of(cid):
                 self._key_conv[key.encode()] = cid
-                self._streams[key] = self._last.get(key, "0-0")
+                self._follower.follow(key)
 
     def unfollow(self, cids: Sequence[str]) -> None:
         for cid in cids:
             for key in self._keys_of(cid):
-                self._streams.pop(key, None)
+                self._follower.unfollow(key)
 
     async def send(self, batch: Sequence[Utt]) -> None:
         pipe = self.redis.pipeline(transaction=False)
@@ -171,29 +168,7 @@ class PipelineTarget:
     async def read(self, block_ms: int) -> tuple[list[Observation], int]:
         """Like any client of the pipeline: wait on the doorbells, read the streams
         that rang (and every followed stream once a second, as the sweep)."""
-        if not self._streams:
-            await asyncio.sleep(block_ms / 1000)
-            return [], 0
-        if self._bell is None:
-            self._bell = Doorbell(self.redis, self.keys.bells())
-            await self._bell.start()
-        now = time.monotonic()
-        if now >= self._next_sweep:
-            self._next_sweep = now + 1.0
-            targets = dict(self._streams)
-        else:
-            if not self._dirty:
-                for kind, cids in await self._bell.wait(block_ms):
-                    if kind == "responses" or (kind == "transcripts" and self.read_mid):
-                        for cid in cids:
-                            key = f"{self.keys.conv_prefix(cid)}:{kind}"
-                            if key in self._streams:
-                                self._dirty.add(key)
-            targets = {k: self._streams[k] for k in self._dirty if k in self._streams}
-            self._dirty.clear()
-            if not targets:
-                return [], 0
-        reply = cast(StreamReply, await self.redis.xread(targets, count=1000) or [])  # type: ignore[arg-type]
+        reply = await self._follower.read(block_ms)
         out: list[Observation] = []
         n = 0
         for key_b, entries in reply:
@@ -210,18 +185,10 @@ class PipelineTarget:
                 else:
                     continue
                 out.append((kind, cid, json.loads(raw)["utterance_id"], id_ms(entry_id), None))
-            key = key_b.decode()
-            last = entries[-1][0].decode()
-            if len(entries) >= 1000:
-                self._dirty.add(key)
-            self._last[key] = last
-            if key in self._streams:
-                self._streams[key] = last
         return out, n
 
     async def aclose(self) -> None:
-        if self._bell is not None:
-            await self._bell.aclose()
+        await self._follower.aclose()
 
 
 async def delete_prefix(redis: aioredis.Redis, prefix: str) -> int:

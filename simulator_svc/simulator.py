@@ -16,11 +16,12 @@ import sys
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, TextIO, cast
+from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from shared.bus import Doorbell, add_rings, is_transient, retry_forever
+from shared.bus import add_rings, is_transient, retry_forever
+from shared.follow import StreamFollower
 from shared.keys import Keys
 from shared.models import (
     ConversationEnded,
@@ -309,47 +310,27 @@ class Simulation:
     # --- reading -----------------------------------------------------------------
 
     async def _read(self, ids: list[str]) -> None:
-        """Follow every conversation's transcripts and responses: block on the
-        doorbells, read the streams that rang, and sweep them all each second."""
-        last: dict[str, str] = {}
+        """Follow every conversation's transcripts and responses (doorbells + sweep)."""
+        follower = StreamFollower(self.redis, self.keys)
         for cid in ids:
-            last[self.keys.transcripts(cid)] = "0-0"
-            last[self.keys.responses(cid)] = "0-0"
-        mine = set(ids)
-        bell = Doorbell(self.redis, self.keys.bells())
-        dirty: set[str] = set()
-        next_sweep = 0.0
+            follower.follow(self.keys.transcripts(cid))
+            follower.follow(self.keys.responses(cid))
         try:
-            await retry_forever("simulator doorbell", bell.start)
             while True:
                 try:
-                    now = time.monotonic()
-                    if now >= next_sweep:
-                        next_sweep, targets = now + 1.0, list(last)
-                    elif dirty:
-                        targets = list(dirty)
-                    else:
-                        for kind, cids in await bell.wait(int(min(1000, (next_sweep - now) * 1000))):
-                            if kind == "transcripts" or kind == "responses":
-                                dirty.update(f"{self.keys.conv_prefix(c)}:{kind}" for c in cids if c in mine)
-                        continue
-                    dirty.clear()
-                    reply = await self.redis.xread({k: last[k] for k in targets}, count=1000)
+                    reply = await follower.read(1000)
                 except Exception as exc:
                     if not is_transient(exc):
                         raise
-                    next_sweep = 0.0
+                    follower.resync()
                     await asyncio.sleep(0.2)
                     continue
-                for key, entries in cast(list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]], reply or []):
+                for key, entries in reply:
                     cid = self._key_conv[key]
                     for _entry_id, fields in entries:
                         self._observe(cid, fields)
-                    last[key.decode()] = entries[-1][0].decode()
-                    if len(entries) >= 1000:
-                        dirty.add(key.decode())
         finally:
-            await bell.aclose()
+            await follower.aclose()
 
     def _observe(self, cid: str, fields: dict[bytes, bytes]) -> None:
         try:

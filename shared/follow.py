@@ -1,0 +1,86 @@
+"""The client's side of the doorbells: follow conversation streams with XREAD.
+
+A client (the simulator, a gateway, the benchmark's driver) follows the
+transcripts and responses of many conversations. Blocking on all of them
+costs Redis more with every stream; instead it waits on the doorbells, reads
+only the followed streams that rang, and every ``sweep_s`` reads all of them
+(for writers that do not ring, and after a Redis outage).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from shared.bus import Doorbell, StreamReply
+from shared.keys import Keys
+
+
+class StreamFollower:
+    """Call :meth:`read` in a loop; it returns what the followed streams got."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, sweep_s: float = 1.0, count: int = 1000) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._sweep_s = sweep_s
+        self._count = count
+        self._bell: Doorbell | None = None
+        #: Last id read of every stream ever followed (a re-followed stream resumes there).
+        self._last: dict[str, str] = {}
+        self._followed: set[str] = set()
+        self._dirty: set[str] = set()
+        self._next_sweep = 0.0
+
+    def follow(self, key: str) -> None:
+        self._last.setdefault(key, "0-0")
+        self._followed.add(key)
+
+    def unfollow(self, key: str) -> None:
+        self._followed.discard(key)
+
+    def resync(self) -> None:
+        """Rings may have been missed (Redis was away): sweep on the next read."""
+        self._next_sweep = 0.0
+
+    async def read(self, block_ms: int) -> StreamReply:
+        """One step: the sweep when due, else the streams that rang (waiting up to
+        ``block_ms`` on the doorbells). ``[]`` when nothing came."""
+        if not self._followed:
+            await asyncio.sleep(block_ms / 1000)
+            return []
+        if self._bell is None:
+            self._bell = Doorbell(self._redis, self._keys.bells())
+            await self._bell.start()
+        now = time.monotonic()
+        if now >= self._next_sweep:
+            self._next_sweep = now + self._sweep_s
+            targets = set(self._followed)
+        else:
+            if not self._dirty:
+                wait_ms = int(min(block_ms, (self._next_sweep - now) * 1000))
+                for kind, cids in await self._bell.wait(wait_ms):
+                    for cid in cids:
+                        key = f"{self._keys.conv_prefix(cid)}:{kind}"
+                        if key in self._followed:
+                            self._dirty.add(key)
+            targets = self._dirty & self._followed
+        self._dirty.clear()
+        if not targets:
+            return []
+        reply = cast(StreamReply, await self._redis.xread(
+            {k: self._last[k] for k in targets}, count=self._count
+        ) or [])
+        for key_b, entries in reply:
+            key = key_b.decode()
+            self._last[key] = entries[-1][0].decode()
+            if len(entries) >= self._count:
+                self._dirty.add(key)  # more may be waiting
+        return reply
+
+    async def aclose(self) -> None:
+        if self._bell is not None:
+            await self._bell.aclose()
+
