@@ -3,8 +3,11 @@ session -> responses stream.
 
 Per final transcript: ``response.started``, the deltas as they stream, then
 ``response.done`` written together with the ack of the transcript (one gated
-op). A replayed transcript whose answer is already on the responses stream is
-acked without a second answer.
+op). The done entry carries the full text, so started and deltas that are
+still queued when it is written are dropped: an answer produced faster than a
+flush is one entry; a streamed one keeps the deltas that went out meanwhile.
+A replayed transcript whose answer is already on the responses stream is acked
+without a second answer.
 """
 
 from __future__ import annotations
@@ -131,7 +134,9 @@ class ConversationWorkerSession:
         response_id = next_response_id()
         maxlen = self.settings.responses_maxlen
         writer = ctx.writer
-        writer.add(self.responses_key, encode_response_started(cid, uid, response_id), maxlen)
+        # The done entry carries the whole text: started and deltas still queued
+        # when it is written are superseded (a fast answer is one entry).
+        streamed = [writer.add(self.responses_key, encode_response_started(cid, uid, response_id), maxlen)]
         parts: list[str] = []
         first_delta_ms: int | None = None
         asked_s = time.perf_counter()
@@ -149,7 +154,7 @@ class ConversationWorkerSession:
                     first_delta_s = time.perf_counter()
                 delta = encode_response_delta(cid, uid, response_id, len(parts), event.text)
                 parts.append(event.text)
-                writer.add(self.responses_key, delta, maxlen)
+                streamed.append(writer.add(self.responses_key, delta, maxlen))
         except EngineError as exc:
             if exc.retryable:
                 raise
@@ -157,14 +162,15 @@ class ConversationWorkerSession:
             metrics.UPSTREAM_ERRORS.labels(self.engine_name, exc.code).inc()
             failed = ResponseFailed(conversation_id=cid, utterance_id=uid, response_id=response_id,
                                     code=exc.code, reason=str(exc)[:2000])
-            writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(failed), maxlen)
+            writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(failed), maxlen,
+                        supersedes=streamed)
             self.history.mark_answered(uid)
             return
         text = "".join(parts)
         timings = Timings(sent_ms=final.sent_ms, transcript_final_ms=final.final_ms,
                           first_delta_ms=first_delta_ms, done_ms=_now_ms())
         done = encode_response_done(cid, uid, response_id, text, usage, timings)
-        writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, done, maxlen)
+        writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, done, maxlen, supersedes=streamed)
         self.history.add(Turn(uid, final.text, text))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("answered in %d deltas", len(parts), extra={"conversation_id": cid, "utterance_id": uid})

@@ -372,12 +372,18 @@ def hash_tag(key: str) -> str:
 
 
 @dataclass(slots=True)
-class _Op:
+class QueuedOp:
+    """One queued write; ``add`` returns it so a later gate can supersede it."""
+
     code: str
     keys: tuple[str, ...]
     #: Operands after the key indexes, in the script's order.
     args: tuple[Any, ...]
     on_result: Callable[[Any], None] | None = None
+    #: Taken into a flush: too late to supersede.
+    sent: bool = False
+    #: Superseded before it was sent: never written.
+    dropped: bool = False
 
 
 @dataclass(slots=True)
@@ -387,7 +393,7 @@ class _Item:
     code: str
     key_idxs: list[int]
     args: list[Any]
-    ops: list[_Op]
+    ops: list[QueuedOp]
     values: list[Any] = field(default_factory=list)
 
 
@@ -406,7 +412,7 @@ class _Program:
             idx = self._index[key] = len(self.keys)
         return idx
 
-    def add(self, op: _Op) -> None:
+    def add(self, op: QueuedOp) -> None:
         idxs = [self._key(k) for k in op.keys]
         if op.code == "X":
             maxlen, fld, value = op.args
@@ -447,6 +453,8 @@ class WriterStats:
     suppressed: int = 0
     retries: int = 0
     op_errors: int = 0
+    #: Queued adds a later gate superseded before they were sent.
+    coalesced: int = 0
 
 
 @dataclass
@@ -473,7 +481,7 @@ class BatchWriter:
         self._bell_maxlen = bell_maxlen
         self._scripts = scripts
         self._max_batch = max_batch
-        self._ops: deque[_Op] = deque()
+        self._ops: deque[QueuedOp] = deque()
         self._wake = asyncio.Event()
         self._space = asyncio.Event()
         self._space.set()
@@ -486,7 +494,7 @@ class BatchWriter:
 
     # --- queueing (sync, called from sessions) ---------------------------
 
-    def _push(self, op: _Op) -> None:
+    def _push(self, op: QueuedOp) -> None:
         self._ops.append(op)
         self._queued += 1
         self._wake.set()
@@ -501,21 +509,33 @@ class BatchWriter:
         maxlen: int,
         extra_ack_ids: Sequence[str] = (),
         on_result: Callable[[Any], None] | None = None,
+        supersedes: Sequence[QueuedOp] = (),
     ) -> None:
         """Ack ``gate_id`` on ``src``; if that ack took, XADD ``payload`` to ``dst``
-        and ack ``extra_ack_ids`` too. ``on_result`` gets 1 (written) or 0 (already acked)."""
-        self._push(_Op("G", (src, dst), (group, gate_id, maxlen, ENTRY_FIELD, payload,
+        and ack ``extra_ack_ids`` too. ``on_result`` gets 1 (written) or 0 (already acked).
+
+        ``supersedes``: adds this effect makes redundant (a response's started
+        and delta entries, whose text the done entry carries in full). Those
+        not sent yet are dropped: an answer that completes within one flush is
+        one entry, not one per delta; one that streams slowly keeps its deltas."""
+        for op in supersedes:
+            if not op.sent and not op.dropped:
+                op.dropped = True
+                self.stats.coalesced += 1
+        self._push(QueuedOp("G", (src, dst), (group, gate_id, maxlen, ENTRY_FIELD, payload,
                                          len(extra_ack_ids), *extra_ack_ids), on_result))
 
-    def add(self, dst: str, payload: bytes | str, maxlen: int, field: bytes = ENTRY_FIELD) -> None:
-        self._push(_Op("X", (dst,), (maxlen, field, payload)))
+    def add(self, dst: str, payload: bytes | str, maxlen: int, field: bytes = ENTRY_FIELD) -> QueuedOp:
+        op = QueuedOp("X", (dst,), (maxlen, field, payload))
+        self._push(op)
+        return op
 
     def ack(self, src: str, group: str, ids: Sequence[str]) -> None:
         if ids:
-            self._push(_Op("K", (src,), (group, len(ids), *ids)))
+            self._push(QueuedOp("K", (src,), (group, len(ids), *ids)))
 
     def expire(self, key: str, seconds: int) -> None:
-        self._push(_Op("E", (key,), (seconds,)))
+        self._push(QueuedOp("E", (key,), (seconds,)))
 
     async def aclose(self) -> None:
         """Close the writer's connection (after the flush task is stopped)."""
@@ -548,8 +568,14 @@ class BatchWriter:
             self._wake.clear()
             while self._ops:
                 n = min(len(self._ops), self._max_batch)
-                batch = [self._ops.popleft() for _ in range(n)]
-                await self._send_until_done(batch)
+                batch = []
+                for _ in range(n):
+                    op = self._ops.popleft()
+                    op.sent = True
+                    if not op.dropped:
+                        batch.append(op)
+                if batch:
+                    await self._send_until_done(batch)
                 self._written += n
                 self._release()
 
@@ -565,7 +591,7 @@ class BatchWriter:
                     keep.append(b)
             self._barriers = keep
 
-    async def _send_until_done(self, batch: list[_Op]) -> None:
+    async def _send_until_done(self, batch: list[QueuedOp]) -> None:
         delays = backoff()
         while True:
             try:
@@ -589,7 +615,7 @@ class BatchWriter:
                 log.warning("redis write failed (%s); retrying in %.2fs", type(exc).__name__, delay)
                 await asyncio.sleep(delay)
 
-    async def _send(self, batch: list[_Op]) -> None:
+    async def _send(self, batch: list[QueuedOp]) -> None:
         """One EVALSHA per partition (hash tag), all in one round trip."""
         if "batch" not in self._scripts.sha:
             await self._scripts.load(self._redis)

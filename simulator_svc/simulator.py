@@ -102,6 +102,8 @@ class DialoguePrinter:
         self.out = out
         self.single = conversations == 1
         self._streaming = False
+        #: Text of the response streamed so far (single-conversation mode).
+        self._streamed = ""
 
     def _tag(self, conversation_id: str) -> str:
         return "" if self.single else f" {conversation_id[-4:]}"
@@ -112,6 +114,7 @@ class DialoguePrinter:
         if self._streaming:
             self.out.write("\n")
             self._streaming = False
+            self._streamed = ""
         self.out.write(text + "\n")
         self.out.flush()
 
@@ -136,9 +139,13 @@ class DialoguePrinter:
         self.out.write(text)
         self.out.flush()
         self._streaming = True
+        self._streamed += text
 
     def done(self, conversation_id: str, text: str) -> None:
-        if not self.single:
+        if self.single and self._streaming and text.startswith(self._streamed):
+            # Deltas still queued when the answer completed were never written: finish the line.
+            self.delta(conversation_id, -1, text[len(self._streamed):])
+        else:
             self._line(f"[CONVERSATION{self._tag(conversation_id)}] AI: {text}")
         self._line(f"[CONVERSATION{self._tag(conversation_id)}] Response complete")
 

@@ -85,6 +85,9 @@ class Tracker:
         rec.dones += 1
         if rec.dones == 1:
             rec.done_ms, rec.answer = now_ms, text
+            if rec.first_delta_ms is None:
+                # A fast answer arrives whole, in its done entry (no delta was written).
+                rec.first_delta_ms = now_ms
             last = self.last_done_index.get(conversation_id, -1)
             if rec.index < last:
                 self.out_of_order += 1

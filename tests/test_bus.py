@@ -68,6 +68,32 @@ async def test_writer_keeps_queue_order_and_reloads_scripts(redis: aioredis.Redi
     assert [fields[b"d"] for _, fields in rows] == [b"delta0", b"delta1", b"delta2", b"delta3", b"delta4", b"done"]
 
 
+async def test_gate_supersedes_only_the_adds_not_yet_sent(redis: aioredis.Redis, prefix: str) -> None:
+    src, dst = f"{prefix}:src", f"{prefix}:dst"
+    await ensure_group(redis, src, "g")
+    ids = [(await redis.xadd(src, {"d": b"t"})).decode() for _ in range(2)]
+    await redis.xreadgroup("g", "w1", {src: ">"}, count=10)
+    writer = BatchWriter(redis, Scripts())
+    task = asyncio.create_task(writer.run())
+    # A whole answer queued before any flush: only its done is written.
+    fast = [writer.add(dst, b"started1", 1000), writer.add(dst, b"delta1.0", 1000)]
+    writer.gate(src, "g", ids[0], dst, b"done1", 1000, supersedes=fast)
+    await writer.flushed()
+    # A streamed answer: what went out stays, what is still queued is dropped.
+    slow = [writer.add(dst, b"started2", 1000), writer.add(dst, b"delta2.0", 1000)]
+    await writer.flushed()
+    slow.append(writer.add(dst, b"delta2.1", 1000))
+    writer.gate(src, "g", ids[1], dst, b"done2", 1000, supersedes=slow)
+    await writer.flushed()
+    task.cancel()
+    await writer.aclose()
+    rows = await redis.xrange(dst)
+    assert [fields[b"d"] for _, fields in rows] == [b"done1", b"started2", b"delta2.0", b"done2"]
+    assert writer.stats.coalesced == 3
+    assert writer.backlog == 0
+    assert (await redis.xpending(src, "g"))["pending"] == 0
+
+
 async def test_refresh_skips_entries_a_peer_took(redis: aioredis.Redis, prefix: str) -> None:
     ctl = f"{prefix}:ctl"
     await ensure_group(redis, ctl, "g")
