@@ -2,11 +2,14 @@
 
 Label sets are bounded: service, stream *kind* (control/input/transcripts),
 entry type, engine, error code. Never a conversation or utterance id.
+The metric classes are :mod:`shared.fastmetrics` (lock-free, event-loop only).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry
+
+from shared.fastmetrics import Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 

@@ -26,7 +26,7 @@ class RuntimeMeters:
         self._cache: dict[tuple[str, ...], Any] = {}
 
     def _child(self, metric: Any, *labels: str) -> Any:
-        key = (metric._name, *labels)
+        key = (metric.name, *labels)
         child = self._cache.get(key)
         if child is None:
             child = self._cache[key] = metric.labels(self.service, *labels)
