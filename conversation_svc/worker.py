@@ -33,7 +33,6 @@ from shared.models import (
     Entry,
     EntryError,
     ResponseFailed,
-    Timings,
     TranscriptDelta,
     TranscriptFinal,
     decode_fields,
@@ -167,24 +166,26 @@ class ConversationWorkerSession:
             self.history.mark_answered(uid)
             return
         text = "".join(parts)
-        timings = Timings(sent_ms=final.sent_ms, transcript_final_ms=final.final_ms,
-                          first_delta_ms=first_delta_ms, done_ms=_now_ms())
-        done = encode_response_done(cid, uid, response_id, text, usage, timings)
+        done_ms = _now_ms()
+        done = encode_response_done(cid, uid, response_id, text, usage, final.sent_ms, final.final_ms,
+                                    first_delta_ms, done_ms)
         writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, done, maxlen, supersedes=streamed)
         self.history.add(Turn(uid, final.text, text))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("answered in %d deltas", len(parts), extra={"conversation_id": cid, "utterance_id": uid})
-        self._observe(timings, asked_s, first_delta_s, len(parts))
+        self._observe(final, first_delta_ms, done_ms, asked_s, first_delta_s, len(parts))
         self.stats.add(writer, self.stats_key, {
             "c": cid, "w": ctx.worker_id, "sent": final.sent_ms, "tf": final.final_ms,
-            "fd": first_delta_ms, "done": timings.done_ms,
+            "fd": first_delta_ms, "done": done_ms,
         })
 
-    def _observe(self, t: Timings, asked_s: float, first_delta_s: float, deltas: int) -> None:
-        metrics.UTTERANCE_TRANSCRIPT.observe(max(0, t.transcript_final_ms - t.sent_ms) / 1000)
-        if t.first_delta_ms is not None:
-            metrics.UTTERANCE_FIRST_DELTA.observe(max(0, t.first_delta_ms - t.sent_ms) / 1000)
-        metrics.UTTERANCE_DONE.observe(max(0, t.done_ms - t.sent_ms) / 1000)
+    def _observe(self, final: TranscriptFinal, first_delta_ms: int | None, done_ms: int,
+                 asked_s: float, first_delta_s: float, deltas: int) -> None:
+        sent_ms = final.sent_ms
+        metrics.UTTERANCE_TRANSCRIPT.observe(max(0, final.final_ms - sent_ms) / 1000)
+        if first_delta_ms is not None:
+            metrics.UTTERANCE_FIRST_DELTA.observe(max(0, first_delta_ms - sent_ms) / 1000)
+        metrics.UTTERANCE_DONE.observe(max(0, done_ms - sent_ms) / 1000)
         end_s = time.perf_counter()
         self._m_engine.observe(end_s - asked_s)
         if first_delta_s:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
@@ -77,49 +78,48 @@ BATCH_SCRIPT = """
 local out = {}
 local i = 1
 local n = #ARGV
+local call = redis.call
+-- Functions defined once (not a closure per op): this script runs thousands of ops a second.
 local function add(key, maxlen, field, value)
-  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', field, value)
+  call('XADD', key, 'MAXLEN', '~', maxlen, '*', field, value)
+end
+local function gate(src, dst, group, id, maxlen, field, value, base, extra)
+  if call('XACK', src, group, id) == 1 then
+    if value ~= '' then add(dst, maxlen, field, value) end
+    for j = 1, extra do call('XACK', src, group, ARGV[base+j]) end
+    return 1
+  end
+  return 0
+end
+local function many(key, maxlen, field, base, count)
+  for j = 1, count do add(key, maxlen, field, ARGV[base+j]) end
+  return count
 end
 while i <= n do
   local op = ARGV[i]
   local ok, res
-  if op == 'X' then
+  if op == 'G' then
+    local extra = tonumber(ARGV[i+8])
+    ok, res = pcall(gate, KEYS[tonumber(ARGV[i+1])], KEYS[tonumber(ARGV[i+2])], ARGV[i+3], ARGV[i+4],
+                    ARGV[i+5], ARGV[i+6], ARGV[i+7], i+8, extra)
+    i = i + 9 + extra
+  elseif op == 'X' then
     ok, res = pcall(add, KEYS[tonumber(ARGV[i+1])], ARGV[i+2], ARGV[i+3], ARGV[i+4])
     i = i + 5
-  elseif op == 'G' then
-    local src = KEYS[tonumber(ARGV[i+1])]
-    local dst = KEYS[tonumber(ARGV[i+2])]
-    local group = ARGV[i+3]
-    local extra = tonumber(ARGV[i+8])
-    local base = i + 8
-    ok, res = pcall(function()
-      if redis.call('XACK', src, group, ARGV[i+4]) == 1 then
-        if ARGV[i+7] ~= '' then add(dst, ARGV[i+5], ARGV[i+6], ARGV[i+7]) end
-        for j = 1, extra do redis.call('XACK', src, group, ARGV[base+j]) end
-        return 1
-      end
-      return 0
-    end)
-    i = base + extra + 1
   elseif op == 'M' then
-    local key = KEYS[tonumber(ARGV[i+1])]
     local count = tonumber(ARGV[i+4])
-    local base = i + 4
-    ok, res = pcall(function()
-      for j = 1, count do add(key, ARGV[i+2], ARGV[i+3], ARGV[base+j]) end
-      return count
-    end)
-    i = base + count + 1
+    ok, res = pcall(many, KEYS[tonumber(ARGV[i+1])], ARGV[i+2], ARGV[i+3], i+4, count)
+    i = i + 5 + count
   elseif op == 'K' then
     local src = KEYS[tonumber(ARGV[i+1])]
     local group = ARGV[i+2]
     local count = tonumber(ARGV[i+3])
     local ids = {}
     for j = 1, count do ids[j] = ARGV[i+3+j] end
-    ok, res = pcall(redis.call, 'XACK', src, group, unpack(ids))
+    ok, res = pcall(call, 'XACK', src, group, unpack(ids))
     i = i + 4 + count
   elseif op == 'E' then
-    ok, res = pcall(redis.call, 'EXPIRE', KEYS[tonumber(ARGV[i+1])], ARGV[i+2])
+    ok, res = pcall(call, 'EXPIRE', KEYS[tonumber(ARGV[i+1])], ARGV[i+2])
     i = i + 3
   else
     return redis.error_reply('bad op ' .. tostring(op) .. ' at ' .. i)
@@ -229,18 +229,23 @@ class GroupReader:
                 self._packed, self._plan_key = packed, plan_key
         else:
             packed = self._packed
-        raw = (await self._conn.roundtrip(packed, 1))[0]
-        if not raw:
-            return []
-        # RESP3 (redis-py 8's default) answers a map {key: entries}; RESP2 a list of [key, entries].
-        pairs = raw.items() if isinstance(raw, dict) else raw
-        return [
-            (key, [(entry_id, _pairs(fields)) for entry_id, fields in entries])
-            for key, entries in cast(list[tuple[bytes, list[tuple[bytes, list[bytes] | None]]]], pairs)
-        ]
+        return parse_stream_reply((await self._conn.roundtrip(packed, 1))[0])
 
     async def aclose(self) -> None:
         await self._conn.aclose()
+
+
+def parse_stream_reply(raw: Any) -> StreamReply:
+    """An XREAD / XREADGROUP reply as hiredis gives it (no redis-py callback):
+    [(key, [(entry id, {field: value})])]. An entry trimmed while pending has no fields."""
+    if not raw:
+        return []
+    # RESP3 (redis-py 8's default) answers a map {key: entries}; RESP2 a list of [key, entries].
+    pairs = raw.items() if isinstance(raw, dict) else raw
+    return [
+        (key, [(entry_id, _pairs(fields)) for entry_id, fields in entries])
+        for key, entries in cast(list[tuple[bytes, list[tuple[bytes, list[bytes] | None]]]], pairs)
+    ]
 
 
 class Doorbell:
@@ -287,14 +292,25 @@ class Doorbell:
         await self._conn.aclose()
 
 
+@functools.lru_cache(maxsize=65_536)
+def _ring_target(key: str) -> tuple[str, str, str] | None:
+    """(partition tag, kind, conversation id) of a conversation stream, else None.
+    Cached: a flush asks this for every key it writes to."""
+    kind = data_kind_of_key(key)
+    cid = conversation_of_key(key)
+    if kind is None or cid is None:
+        return None
+    return hash_tag(key), kind, cid
+
+
 def ring_ops(keys: Sequence[str]) -> dict[str, dict[str, list[str]]]:
     """Doorbell rings for writes to ``keys``: {partition tag: {kind: [conversation ids]}}."""
     rings: dict[str, dict[str, dict[str, None]]] = {}
     for key in keys:
-        kind = data_kind_of_key(key)
-        cid = conversation_of_key(key)
-        if kind is not None and cid is not None:
-            rings.setdefault(hash_tag(key), {}).setdefault(kind, {})[cid] = None
+        target = _ring_target(key)
+        if target is not None:
+            tag, kind, cid = target
+            rings.setdefault(tag, {}).setdefault(kind, {})[cid] = None
     return {tag: {kind: list(ids) for kind, ids in kinds.items()} for tag, kinds in rings.items()}
 
 
@@ -361,8 +377,10 @@ def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
     return dict(zip(it, it, strict=True))
 
 
+@functools.lru_cache(maxsize=65_536)
 def hash_tag(key: str) -> str:
-    """The ``{...}`` part of a key: keys with the same tag share a cluster slot."""
+    """The ``{...}`` part of a key: keys with the same tag share a cluster slot.
+    Cached: the writer asks this once per queued op."""
     start = key.find("{")
     if start >= 0:
         end = key.find("}", start + 1)

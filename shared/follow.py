@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import cast
 
 import redis.asyncio as aioredis
 
-from shared.bus import Doorbell, StreamReply
+from shared.bus import Doorbell, RawConnection, StreamReply, pack_command, parse_stream_reply
 from shared.keys import Keys
 
 
@@ -28,6 +27,8 @@ class StreamFollower:
         self._sweep_s = sweep_s
         self._count = count
         self._bell: Doorbell | None = None
+        #: Reads go pre-packed over a connection of their own (no redis-py reply callbacks).
+        self._conn: RawConnection | None = None
         #: Last id read of every stream ever followed (a re-followed stream resumes there).
         self._last: dict[str, str] = {}
         self._followed: set[str] = set()
@@ -70,9 +71,12 @@ class StreamFollower:
         self._dirty.clear()
         if not targets:
             return []
-        reply = cast(StreamReply, await self._redis.xread(
-            {k: self._last[k] for k in targets}, count=self._count
-        ) or [])
+        if self._conn is None:
+            self._conn = RawConnection(self._redis)
+        ordered = list(targets)
+        packed = pack_command(("XREAD", "COUNT", self._count, "STREAMS", *ordered,
+                               *(self._last[k] for k in ordered)))
+        reply = parse_stream_reply((await self._conn.roundtrip(packed, 1))[0])
         for key_b, entries in reply:
             key = key_b.decode()
             self._last[key] = entries[-1][0].decode()
@@ -83,4 +87,6 @@ class StreamFollower:
     async def aclose(self) -> None:
         if self._bell is not None:
             await self._bell.aclose()
+        if self._conn is not None:
+            await self._conn.aclose()
 

@@ -240,12 +240,17 @@ def encode_response_delta(conversation_id: str, utterance_id: str, response_id: 
 
 
 def encode_response_done(
-    conversation_id: str, utterance_id: str, response_id: str, text: str, usage: dict[str, int], timings: Timings
+    conversation_id: str, utterance_id: str, response_id: str, text: str, usage: dict[str, int],
+    sent_ms: int, transcript_final_ms: int, first_delta_ms: int | None, done_ms: int,
 ) -> bytes:
+    """A ``response.done`` entry (the :class:`Timings` fields as plain ints: no model per answer)."""
+    timings = {"sent_ms": sent_ms, "transcript_final_ms": transcript_final_ms, "done_ms": done_ms}
+    if first_delta_ms is not None:
+        timings["first_delta_ms"] = first_delta_ms
     return to_json({"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "response.done",
                     "utterance_id": utterance_id, "response_id": response_id, "text": text[:MAX_TEXT_CHARS],
                     "usage": {k: v for k, v in usage.items() if isinstance(v, int)},
-                    "timings": timings.model_dump(exclude_none=True)})
+                    "timings": timings})
 
 
 def decode(raw: bytes | str) -> Entry:

@@ -124,7 +124,7 @@ class OwnershipRuntime:
         self._dirty: set[str] = set()
         self._control_rung = False
         self._data_kind = stream_kind(service.data_key(self.keys, "x"))
-        self._m = RuntimeMeters(service.name)
+        self._m = RuntimeMeters(service.name, self._data_kind)
         self.writer.on_suppressed = self._m.suppressed.inc
         self._m.capacity.set(settings.max_sessions)
 
@@ -315,7 +315,7 @@ class OwnershipRuntime:
         if live is None or live.closed:
             # Read just before we lost or closed it; the entries stay pending for the owner.
             return
-        self._m.read(live.ctx.data_key).inc(len(entries))
+        self._m.data_read.inc(len(entries))
         for entry_id, fields in entries:
             self._enqueue(live, entry_id.decode(), fields)
 
@@ -454,7 +454,6 @@ class OwnershipRuntime:
     # --- per-conversation work ------------------------------------------------------
 
     async def _drain_session(self, live: _Live) -> None:
-        ctx = live.ctx
         try:
             while live.queue and not live.closed:
                 entry_id, item, raw = live.queue[0]
@@ -469,7 +468,7 @@ class OwnershipRuntime:
                 live.queue.popleft()
                 self.handled += 1
                 if entry_id is not None:
-                    self._m.handled(ctx.data_key, item, entry_id)
+                    self._m.handled(item, entry_id)
                 if finished:
                     await self._finish(live)
                     return

@@ -14,8 +14,13 @@ from shared.models import Entry, EntryError
 class RuntimeMeters:
     """This service's metric children, with labels resolved once (hot path)."""
 
-    def __init__(self, service: str) -> None:
+    def __init__(self, service: str, data_kind: str) -> None:
         self.service = service
+        #: Entries of this service's data streams (all of one kind): children resolved once.
+        self.data_read = metrics.ENTRIES_READ.labels(service, data_kind)
+        self._data_queue_time = metrics.QUEUE_TIME.labels(service, data_kind)
+        self._data_handled: dict[str, Any] = {}
+        self._data_kind = data_kind
         self.owned = metrics.SESSIONS_OWNED.labels(service)
         self.capacity = metrics.SESSION_CAPACITY.labels(service)
         self.takeovers = metrics.TAKEOVERS.labels(service)
@@ -32,9 +37,6 @@ class RuntimeMeters:
             child = self._cache[key] = metric.labels(self.service, *labels)
         return child
 
-    def read(self, key: str) -> Any:
-        return self._child(metrics.ENTRIES_READ, stream_kind(key))
-
     def dead(self, key: str) -> Any:
         return self._child(metrics.ENTRIES_DEAD, stream_kind(key))
 
@@ -44,11 +46,14 @@ class RuntimeMeters:
     def pending(self, kind: str) -> Any:
         return self._child(metrics.GROUP_PENDING, kind)
 
-    def handled(self, key: str, item: Entry | EntryError, entry_id: str) -> None:
-        kind = stream_kind(key)
+    def handled(self, item: Entry | EntryError, entry_id: str) -> None:
+        """One data-stream entry handled: count it by type, observe its queue time."""
         type_ = "invalid" if isinstance(item, EntryError) else item.type
-        self._child(metrics.ENTRIES_HANDLED, kind, type_).inc()
-        ms = int(entry_id.split("-", 1)[0])
-        self._child(metrics.QUEUE_TIME, kind).observe(max(0.0, time.time() - ms / 1000))
+        counter = self._data_handled.get(type_)
+        if counter is None:
+            counter = self._data_handled[type_] = metrics.ENTRIES_HANDLED.labels(self.service, self._data_kind, type_)
+        counter.inc()
+        ms = int(entry_id[: entry_id.index("-")])
+        self._data_queue_time.observe(max(0.0, time.time() - ms / 1000))
 
 

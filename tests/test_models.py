@@ -102,6 +102,7 @@ def test_hot_path_encoders_decode_to_the_same_models() -> None:
 
     assert decode(encode_transcript_final("c", "u", "hi", 1, 2)) == TranscriptFinal(
         conversation_id="c", utterance_id="u", text="hi", sent_ms=1, final_ms=2)
-    done = decode(encode_response_done("c", "u", "r1", "t" * 9000, {"input_tokens": 3, "odd": "x"}, timings))  # type: ignore[dict-item]
+    done = decode(encode_response_done("c", "u", "r1", "t" * 9000, {"input_tokens": 3, "odd": "x"},  # type: ignore[dict-item]
+                                       sent_ms=1, transcript_final_ms=2, first_delta_ms=None, done_ms=4))
     assert isinstance(done, ResponseDone)
     assert done.text == "t" * MAX_TEXT_CHARS and done.usage.input_tokens == 3 and done.timings == timings

@@ -112,6 +112,7 @@ def test_echo_answer_streams_in_several_deltas() -> None:
     assert answer.startswith("I've received your transcription: \"This is a test.\"")
     deltas = split_deltas(answer, 3)
     assert len(deltas) > 2 and "".join(deltas) == answer
+    assert split_deltas(answer, 1000) == [answer]
 
 
 def test_rings_name_each_conversation_once_per_kind_and_partition() -> None:

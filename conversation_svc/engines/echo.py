@@ -16,6 +16,8 @@ def echo_answer(user_text: str, turn_number: int) -> str:
 
 def split_deltas(text: str, words_per_delta: int) -> list[str]:
     words = text.split(" ")
+    if len(words) <= words_per_delta:
+        return [text]
     return [
         " ".join(words[i : i + words_per_delta]) + (" " if i + words_per_delta < len(words) else "")
         for i in range(0, len(words), words_per_delta)
