@@ -52,6 +52,7 @@ from shared.bus import (
     is_transient,
     retry_forever,
 )
+from shared.eager import start_eagerly
 from shared.engines.base import EngineError
 from shared.keys import CONTROL_KIND
 from shared.metrics import stream_kind
@@ -75,6 +76,11 @@ log = logging.getLogger(__name__)
 SWEEP_SLICES = 10
 #: Owned streams whose group lag/pending one sampling tick (every 5 s) refreshes.
 SAMPLE_STREAMS = 250
+#: XINFO GROUPS calls per pipeline of a sampling tick.
+SAMPLE_PIPELINE = 25
+#: Control entries re-claimed per refresh script call: each call holds Redis for
+#: its whole length (an XPENDING and an XCLAIM per entry), so keep calls short.
+REFRESH_CHUNK = 100
 
 
 @dataclass
@@ -83,6 +89,8 @@ class _Live:
     claim: Claim
     session: ServiceSession | None = None
     queue: deque[tuple[str | None, Entry | EntryError, bytes | None]] = field(default_factory=deque)
+    #: The drain is under way (eagerly, or as ``task`` once it had to wait).
+    running: bool = False
     task: asyncio.Task[None] | None = None
     failures: dict[str, int] = field(default_factory=dict)
     last_seen_s: float = field(default_factory=time.monotonic)
@@ -330,10 +338,21 @@ class OwnershipRuntime:
         self._kick(live)
 
     def _kick(self, live: _Live) -> None:
-        if live.task is None and not live.closed:
-            live.task = asyncio.create_task(
-                self._drain_session(live), name=f"session:{live.ctx.conversation_id}"
-            )
+        """Run the conversation's queue now; a Task carries on only if a handler
+        has to wait (an engine's network or thread), so the loop keeps reading."""
+        if live.running or live.closed:
+            return
+        live.running = True
+        try:
+            task = start_eagerly(self._drain_session(live), name=f"session:{live.ctx.conversation_id}")
+        except Exception:
+            # _drain_session handles every failure of an entry; this is a bug in it.
+            log.exception("draining %s failed", live.ctx.conversation_id,
+                          extra={"conversation_id": live.ctx.conversation_id})
+            live.running = False
+            return
+        if task is not None and live.running:
+            live.task = task
 
     # --- control stream ---------------------------------------------------------
 
@@ -454,6 +473,7 @@ class OwnershipRuntime:
     # --- per-conversation work ------------------------------------------------------
 
     async def _drain_session(self, live: _Live) -> None:
+        """Handle the queued entries in order (started by :meth:`_kick`, eagerly)."""
         try:
             while live.queue and not live.closed:
                 entry_id, item, raw = live.queue[0]
@@ -474,6 +494,7 @@ class OwnershipRuntime:
                     return
         finally:
             live.task = None
+            live.running = False
             if live.queue and not live.closed and not self._stopping.is_set():
                 self._kick(live)
 
@@ -585,8 +606,8 @@ class OwnershipRuntime:
 
     async def _refresh_once(self) -> None:
         for control_key, ids in self.table.by_control_key().items():
-            for start in range(0, len(ids), 500):
-                chunk = ids[start : start + 500]
+            for start in range(0, len(ids), REFRESH_CHUNK):
+                chunk = ids[start : start + REFRESH_CHUNK]
                 lost_raw = await self.scripts.call(
                     self.redis, "refresh", [control_key], [self.service.group, self.worker_id, *chunk]
                 )
@@ -713,17 +734,22 @@ class OwnershipRuntime:
         chunk = owned[start : start + SAMPLE_STREAMS]
         self._sample_cursor = start + len(chunk)
         keys = list(self._control_keys) + chunk
-        pipe = self.redis.pipeline(transaction=False)
-        for key in keys:
-            pipe.xinfo_groups(key)
-        replies = await pipe.execute(raise_on_error=False)
-        for key, groups in zip(keys, replies, strict=True):
-            if isinstance(groups, Exception):
-                continue
-            for g in groups:
-                name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-                if name == group:
-                    self._group_load[key] = (int(g.get("lag") or 0), int(g.get("pending") or 0))
+        # Small pipelines with a yield between them: parsing hundreds of XINFO
+        # replies at once would stall the read loop for milliseconds (a p99 spike).
+        for start_at in range(0, len(keys), SAMPLE_PIPELINE):
+            part = keys[start_at : start_at + SAMPLE_PIPELINE]
+            pipe = self.redis.pipeline(transaction=False)
+            for key in part:
+                pipe.xinfo_groups(key)
+            replies = await pipe.execute(raise_on_error=False)
+            for key, groups in zip(part, replies, strict=True):
+                if isinstance(groups, Exception):
+                    continue
+                for g in groups:
+                    name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                    if name == group:
+                        self._group_load[key] = (int(g.get("lag") or 0), int(g.get("pending") or 0))
+            await asyncio.sleep(0)
         live_keys = set(owned) | set(self._control_keys)
         totals: dict[str, list[int]] = {}
         for key in list(self._group_load):
