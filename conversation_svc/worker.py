@@ -17,6 +17,7 @@ import itertools
 import logging
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
@@ -135,7 +136,7 @@ class ConversationWorkerSession:
         writer = ctx.writer
         # The done entry carries the whole text: started and deltas still queued
         # when it is written are superseded (a fast answer is one entry).
-        streamed = [writer.add(self.responses_key, encode_response_started(cid, uid, response_id), maxlen)]
+        streamed = [writer.add(self.responses_key, partial(encode_response_started, cid, uid, response_id), maxlen)]
         parts: list[str] = []
         first_delta_ms: int | None = None
         asked_s = time.perf_counter()
@@ -151,7 +152,7 @@ class ConversationWorkerSession:
                 if first_delta_ms is None:
                     first_delta_ms = _now_ms()
                     first_delta_s = time.perf_counter()
-                delta = encode_response_delta(cid, uid, response_id, len(parts), event.text)
+                delta = partial(encode_response_delta, cid, uid, response_id, len(parts), event.text)
                 parts.append(event.text)
                 streamed.append(writer.add(self.responses_key, delta, maxlen))
         except EngineError as exc:

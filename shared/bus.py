@@ -321,8 +321,8 @@ def add_rings(pipe: Any, keys: Keys, written: Sequence[str], maxlen: int = 10_00
     for key in {k for k in written if k in controls}:
         pipe.xadd(keys.bell_for_key(key), {CONTROL_KIND: "1"}, maxlen=maxlen, approximate=True)
     for tag, kinds in ring_ops([k for k in written if k not in controls]).items():
-        pipe.xadd(keys.bell(int(tag)), {kind: " ".join(ids) for kind, ids in kinds.items()},
-                  maxlen=maxlen, approximate=True)
+        for kind, ids in kinds.items():
+            pipe.xadd(keys.bell(int(tag), kind), {kind: " ".join(ids)}, maxlen=maxlen, approximate=True)
 
 
 def pack_command(args: Sequence[Any]) -> bytes:
@@ -434,6 +434,8 @@ class _Program:
         idxs = [self._key(k) for k in op.keys]
         if op.code == "X":
             maxlen, fld, value = op.args
+            if not isinstance(value, bytes | str):
+                value = value()  # encoded only now that it is sent (see BatchWriter.add)
             last = self.items[-1] if self.items else None
             if last is not None and last.code in ("X", "M") and last.key_idxs == idxs and last.args == [maxlen, fld]:
                 last.code = "M"
@@ -447,9 +449,14 @@ class _Program:
     def add_rings(self, bell_key: Callable[[str], str], maxlen: int) -> None:
         """One doorbell XADD per stream kind: the conversations this program writes to."""
         written = [self.keys[item.key_idxs[-1] - 1] for item in self.items if item.code in ("X", "M", "G")]
+        first_of_kind: dict[str, str] = {}
+        for key in written:
+            target = _ring_target(key)
+            if target is not None:
+                first_of_kind.setdefault(target[1], key)
         for kinds in ring_ops(written).values():
-            idx = self._key(bell_key(written[0]))
             for kind, ids in kinds.items():
+                idx = self._key(bell_key(first_of_kind[kind]))
                 self.items.append(_Item("X", [idx], [maxlen, kind], [], [" ".join(ids)]))
 
     def argv(self) -> list[Any]:
@@ -543,7 +550,11 @@ class BatchWriter:
         self._push(QueuedOp("G", (src, dst), (group, gate_id, maxlen, ENTRY_FIELD, payload,
                                          len(extra_ack_ids), *extra_ack_ids), on_result))
 
-    def add(self, dst: str, payload: bytes | str, maxlen: int, field: bytes = ENTRY_FIELD) -> QueuedOp:
+    def add(
+        self, dst: str, payload: bytes | str | Callable[[], bytes], maxlen: int, field: bytes = ENTRY_FIELD
+    ) -> QueuedOp:
+        """XADD ``payload`` to ``dst``. A callable payload is encoded at send time,
+        so an add that a later gate supersedes is never encoded at all."""
         op = QueuedOp("X", (dst,), (maxlen, field, payload))
         self._push(op)
         return op

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
@@ -21,9 +22,14 @@ from shared.keys import Keys
 class StreamFollower:
     """Call :meth:`read` in a loop; it returns what the followed streams got."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, sweep_s: float = 1.0, count: int = 1000) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, keys: Keys, sweep_s: float = 1.0, count: int = 1000,
+        kinds: Sequence[str] = ("transcripts", "responses"),
+    ) -> None:
         self._redis = redis
         self._keys = keys
+        #: Stream kinds followed: only their doorbells are listened to.
+        self._kinds = tuple(kinds)
         self._sweep_s = sweep_s
         self._count = count
         self._bell: Doorbell | None = None
@@ -53,7 +59,7 @@ class StreamFollower:
             await asyncio.sleep(block_ms / 1000)
             return []
         if self._bell is None:
-            self._bell = Doorbell(self._redis, self._keys.bells())
+            self._bell = Doorbell(self._redis, self._keys.bells(self._kinds))
             await self._bell.start()
         now = time.monotonic()
         if now >= self._next_sweep:

@@ -11,6 +11,7 @@ Pure module.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 TRANSCRIBER_GROUP = "transcriber"
@@ -69,15 +70,19 @@ class Keys:
     def deads(self) -> list[str]:
         return [self.dead(p) for p in range(self.partitions)]
 
-    def bell(self, partition: int = 0) -> str:
-        """The partition's doorbell: "these conversations' <kind> streams have new entries"."""
-        return f"{self.prefix}:bell:{{{partition}}}"
+    def bell(self, partition: int, kind: str) -> str:
+        """A partition's doorbell for one stream kind: "these conversations' <kind>
+        streams have new entries" (``control``: the control stream has). One bell
+        per kind, so a reader wakes only for what it reads."""
+        return f"{self.prefix}:bell:{{{partition}}}:{kind}"
 
-    def bells(self) -> list[str]:
-        return [self.bell(p) for p in range(self.partitions)]
+    def bells(self, kinds: Sequence[str]) -> list[str]:
+        return [self.bell(p, kind) for p in range(self.partitions) for kind in kinds]
 
     def bell_for_key(self, key: str) -> str:
-        return f"{self.prefix}:bell:{{{self.partition_of_key(key)}}}"
+        """The bell that a write to ``key`` (a conversation or control stream) rings."""
+        kind = data_kind_of_key(key) or CONTROL_KIND
+        return self.bell(self.partition_of_key(key), kind)
 
     def stats(self, partition: int = 0) -> str:
         """A short rolling log of answered utterances' timings, for the monitor."""

@@ -203,7 +203,7 @@ class OwnershipRuntime:
 
     async def _read_loop(self) -> None:
         reader = GroupReader(self.redis, self.service.group, self.worker_id)
-        bell = Doorbell(self.redis, self.keys.bells())
+        bell = Doorbell(self.redis, self.keys.bells([self._data_kind, CONTROL_KIND]))
         try:
             await retry_forever("doorbell", bell.start)
             await self._read_with(reader, bell)

@@ -5,6 +5,7 @@ NOSCRIPT and keeps order."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
@@ -75,12 +76,20 @@ async def test_gate_supersedes_only_the_adds_not_yet_sent(redis: aioredis.Redis,
     await redis.xreadgroup("g", "w1", {src: ">"}, count=10)
     writer = BatchWriter(redis, Scripts())
     task = asyncio.create_task(writer.run())
-    # A whole answer queued before any flush: only its done is written.
-    fast = [writer.add(dst, b"started1", 1000), writer.add(dst, b"delta1.0", 1000)]
+    encoded: list[bytes] = []
+
+    def lazy(payload: bytes) -> Callable[[], bytes]:
+        def encode() -> bytes:
+            encoded.append(payload)
+            return payload
+        return encode
+
+    # A whole answer queued before any flush: only its done is written (the rest never encoded).
+    fast = [writer.add(dst, lazy(b"started1"), 1000), writer.add(dst, lazy(b"delta1.0"), 1000)]
     writer.gate(src, "g", ids[0], dst, b"done1", 1000, supersedes=fast)
     await writer.flushed()
     # A streamed answer: what went out stays, what is still queued is dropped.
-    slow = [writer.add(dst, b"started2", 1000), writer.add(dst, b"delta2.0", 1000)]
+    slow = [writer.add(dst, lazy(b"started2"), 1000), writer.add(dst, b"delta2.0", 1000)]
     await writer.flushed()
     slow.append(writer.add(dst, b"delta2.1", 1000))
     writer.gate(src, "g", ids[1], dst, b"done2", 1000, supersedes=slow)
@@ -90,6 +99,7 @@ async def test_gate_supersedes_only_the_adds_not_yet_sent(redis: aioredis.Redis,
     rows = await redis.xrange(dst)
     assert [fields[b"d"] for _, fields in rows] == [b"done1", b"started2", b"delta2.0", b"done2"]
     assert writer.stats.coalesced == 3
+    assert encoded == [b"started2"]
     assert writer.backlog == 0
     assert (await redis.xpending(src, "g"))["pending"] == 0
 

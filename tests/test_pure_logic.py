@@ -126,6 +126,11 @@ def test_rings_name_each_conversation_once_per_kind_and_partition() -> None:
     assert flat == {(str(partition_of("a", 4)), "input", "a"), (str(partition_of("a", 4)), "transcripts", "a"),
                     (str(partition_of("b", 4)), "input", "b")}
     assert all(len(ids) == len(set(ids)) for kinds in rings.values() for ids in kinds.values())
+    # One bell per partition and kind: a reader wakes only for the streams it reads.
+    p = partition_of("a", 4)
+    assert keys.bell_for_key(keys.input("a")) == keys.bell(p, "input") == f"p:bell:{{{p}}}:input"
+    assert keys.bell_for_key(keys.control_for("a")) == keys.bell(p, "control")
+    assert keys.bells(["input", "control"]) == [keys.bell(q, k) for q in range(4) for k in ("input", "control")]
 
 
 def test_pack_command_is_resp() -> None:
