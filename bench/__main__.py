@@ -8,7 +8,9 @@ Phases, in order, all in one run against one Redis (its own, unless
 3. ours, one worker per tier, echo answer in ONE delta: throughput, latency;
 4. ours, one worker per tier, default echo deltas (3 words each): throughput;
 5. ours, two workers per tier (one delta): throughput;
-6. capacity: live conversations on one conversation worker.
+6. paired: ours and baseline_redis up together, throughput runs alternating
+   (the ratios of adjacent runs are the fair ones on a machine whose speed drifts);
+7. capacity: live conversations on one conversation worker.
 
 Every process it starts (services, stages, Redis) is stopped before it exits,
 also on errors. Exit status 0 when every phase produced its figures.
@@ -80,9 +82,11 @@ DESCRIPTIONS = {
         "transcriber_svc + conversation_svc (simulated transcription, echo answer) on the ownership runtime. "
         "Per utterance: client XADD utterance.text to the conversation's input stream; transcriber: one "
         "XREADGROUP share, one gated EVALSHA (XACK input + XADD transcript.final); conversation worker: "
-        "one XREADGROUP share, XADD response.started, one XADD per response.delta, gated EVALSHA (XACK "
-        "transcript + XADD response.done), XADD to the monitor's stats stream; pydantic validation of every "
-        "entry; per-conversation order; exactly-once response.done. The client XREADs the transcripts and "
+        "one XREADGROUP share, one gated EVALSHA (XACK transcript + XADD response.done; response.started "
+        "and the deltas are queued too, and superseded by the done when the answer completes within one "
+        "flush, as echo's does); doorbell entries per flush; the monitor's timings batched per "
+        "worker-second; pydantic validation of every entry; per-conversation order; exactly-once "
+        "response.done. The client XREADs the transcripts and "
         "responses streams of every conversation."
     ),
     "baseline_redis": (
@@ -284,6 +288,63 @@ class Bench:
             await delete_prefix(self.client, prefix)
         return out
 
+    async def paired(self) -> dict[str, Any]:
+        """Throughput of ours and of the redis-py baseline in alternating runs (B, O, B, O, ...),
+        both systems up at once: on a shared machine whose speed drifts by tens of percent
+        between minutes, a ratio of adjacent runs is the fair one."""
+        prefix_b, prefix_o = f"bp{self.run_id}", f"po{self.run_id}"
+        stages = StageProcesses(self.redis_url, prefix_b, self.out / "logs" / "paired")
+        services = Services(self.redis_url, prefix_o, self.out / "logs" / "paired", ECHO_WORDS_PER_DELTA="1000")
+        pairs: list[dict[str, Any]] = []
+        try:
+            import redis as syncredis
+
+            sync = syncredis.Redis.from_url(self.redis_url)
+            try:
+                ensure_groups(sync, prefix_b)
+            finally:
+                sync.close()
+            stages.start(1)
+            await stages.wait_up(self.client)
+            await services.start(self.client, 1, 1)
+            ours_target = PipelineTarget(self.client, Keys(prefix_o))
+            base_cids, ours_cids = self._conversations("pb"), self._conversations("po")
+            async with (
+                Driver(BaselineRedisTarget(self.client, prefix_b), base_cids, health=stages.dead) as base,
+                Driver(ours_target, ours_cids, health=services.check_alive) as ours,
+            ):
+                await base.one_each()
+                await ours_target.start_conversations(ours_cids)
+                ours_target.follow(ours_cids)
+                if not await ours.one_each(timeout_s=60.0):
+                    raise RuntimeError("paired: warm-up utterances were not all answered")
+                base_pids, ours_pids = stages.pids(), services.pids()
+                for _ in range(self.sizes.throughput_reps):
+                    b = await self._throughput_once(base, base_pids, [*base_pids, REDIS])
+                    o = await self._throughput_once(ours, ours_pids, [*ours_pids, REDIS])
+                    pairs.append({
+                        "baseline_redis": {k: b[k] for k in ("answered_per_s", "system_cpu_s_per_1000",
+                                                             "cpu_s_per_1000", "missing")},
+                        "ours": {k: o[k] for k in ("answered_per_s", "system_cpu_s_per_1000", "cpu_s_per_1000",
+                                                   "missing", "duplicates", "out_of_order")},
+                        "throughput_ratio": round(o["answered_per_s"] / b["answered_per_s"], 3)
+                        if b["answered_per_s"] else None,
+                        "cpu_ratio": round(o["system_cpu_s_per_1000"] / b["system_cpu_s_per_1000"], 3)
+                        if b["system_cpu_s_per_1000"] else None,
+                    })
+        finally:
+            stages.stop()
+            services.stop()
+            await delete_prefix(self.client, prefix_b)
+            await delete_prefix(self.client, prefix_o)
+
+        def median(key: str) -> float | None:
+            values = sorted(p[key] for p in pairs if p[key] is not None)
+            return values[len(values) // 2] if values else None
+
+        return {"pairs": pairs, "throughput_ratio_median": median("throughput_ratio"),
+                "cpu_ratio_median": median("cpu_ratio")}
+
     # --- the run ------------------------------------------------------------------
 
     async def section(self, name: str, run: Callable[[], Awaitable[None]]) -> None:
@@ -348,6 +409,10 @@ class Bench:
         await self.section("ours x1 (default deltas)", ours_default)
         if 2 in self.sizes.scaling_workers:
             await self.section("ours x2 (one delta)", ours2)
+        async def paired() -> None:
+            self.results["paired"] = await self.paired()
+
+        await self.section("paired (alternating runs)", paired)
         await self.section("capacity", capacity)
 
 

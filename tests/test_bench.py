@@ -60,6 +60,13 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         for workers in ("1", "2"):
             assert _number(results["scaling"][name][workers]["answered_per_s"]), (name, workers)
 
+    paired = results["paired"]
+    assert len(paired["pairs"]) == results["meta"]["sizes"]["throughput_reps"]
+    for pair in paired["pairs"]:
+        assert pair["ours"]["missing"] == 0 and pair["ours"]["duplicates"] == 0 and pair["ours"]["out_of_order"] == 0
+        assert pair["baseline_redis"]["missing"] == 0
+    assert _number(paired["throughput_ratio_median"]) and _number(paired["cpu_ratio_median"])
+
     capacity = results["capacity"]
     steps = capacity["steps"]
     assert steps[0]["sessions"] == 0 and len(steps) >= 3
@@ -70,7 +77,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
     assert {t["target"] for t in results["targets"]} and all("ok" in t for t in results["targets"])
 
     table = (out / "results.md").read_text()
-    for heading in ("## Throughput", "## Latency", "## Scaling", "## Capacity", "## Targets"):
+    for heading in ("## Throughput", "## Latency", "## Scaling", "## Paired", "## Capacity", "## Targets"):
         assert heading in table
     for png in ("latency.png", "scaling.png", "capacity.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
