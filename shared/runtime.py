@@ -28,6 +28,7 @@ dead-letter stream with the same gate, so nothing is acked without a trace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import socket
@@ -76,6 +77,8 @@ log = logging.getLogger(__name__)
 SWEEP_SLICES = 10
 #: Owned streams whose group lag/pending one sampling tick (every 5 s) refreshes.
 SAMPLE_STREAMS = 250
+#: Longest doorbell wait of the listener: how soon it notices a stop.
+LISTEN_BLOCK_S = 0.25
 #: XINFO GROUPS calls per pipeline of a sampling tick.
 SAMPLE_PIPELINE = 25
 #: Control entries re-claimed per refresh script call: each call holds Redis for
@@ -131,6 +134,9 @@ class OwnershipRuntime:
         #: Owned data streams that rang (or may hold more) since the last read.
         self._dirty: set[str] = set()
         self._control_rung = False
+        #: Set by the doorbell listener when something rang; _resync: rings may have been lost.
+        self._rang = asyncio.Event()
+        self._resync = False
         self._data_kind = stream_kind(service.data_key(self.keys, "x"))
         self._m = RuntimeMeters(service.name, self._data_kind)
         self.writer.on_suppressed = self._m.suppressed.inc
@@ -204,17 +210,49 @@ class OwnershipRuntime:
     async def _read_loop(self) -> None:
         reader = GroupReader(self.redis, self.service.group, self.worker_id)
         bell = Doorbell(self.redis, self.keys.bells([self._data_kind, CONTROL_KIND]))
+        listener: asyncio.Task[None] | None = None
         try:
             await retry_forever("doorbell", bell.start)
-            await self._read_with(reader, bell)
+            listener = asyncio.create_task(self._listen(bell), name="doorbell")
+            await self._read_with(reader)
         finally:
+            if listener is not None:
+                # It stops by itself within one short block. Cancelling it inside its
+                # blocking read left the task hanging in redis-py's disconnect (seen at
+                # SIGTERM), so cancel only one that overran, and never wait on it forever.
+                await asyncio.wait([listener], timeout=2 * LISTEN_BLOCK_S)
+                if not listener.done():
+                    listener.cancel()
+                    await asyncio.wait([listener], timeout=1.0)
             await reader.aclose()
             await bell.aclose()
 
-    async def _read_with(self, reader: GroupReader, bell: Doorbell) -> None:
-        """Block on the doorbells; read only the owned streams that rang (and the
-        control stream when it rang and a slot is free); every ``sweep_ms`` read
-        everything owned, for writers that do not ring."""
+    async def _listen(self, bell: Doorbell) -> None:
+        """Stay parked on the doorbells (a connection of their own), so a ring is
+        taken as soon as Redis sends it, also while the read loop is reading or
+        handling: under load the loop finds the next streams already rung instead
+        of paying a doorbell round trip per cycle."""
+        delays = backoff()
+        block_ms = int(min(self.settings.read_block_ms / 1000, LISTEN_BLOCK_S) * 1000)
+        while not self._stopping.is_set():
+            try:
+                rings = await bell.wait(block_ms)
+                delays = backoff()
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("doorbell listener failed; the sweep still reads every owned stream")
+                self._resync = True  # rings may have been lost meanwhile
+                self._rang.set()
+                await asyncio.sleep(next(delays))
+                continue
+            if rings:
+                self._on_rings(rings)
+                self._rang.set()
+
+    async def _read_with(self, reader: GroupReader) -> None:
+        """Read only the owned streams that rang (and the control stream when it
+        rang and a slot is free), waiting for the listener when none did; every
+        ``sweep_ms`` read everything owned, for writers that do not ring."""
         delays = backoff()
         high_water = max(4 * self.settings.read_count, 1000)
         sweep_s = self.settings.sweep_ms / 1000
@@ -222,6 +260,9 @@ class OwnershipRuntime:
         full_sweep = True
         while not self._stopping.is_set():
             await self.writer.wait_below(high_water)
+            if self._resync:
+                self._resync = False
+                next_sweep, full_sweep = 0.0, True
             streams: list[str] = []
             try:
                 now = time.monotonic()
@@ -237,14 +278,16 @@ class OwnershipRuntime:
                     reply = await reader.read(plan_key, streams, count) if streams else []
                 else:
                     streams, count = self._rung_plan()
-                    if streams:
-                        self._dirty.clear()
-                        self._control_rung = False
-                        reply = await reader.read(None, streams, count)
-                    else:
-                        wait_ms = int(min(self.settings.read_block_ms, (next_sweep - now) * 1000))
-                        self._on_rings(await bell.wait(wait_ms))
-                        reply = []
+                    if not streams:
+                        # Nothing rang since the last read: wait for the listener (or the next sweep).
+                        self._rang.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(next_sweep - now):
+                                await self._rang.wait()
+                        continue
+                    self._dirty.clear()
+                    self._control_rung = False
+                    reply = await reader.read(None, streams, count)
                 if not self.redis_ok:
                     log.info("redis is back: reading again")
                 self.redis_ok = True
