@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import Generic, TypeVar
 
 from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -65,31 +65,34 @@ class HistogramChild:
         self.sum += value
 
 
-class _Family:
-    """One metric name with its label names; children by label values."""
+C = TypeVar("C", CounterChild, GaugeChild, HistogramChild)
+V = TypeVar("V", CounterChild, GaugeChild)
 
-    kind = ""
+
+class _Family(Generic[C]):
+    """One metric name with its label names; children by label values."""
 
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
                  registry: CollectorRegistry | None = None) -> None:
         self.name = name
         self.documentation = documentation
         self.labelnames = tuple(labelnames)
-        self._children: dict[tuple[str, ...], Any] = {}
+        self._children: dict[tuple[str, ...], C] = {}
         if not self.labelnames:
             self._children[()] = self._new_child()  # exposed at zero from the start
         if registry is not None:
             registry.register(self)
 
-    def _new_child(self) -> Any:
+    def _new_child(self) -> C:
         raise NotImplementedError
 
-    def _child(self, values: tuple[str, ...]) -> Any:
-        child = self._children.get(values)
+    def labels(self, *values: str) -> C:
+        key = tuple(str(v) for v in values)
+        child = self._children.get(key)
         if child is None:
-            if len(values) != len(self.labelnames):
-                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {values}")
-            child = self._children[values] = self._new_child()
+            if len(key) != len(self.labelnames):
+                raise ValueError(f"{self.name} takes labels {self.labelnames}, got {key}")
+            child = self._children[key] = self._new_child()
         return child
 
     def collect(self) -> Iterator[Metric]:
@@ -99,41 +102,39 @@ class _Family:
         return self.collect()
 
 
-class Counter(_Family):
+class _ValueFamily(_Family[V]):
+    """A family whose children hold one ``value`` (counters, gauges)."""
+
+    family_type: type[CounterMetricFamily] | type[GaugeMetricFamily]
+
+    def collect(self) -> Iterator[Metric]:
+        family = self.family_type(self.name, self.documentation, labels=self.labelnames)
+        for values, child in list(self._children.items()):
+            family.add_metric(list(values), child.value)
+        yield family
+
+
+class Counter(_ValueFamily[CounterChild]):
+    family_type = CounterMetricFamily
+
     def _new_child(self) -> CounterChild:
         return CounterChild()
 
-    def labels(self, *values: str) -> CounterChild:
-        return self._child(tuple(str(v) for v in values))  # type: ignore[no-any-return]
-
     def inc(self, amount: float = 1.0) -> None:
-        self._child(()).inc(amount)
-
-    def collect(self) -> Iterator[Metric]:
-        family = CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, child in list(self._children.items()):
-            family.add_metric(list(values), child.value)
-        yield family
+        self.labels().inc(amount)
 
 
-class Gauge(_Family):
+class Gauge(_ValueFamily[GaugeChild]):
+    family_type = GaugeMetricFamily
+
     def _new_child(self) -> GaugeChild:
         return GaugeChild()
 
-    def labels(self, *values: str) -> GaugeChild:
-        return self._child(tuple(str(v) for v in values))  # type: ignore[no-any-return]
-
     def set(self, value: float) -> None:
-        self._child(()).set(value)
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(self.name, self.documentation, labels=self.labelnames)
-        for values, child in list(self._children.items()):
-            family.add_metric(list(values), child.value)
-        yield family
+        self.labels().set(value)
 
 
-class Histogram(_Family):
+class Histogram(_Family[HistogramChild]):
     def __init__(self, name: str, documentation: str, labelnames: Sequence[str] = (),
                  buckets: Sequence[float] = (), registry: CollectorRegistry | None = None) -> None:
         bounds = tuple(float(b) for b in buckets if b != float("inf"))
@@ -145,11 +146,8 @@ class Histogram(_Family):
     def _new_child(self) -> HistogramChild:
         return HistogramChild(self.bounds)
 
-    def labels(self, *values: str) -> HistogramChild:
-        return self._child(tuple(str(v) for v in values))  # type: ignore[no-any-return]
-
     def observe(self, value: float) -> None:
-        self._child(()).observe(value)
+        self.labels().observe(value)
 
     def collect(self) -> Iterator[Metric]:
         family = HistogramMetricFamily(self.name, self.documentation, labels=self.labelnames)
