@@ -447,17 +447,23 @@ class _Program:
         self.items.append(_Item(op.code, idxs, list(op.args), [op]))
 
     def add_rings(self, bell_key: Callable[[str], str], maxlen: int) -> None:
-        """One doorbell XADD per stream kind: the conversations this program writes to."""
-        written = [self.keys[item.key_idxs[-1] - 1] for item in self.items if item.code in ("X", "M", "G")]
-        first_of_kind: dict[str, str] = {}
-        for key in written:
+        """One doorbell XADD per stream kind: the conversations this program writes to
+        (a program is one partition, so its kinds' bells are in the same slot)."""
+        rings: dict[str, tuple[str, dict[str, None]]] = {}  # kind -> (a key of that kind, conversation ids)
+        for item in self.items:
+            if item.code not in ("X", "M", "G"):
+                continue
+            key = self.keys[item.key_idxs[-1] - 1]
             target = _ring_target(key)
             if target is not None:
-                first_of_kind.setdefault(target[1], key)
-        for kinds in ring_ops(written).values():
-            for kind, ids in kinds.items():
-                idx = self._key(bell_key(first_of_kind[kind]))
-                self.items.append(_Item("X", [idx], [maxlen, kind], [], [" ".join(ids)]))
+                _tag, kind, cid = target
+                ring = rings.get(kind)
+                if ring is None:
+                    ring = rings[kind] = (key, {})
+                ring[1][cid] = None
+        for kind, (key, ids) in rings.items():
+            idx = self._key(bell_key(key))
+            self.items.append(_Item("X", [idx], [maxlen, kind], [], [" ".join(ids)]))
 
     def argv(self) -> list[Any]:
         out: list[Any] = []

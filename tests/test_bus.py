@@ -10,6 +10,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 
 from shared.bus import BatchWriter, Scripts, ensure_group
+from shared.keys import Keys
 
 
 async def _pending_entry(redis: aioredis.Redis, key: str, group: str, consumer: str) -> str:
@@ -102,6 +103,27 @@ async def test_gate_supersedes_only_the_adds_not_yet_sent(redis: aioredis.Redis,
     assert encoded == [b"started2"]
     assert writer.backlog == 0
     assert (await redis.xpending(src, "g"))["pending"] == 0
+
+
+async def test_writer_rings_one_bell_per_kind_naming_each_conversation_once(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    writer = BatchWriter(redis, Scripts(), bell_key=keys.bell_for_key)
+    task = asyncio.create_task(writer.run())
+    for cid in ("a", "b", "a"):
+        writer.add(keys.transcripts(cid), b"t", 1000)
+    writer.add(keys.responses("b"), b"r", 1000)
+    writer.add(keys.dead(0), b"x", 1000)  # no conversation stream: rings nothing
+    await writer.flushed()
+    task.cancel()
+    await writer.aclose()
+    rung = {}
+    for kind in ("input", "transcripts", "responses", "control"):
+        rows = await redis.xrange(keys.bell(0, kind))
+        rung[kind] = [{f.decode(): v.decode() for f, v in fields.items()} for _, fields in rows]
+    assert rung == {"input": [], "transcripts": [{"transcripts": "a b"}], "responses": [{"responses": "b"}],
+                    "control": []}
 
 
 async def test_refresh_skips_entries_a_peer_took(redis: aioredis.Redis, prefix: str) -> None:
