@@ -226,20 +226,31 @@ class Bench:
         finally:
             await target.aclose()
 
+    async def _start_stages(self, stages: StageProcesses, prefix: str, per_stage: int) -> None:
+        """The redis-py baseline's groups, then its stage processes, up and reading."""
+        import redis as syncredis
+
+        sync = syncredis.Redis.from_url(self.redis_url)
+        try:
+            ensure_groups(sync, prefix)
+        finally:
+            sync.close()
+        stages.start(per_stage)
+        await stages.wait_up(self.client)
+
+    async def _warm_ours(self, target: PipelineTarget, driver: Driver, cids: list[str]) -> None:
+        """Start our conversations, follow their streams, and see one utterance each answered."""
+        await target.start_conversations(cids)
+        target.follow(cids)
+        if not await driver.one_each(timeout_s=60.0):
+            raise RuntimeError("ours: warm-up utterances were not all answered")
+
     async def baseline_redis(self, per_stage: int, latency: bool) -> dict[str, Any]:
         prefix = f"bb{self.run_id}{per_stage}"
         stages = StageProcesses(self.redis_url, prefix, self.out / "logs")
         out: dict[str, Any] = {"workers_per_tier": per_stage}
         try:
-            import redis as syncredis
-
-            sync = syncredis.Redis.from_url(self.redis_url)
-            try:
-                ensure_groups(sync, prefix)
-            finally:
-                sync.close()
-            stages.start(per_stage)
-            await stages.wait_up(self.client)
+            await self._start_stages(stages, prefix, per_stage)
             target = BaselineRedisTarget(self.client, prefix)
             async with Driver(target, self._conversations(f"r{per_stage}"), health=stages.dead) as driver:
                 await driver.one_each()
@@ -270,10 +281,7 @@ class Bench:
             target = PipelineTarget(self.client, keys)
             cids = self._conversations(tag)
             async with Driver(target, cids, health=services.check_alive) as driver:
-                await target.start_conversations(cids)
-                target.follow(cids)
-                if not await driver.one_each(timeout_s=60.0):
-                    raise RuntimeError("ours: warm-up utterances were not all answered")
+                await self._warm_ours(target, driver, cids)
                 pids = services.pids()
                 out["throughput"] = await self._throughput(driver, pids, [*pids, REDIS])
                 tp = out["throughput"]
@@ -297,15 +305,7 @@ class Bench:
         services = Services(self.redis_url, prefix_o, self.out / "logs" / "paired", ECHO_WORDS_PER_DELTA="1000")
         pairs: list[dict[str, Any]] = []
         try:
-            import redis as syncredis
-
-            sync = syncredis.Redis.from_url(self.redis_url)
-            try:
-                ensure_groups(sync, prefix_b)
-            finally:
-                sync.close()
-            stages.start(1)
-            await stages.wait_up(self.client)
+            await self._start_stages(stages, prefix_b, 1)
             await services.start(self.client, 1, 1)
             ours_target = PipelineTarget(self.client, Keys(prefix_o))
             base_cids, ours_cids = self._conversations("pb"), self._conversations("po")
@@ -314,10 +314,7 @@ class Bench:
                 Driver(ours_target, ours_cids, health=services.check_alive) as ours,
             ):
                 await base.one_each()
-                await ours_target.start_conversations(ours_cids)
-                ours_target.follow(ours_cids)
-                if not await ours.one_each(timeout_s=60.0):
-                    raise RuntimeError("paired: warm-up utterances were not all answered")
+                await self._warm_ours(ours_target, ours, ours_cids)
                 base_pids, ours_pids = stages.pids(), services.pids()
                 for _ in range(self.sizes.throughput_reps):
                     b = await self._throughput_once(base, base_pids, [*base_pids, REDIS])

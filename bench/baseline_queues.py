@@ -19,13 +19,13 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.baseline_redis import transform_a, transform_b
-from bench.driver import DONE, MID, Observation, Utt, stamp_batch
+from bench.driver import DONE, MID, Observation, SharedStreamsTarget, Utt, stamp_batch
 
 #: (payload, mid stamp ms, mid perf, out stamp ms)
 _Item = tuple[bytes, float, float, float]
 
 
-class QueuesTarget:
+class QueuesTarget(SharedStreamsTarget):
     """The pipeline and its client in one: ``send`` puts, ``read`` gets."""
 
     name = "baseline_queues"
@@ -62,15 +62,6 @@ class QueuesTarget:
                 out = transform_b(raw)
                 self.out_q.put_nowait((out, mid_ms, mid_perf, time.time() * 1000))
             self.stage_cpu_s["stage-b"] += time.thread_time() - t0
-
-    async def start_conversations(self, cids: Sequence[str]) -> None:
-        return None
-
-    def follow(self, cids: Sequence[str]) -> None:
-        return None
-
-    def unfollow(self, cids: Sequence[str]) -> None:
-        return None
 
     async def send(self, batch: Sequence[Utt]) -> None:
         payloads = stamp_batch(batch)

@@ -36,7 +36,7 @@ from typing import IO, Any, cast
 import redis
 import redis.asyncio as aioredis
 
-from bench.driver import DONE, MID, Observation, Utt, id_ms, stamp_batch
+from bench.driver import DONE, MID, Observation, SharedStreamsTarget, Utt, id_ms, stamp_batch
 
 GROUP = "baseline"
 MAXLEN = 1_000_000
@@ -174,7 +174,7 @@ class StageProcesses:
         self.procs.clear()
 
 
-class BaselineRedisTarget:
+class BaselineRedisTarget(SharedStreamsTarget):
     """The client side of the baseline: XADD to ``in``, XREAD ``mid`` + ``out``."""
 
     name = "baseline_redis"
@@ -183,15 +183,6 @@ class BaselineRedisTarget:
         self.client = client
         self.src_in, self.mid, self.out = stream_names(prefix)
         self._streams: dict[str, str] = {self.mid: "0-0", self.out: "0-0"}
-
-    async def start_conversations(self, cids: Sequence[str]) -> None:
-        return None
-
-    def follow(self, cids: Sequence[str]) -> None:
-        return None
-
-    def unfollow(self, cids: Sequence[str]) -> None:
-        return None
 
     async def send(self, batch: Sequence[Utt]) -> None:
         pipe = self.client.pipeline(transaction=False)

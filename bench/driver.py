@@ -139,6 +139,20 @@ class Target(Protocol):
     async def aclose(self) -> None: ...
 
 
+class SharedStreamsTarget:
+    """The baselines: one shared stream (or queue) per hop, so no conversation to
+    open and nothing per conversation to follow."""
+
+    async def start_conversations(self, cids: Sequence[str]) -> None:
+        return None
+
+    def follow(self, cids: Sequence[str]) -> None:
+        return None
+
+    def unfollow(self, cids: Sequence[str]) -> None:
+        return None
+
+
 def percentile(sorted_values: Sequence[float], q: float) -> float | None:
     """Nearest-rank percentile of a sorted list (None when empty)."""
     if not sorted_values:
