@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -23,12 +22,10 @@ import redis.asyncio as aioredis
 
 from bench.driver import DONE, FAILED, MID, Observation, Utt, id_ms, stamp_batch
 from shared.bus import add_rings
-from shared.devstack import ServiceProcess, Stack
+from shared.devstack import ServiceProcess, Stack, deterministic_env
 from shared.follow import StreamFollower
 from shared.keys import CONVERSATION_GROUP, TRANSCRIBER_GROUP, Keys
 from shared.models import ConversationStarted, encode
-
-ROOT = Path(__file__).resolve().parents[1]
 
 _DONE_TAG = b'"type":"response.done"'
 _FAILED_TAG = b'"type":"response.failed"'
@@ -38,20 +35,8 @@ StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
 
 def service_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
-    """The services' environment for a benchmark run (simulated + echo engines)."""
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env.update(
-        REDIS_URL=redis_url,
-        KEY_PREFIX=prefix,
-        TRANSCRIBER_ENGINE="simulated",
-        CONVERSATION_ENGINE="echo",
-        METRICS_ENABLED="false",
-        LOG_LEVEL="WARNING",
-        LOG_FORMAT="json",
-        PYTHONPATH=str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
-    )
-    env.update(extra)
-    return env
+    """The services' environment for a benchmark run (simulated + echo engines, quiet)."""
+    return deterministic_env(redis_url, prefix, METRICS_ENABLED="false", LOG_LEVEL="WARNING", **extra)
 
 
 async def wait_for_workers(redis: aioredis.Redis, prefix: str, count: int, timeout_s: float = 60.0) -> None:

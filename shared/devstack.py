@@ -24,6 +24,24 @@ from urllib.parse import urlsplit
 from shared.redis_server import RedisServer, ping, start_embedded
 
 SERVICES = ("transcriber_svc", "conversation_svc")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def deterministic_env(redis_url: str, prefix: str, **overrides: str) -> dict[str, str]:
+    """The environment of service children for tests and benchmarks: this one
+    without an API key, the deterministic engines (simulated, echo), JSON logs,
+    and this checkout importable; ``overrides`` last."""
+    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
+    env.update(
+        REDIS_URL=redis_url,
+        KEY_PREFIX=prefix,
+        TRANSCRIBER_ENGINE="simulated",
+        CONVERSATION_ENGINE="echo",
+        LOG_FORMAT="json",
+        PYTHONPATH=str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else ""),
+    )
+    env.update(overrides)
+    return env
 
 
 @dataclass

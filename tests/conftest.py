@@ -23,7 +23,7 @@ import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
 
-from shared.devstack import Stack
+from shared.devstack import Stack, deterministic_env
 from shared.redis_server import RedisServer, start_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,20 +86,9 @@ async def redis(redis_url: str, prefix: str) -> AsyncIterator[aioredis.Redis]:
 
 
 def base_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "OPENAI_API_KEY"}
-    env.update(
-        REDIS_URL=redis_url,
-        KEY_PREFIX=prefix,
-        LEASE_S="2",
-        READ_BLOCK_MS="200",
-        LOG_FORMAT="json",
-        TRANSCRIBER_ENGINE="simulated",
-        CONVERSATION_ENGINE="echo",
-        PYTHONPATH=str(ROOT),
-        DRAIN_TIMEOUT_S="5",
-    )
-    env.update(extra)
-    return env
+    """The services' environment for a test: short lease and reads, quick drain."""
+    return deterministic_env(redis_url, prefix, **{"LEASE_S": "2", "READ_BLOCK_MS": "200", "DRAIN_TIMEOUT_S": "5",
+                                                   **extra})
 
 
 @pytest.fixture
