@@ -41,6 +41,7 @@ from shared.models import (
     encode_response_delta,
     encode_response_done,
     encode_response_started,
+    now_ms,
 )
 from shared.service import SessionContext
 from shared.settings import ConversationSettings
@@ -82,10 +83,6 @@ _response_ids = itertools.count()
 def next_response_id() -> str:
     """Unique across processes (a random per-process prefix) without a uuid per answer."""
     return f"{_RESPONSE_ID_PREFIX}{next(_response_ids):x}"
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class ConversationWorkerSession:
@@ -150,7 +147,7 @@ class ConversationWorkerSession:
                 if not event.text:
                     continue
                 if first_delta_ms is None:
-                    first_delta_ms = _now_ms()
+                    first_delta_ms = now_ms()
                     first_delta_s = time.perf_counter()
                 delta = partial(encode_response_delta, cid, uid, response_id, len(parts), event.text)
                 parts.append(event.text)
@@ -167,7 +164,7 @@ class ConversationWorkerSession:
             self.history.mark_answered(uid)
             return
         text = "".join(parts)
-        done_ms = _now_ms()
+        done_ms = now_ms()
         done = encode_response_done(cid, uid, response_id, text, usage, final.sent_ms, final.final_ms,
                                     first_delta_ms, done_ms)
         writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, done, maxlen, supersedes=streamed)

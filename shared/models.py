@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import time
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
@@ -218,6 +219,11 @@ def encode(entry: BaseModel) -> bytes:
 # Hot-path encoders: a worker's own output entries, built from parts that were
 # validated when they came in (ids) or are bounded here (text). They skip the
 # model's validation pass; tests check that they decode to the same models.
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch: the unit of every timing an entry carries."""
+    return int(time.time() * 1000)
 
 
 def encode_transcript_final(

@@ -64,6 +64,7 @@ from shared.models import (
     Entry,
     EntryError,
     decode_fields,
+    now_ms,
 )
 from shared.ownership import Claim, OwnershipTable
 from shared.runtime_meters import RuntimeMeters
@@ -394,7 +395,7 @@ class OwnershipRuntime:
                           extra={"conversation_id": live.ctx.conversation_id})
             live.running = False
             return
-        if task is not None and live.running:
+        if task is not None:  # it had to wait: the Task runs the rest (and clears running)
             live.task = task
 
     # --- control stream ---------------------------------------------------------
@@ -677,7 +678,7 @@ class OwnershipRuntime:
             "capacity": self.table.capacity,
             "draining": int(self.table.draining),
             "handled": self.handled,
-            "seen_ms": int(time.time() * 1000),
+            "seen_ms": now_ms(),
             "host": socket.gethostname(),
             "pid": os.getpid(),
             "metrics_port": self.metrics_port if self.metrics_port is not None else "",

@@ -7,7 +7,6 @@ sees the runtime's internals.
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -16,7 +15,7 @@ from pydantic import BaseModel
 
 from shared.bus import BatchWriter
 from shared.keys import Keys, conversation_of_key
-from shared.models import ConversationStarted, DeadLetter, Entry
+from shared.models import ConversationStarted, DeadLetter, Entry, now_ms
 from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
@@ -97,7 +96,7 @@ def dead_letter(
         reason=reason[:4000],
         deliveries=deliveries,
         raw=(raw or b"").decode("utf-8", errors="replace"),
-        dead_ms=int(time.time() * 1000),
+        dead_ms=now_ms(),
     )
     log.warning("dead-lettered %s %s: %s", stream, entry_id, reason,
                 extra={"conversation_id": conversation_of_key(stream), "entry_id": entry_id})

@@ -25,6 +25,7 @@ from shared.models import (
     UtteranceText,
     encode,
     encode_transcript_final,
+    now_ms,
 )
 from shared.service import SessionContext
 from shared.settings import TranscriberSettings
@@ -47,7 +48,7 @@ class _Sink:
 
     def final(self, utterance_id: str, text: str, sent_ms: int, consumed_ids: Sequence[str]) -> None:
         entry = encode_transcript_final(self.ctx.conversation_id, utterance_id, text, sent_ms,
-                                        int(time.time() * 1000))
+                                        now_ms())
         self.finals += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("transcribed (%d input entries)", len(consumed_ids),

@@ -54,7 +54,7 @@ from shared.engines.base import (
     TranscriptionSession,
     TranscriptSink,
 )
-from shared.models import AUDIO_SAMPLE_RATE_HZ, MAX_TEXT_CHARS, AudioChunk, AudioEnd, UtteranceText
+from shared.models import AUDIO_SAMPLE_RATE_HZ, MAX_TEXT_CHARS, AudioChunk, AudioEnd, UtteranceText, now_ms
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +79,10 @@ def default_cpu_threads() -> int:
         return 1
 
 
-def _now_ms() -> int:
-    return int(time.time() * 1000)
-
-
 def stream_id_ms(entry_id: str) -> int:
     """The milliseconds part of a stream id (when Redis added the entry); now if it is not one."""
     head = entry_id.split("-", 1)[0]
-    return int(head) if head.isdigit() else _now_ms()
+    return int(head) if head.isdigit() else now_ms()
 
 
 @dataclass(slots=True)
@@ -244,7 +240,7 @@ class _Session(TranscriptionSession):
     def _last_sent_ms(self) -> int:
         if self._speech_end_id is not None:
             return stream_id_ms(self._speech_end_id)
-        return stream_id_ms(self._chunks[-1].entry_id) if self._chunks else _now_ms()
+        return stream_id_ms(self._chunks[-1].entry_id) if self._chunks else now_ms()
 
     # --- recognising and reporting ------------------------------------------------------------
 

@@ -38,7 +38,7 @@ from shared.engines.base import (
     TranscriptionSession,
     TranscriptSink,
 )
-from shared.models import AudioChunk, AudioEnd, UtteranceText
+from shared.models import AudioChunk, AudioEnd, UtteranceText, now_ms
 from shared.realtime.connection import RealtimeAuthError, RealtimeConnection, RealtimeEndpoint, RealtimeError
 from shared.realtime.events import (
     AudioConfig,
@@ -59,10 +59,6 @@ log = logging.getLogger(__name__)
 MAX_CONNECT_ATTEMPTS = 6
 
 Connector = Callable[[RealtimeEndpoint], Coroutine[Any, Any, RealtimeConnection]]
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 class OpenAITranscription(TranscriptionEngine):
@@ -154,7 +150,7 @@ class _Session(TranscriptionSession):
         """Commit (or skip) the open utterance, then wait up to the timeout for
         every outstanding transcript; what is still missing is skipped."""
         async with self._lock:
-            actions = self.state.flush(_now_ms())
+            actions = self.state.flush(now_ms())
             if any(isinstance(a, Send) for a in actions):
                 self._ensure_reader()
             await self._perform(actions)
@@ -292,7 +288,7 @@ class _Session(TranscriptionSession):
                 continue
             if isinstance(event, ErrorEvent) and event.error.code != "session_expired":
                 log.warning("realtime error %s: %s", event.error.code, event.error.message, extra=self._extra)
-            actions = self.state.on_event(event, _now_ms())
+            actions = self.state.on_event(event, now_ms())
             if actions:
                 await self._perform(actions)
 
