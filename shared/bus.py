@@ -435,7 +435,13 @@ class _Program:
         if op.code == "X":
             maxlen, fld, value = op.args
             if not isinstance(value, bytes | str):
-                value = value()  # encoded only now that it is sent (see BatchWriter.add)
+                # Encoded only now that it is sent (see BatchWriter.add). A payload that cannot be
+                # encoded is dropped alone, loudly: it must not take the rest of the batch with it.
+                try:
+                    value = value()
+                except Exception:
+                    log.exception("dropping a queued write to %s: its payload could not be encoded", op.keys[0])
+                    return
             last = self.items[-1] if self.items else None
             if last is not None and last.code in ("X", "M") and last.key_idxs == idxs and last.args == [maxlen, fld]:
                 last.code = "M"

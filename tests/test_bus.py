@@ -126,6 +126,25 @@ async def test_writer_rings_one_bell_per_kind_naming_each_conversation_once(
                     "control": []}
 
 
+async def test_a_payload_that_cannot_be_encoded_is_dropped_alone(redis: aioredis.Redis, prefix: str) -> None:
+    src, dst = f"{prefix}:src", f"{prefix}:dst"
+    entry_id = await _pending_entry(redis, src, "g", "w1")
+    writer = BatchWriter(redis, Scripts())
+    task = asyncio.create_task(writer.run())
+
+    def broken() -> bytes:
+        raise ValueError("cannot encode")
+
+    writer.add(dst, b"before", 1000)
+    writer.add(dst, broken, 1000)
+    writer.gate(src, "g", entry_id, dst, b"done", 1000)
+    await writer.flushed()
+    task.cancel()
+    await writer.aclose()
+    assert [fields[b"d"] for _, fields in await redis.xrange(dst)] == [b"before", b"done"]
+    assert (await redis.xpending(src, "g"))["pending"] == 0
+
+
 async def test_refresh_skips_entries_a_peer_took(redis: aioredis.Redis, prefix: str) -> None:
     ctl = f"{prefix}:ctl"
     await ensure_group(redis, ctl, "g")
