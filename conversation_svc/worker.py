@@ -3,7 +3,8 @@ session -> responses stream.
 
 Per final transcript: ``response.started``, the deltas as they stream, then
 ``response.done`` written together with the ack of the transcript (one gated
-op). The done entry carries the full text, so started and deltas that are
+op); an engine that has the whole answer at once (``answer_now``) gives just
+the done. The done entry carries the full text, so started and deltas that are
 still queued when it is written are dropped: an answer produced faster than a
 flush is one entry; a streamed one keeps the deltas that went out meanwhile.
 A replayed transcript whose answer is already on the responses stream is acked
@@ -25,7 +26,7 @@ from pydantic_core import to_json
 
 from shared import keys as keynames
 from shared import metrics
-from shared.bus import BatchWriter, retry_forever
+from shared.bus import BatchWriter, QueuedOp, retry_forever
 from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
 from shared.history import History, Turn, rebuild
 from shared.keys import Keys
@@ -131,27 +132,15 @@ class ConversationWorkerSession:
         response_id = next_response_id()
         maxlen = self.settings.responses_maxlen
         writer = ctx.writer
-        # The done entry carries the whole text: started and deltas still queued
-        # when it is written are superseded (a fast answer is one entry).
-        streamed = [writer.add(self.responses_key, partial(encode_response_started, cid, uid, response_id), maxlen)]
-        parts: list[str] = []
-        first_delta_ms: int | None = None
+        #: Started and delta entries queued so far: the done supersedes those not yet sent.
+        streamed: list[QueuedOp] = []
         asked_s = time.perf_counter()
-        first_delta_s = 0.0
-        usage: dict[str, int] = {}
         try:
-            async for event in self.engine_session.respond(final.text):
-                if isinstance(event, Completed):
-                    usage = event.usage
-                    break
-                if not event.text:
-                    continue
-                if first_delta_ms is None:
-                    first_delta_ms = now_ms()
-                    first_delta_s = time.perf_counter()
-                delta = partial(encode_response_delta, cid, uid, response_id, len(parts), event.text)
-                parts.append(event.text)
-                streamed.append(writer.add(self.responses_key, delta, maxlen))
+            answer = self.engine_session.answer_now(final.text)
+            if answer is None:
+                text, usage, first_delta_ms, first_delta_s, deltas = await self._stream(final, response_id, streamed)
+            else:  # whole at once: the done is the first (and only) text
+                text, usage, first_delta_ms, first_delta_s, deltas = answer.text, answer.usage, None, 0.0, 1
         except EngineError as exc:
             if exc.retryable:
                 raise
@@ -163,19 +152,48 @@ class ConversationWorkerSession:
                         supersedes=streamed)
             self.history.mark_answered(uid)
             return
-        text = "".join(parts)
         done_ms = now_ms()
+        if first_delta_ms is None and text:
+            first_delta_ms, first_delta_s = done_ms, time.perf_counter()
         done = encode_response_done(cid, uid, response_id, text, usage, final.sent_ms, final.final_ms,
                                     first_delta_ms, done_ms)
         writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, done, maxlen, supersedes=streamed)
         self.history.add(Turn(uid, final.text, text))
         if log.isEnabledFor(logging.DEBUG):
-            log.debug("answered in %d deltas", len(parts), extra={"conversation_id": cid, "utterance_id": uid})
-        self._observe(final, first_delta_ms, done_ms, asked_s, first_delta_s, len(parts))
+            log.debug("answered in %d deltas", deltas, extra={"conversation_id": cid, "utterance_id": uid})
+        self._observe(final, first_delta_ms, done_ms, asked_s, first_delta_s, deltas)
         self.stats.add(writer, self.stats_key, {
             "c": cid, "w": ctx.worker_id, "sent": final.sent_ms, "tf": final.final_ms,
             "fd": first_delta_ms, "done": done_ms,
         })
+
+    async def _stream(
+        self, final: TranscriptFinal, response_id: str, streamed: list[QueuedOp]
+    ) -> tuple[str, dict[str, int], int | None, float, int]:
+        """Write ``response.started`` and each delta as the engine streams them
+        (appending the queued ops to ``streamed``); return (text, usage, first
+        delta ms, its perf_counter time, deltas)."""
+        cid, uid = self.ctx.conversation_id, final.utterance_id
+        maxlen = self.settings.responses_maxlen
+        writer = self.ctx.writer
+        streamed.append(writer.add(self.responses_key, partial(encode_response_started, cid, uid, response_id), maxlen))
+        parts: list[str] = []
+        first_delta_ms: int | None = None
+        first_delta_s = 0.0
+        usage: dict[str, int] = {}
+        async for event in self.engine_session.respond(final.text):
+            if isinstance(event, Completed):
+                usage = event.usage
+                break
+            if not event.text:
+                continue
+            if first_delta_ms is None:
+                first_delta_ms = now_ms()
+                first_delta_s = time.perf_counter()
+            delta = partial(encode_response_delta, cid, uid, response_id, len(parts), event.text)
+            parts.append(event.text)
+            streamed.append(writer.add(self.responses_key, delta, maxlen))
+        return "".join(parts), usage, first_delta_ms, first_delta_s, len(parts)
 
     def _observe(self, final: TranscriptFinal, first_delta_ms: int | None, done_ms: int,
                  asked_s: float, first_delta_s: float, deltas: int) -> None:

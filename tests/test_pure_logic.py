@@ -115,6 +115,27 @@ def test_echo_answer_streams_in_several_deltas() -> None:
     assert split_deltas(answer, 1000) == [answer]
 
 
+def test_echo_gives_the_same_answer_whole_or_streamed() -> None:
+    """The worker takes echo's answer whole (answer_now); streaming it must say the same."""
+    import asyncio
+
+    from conversation_svc.engines.echo import EchoConversation
+    from shared.engines.base import Completed, TextDelta
+
+    async def both() -> None:
+        whole = await EchoConversation(words_per_delta=2).open_session("c", "", [Turn("u0", "hi", "hello")])
+        streamed = await EchoConversation(words_per_delta=2).open_session("c", "", [Turn("u0", "hi", "hello")])
+        answer = whole.answer_now("How are you today?")
+        events = [e async for e in streamed.respond("How are you today?")]
+        assert answer is not None and answer.text == echo_answer("How are you today?", 2)
+        assert "".join(e.text for e in events if isinstance(e, TextDelta)) == answer.text
+        assert events[-1] == Completed(answer.usage) and answer.usage["input_tokens"] == 4
+        second = whole.answer_now("Again")
+        assert second is not None and second.text.endswith("(turn 3)")
+
+    asyncio.run(both())
+
+
 def test_rings_name_each_conversation_once_per_kind_and_partition() -> None:
     from shared.bus import ring_ops
 

@@ -6,7 +6,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from shared.engines.base import Completed, ConversationEngine, ConversationSession, ResponseEvent, TextDelta
+from shared.engines.base import (
+    Answer,
+    Completed,
+    ConversationEngine,
+    ConversationSession,
+    ResponseEvent,
+    TextDelta,
+)
 from shared.history import Turn
 
 
@@ -33,13 +40,18 @@ class _Session(ConversationSession):
         self.turns += 1
 
     async def respond(self, user_text: str) -> AsyncIterator[ResponseEvent]:
+        answer = self.answer_now(user_text)
+        for piece in split_deltas(answer.text, self.words_per_delta):
+            yield TextDelta(piece)
+        yield Completed(answer.usage)
+
+    def answer_now(self, user_text: str) -> Answer:
+        # Echo never waits, so its deltas could never reach the stream before the
+        # done (they would be coalesced): the worker takes the answer whole.
         self.turns += 1
         answer = echo_answer(user_text, self.turns)
-        for piece in split_deltas(answer, self.words_per_delta):
-            yield TextDelta(piece)
-        words = len(answer.split())
-        yield Completed({"input_tokens": len(user_text.split()), "output_tokens": words,
-                         "total_tokens": words + len(user_text.split())})
+        words, asked = len(answer.split()), len(user_text.split())
+        return Answer(answer, {"input_tokens": asked, "output_tokens": words, "total_tokens": words + asked})
 
 
 class EchoConversation(ConversationEngine):

@@ -106,11 +106,27 @@ class Completed:
 ResponseEvent = TextDelta | Completed
 
 
+@dataclass(frozen=True, slots=True)
+class Answer:
+    """A whole answer, for an engine that has it at once (see ``answer_now``)."""
+
+    text: str
+    usage: dict[str, int] = field(default_factory=dict)
+
+
 class ConversationSession(ABC):
     @abstractmethod
     def respond(self, user_text: str) -> AsyncIterator[ResponseEvent]:
         """Add the user's turn and stream the answer: TextDelta..., then Completed.
         Raises EngineError when the answer fails."""
+
+    def answer_now(self, user_text: str) -> Answer | None:
+        """The whole answer when the engine has it without waiting (no I/O, no
+        model run), having added the user's turn; None (the default) to stream it
+        with :meth:`respond`. The worker then writes the answer as its one
+        ``response.done``, skipping the per-delta machinery that a streamed answer
+        needs: deltas produced within one flush are coalesced into the done anyway."""
+        return None
 
     def remember(self, turn: Turn) -> None:  # noqa: B027 - optional hook
         """A turn answered elsewhere (before a takeover): add it to the context."""
