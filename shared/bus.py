@@ -216,6 +216,9 @@ class GroupReader:
         self._consumer = consumer
         self._plan_key: object = None
         self._packed = b""
+        #: Reads sent and entries they returned (logged at shutdown: the mean batch size).
+        self.reads = 0
+        self.entries = 0
 
     async def read(self, plan_key: object, streams: Sequence[str], count: int) -> StreamReply:
         """Read ``>`` on ``streams``. The command is packed once per ``plan_key``
@@ -229,7 +232,11 @@ class GroupReader:
                 self._packed, self._plan_key = packed, plan_key
         else:
             packed = self._packed
-        return parse_stream_reply((await self._conn.roundtrip(packed, 1))[0])
+        reply = parse_stream_reply((await self._conn.roundtrip(packed, 1))[0])
+        self.reads += 1
+        for _key, entries in reply:
+            self.entries += len(entries)
+        return reply
 
     async def aclose(self) -> None:
         await self._conn.aclose()

@@ -227,6 +227,11 @@ class OwnershipRuntime:
                     await asyncio.wait([listener], timeout=1.0)
             await reader.aclose()
             await bell.aclose()
+            w = self.writer.stats
+            log.info(
+                "reads: %d returning %d entries; writes: %d flushes of %d ops (%d coalesced, %d suppressed)",
+                reader.reads, reader.entries, w.flushes, w.ops, w.coalesced, w.suppressed,
+            )
 
     async def _listen(self, bell: Doorbell) -> None:
         """Stay parked on the doorbells (a connection of their own), so a ring is
