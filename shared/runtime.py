@@ -374,17 +374,18 @@ class OwnershipRuntime:
             return
         self._m.data_read.inc(len(entries))
         for entry_id, fields in entries:
-            self._enqueue(live, entry_id.decode(), fields)
+            self._queue(live, entry_id.decode(), fields)
+        live.last_seen_s = time.monotonic()
+        self._kick(live)  # one drain for the whole read, not one per entry
 
-    def _enqueue(self, live: _Live, entry_id: str, fields: dict[bytes, bytes]) -> None:
+    @staticmethod
+    def _queue(live: _Live, entry_id: str, fields: dict[bytes, bytes]) -> None:
         item: Entry | EntryError
         try:
             item = decode_fields(fields)
         except EntryError as exc:
             item = exc
         live.queue.append((entry_id, item, fields.get(ENTRY_FIELD)))
-        live.last_seen_s = time.monotonic()
-        self._kick(live)
 
     def _kick(self, live: _Live) -> None:
         """Run the conversation's queue now; a Task carries on only if a handler
@@ -486,7 +487,7 @@ class OwnershipRuntime:
                     f"delivered {deliveries[entry_id_b]} times without being handled (poison entry?)"
                 ), fields.get(ENTRY_FIELD)))
                 continue
-            self._enqueue(live, entry_id, fields)
+            self._queue(live, entry_id, fields)
         log.info("replaying %d pending entries of %s", len(claimed), live.ctx.conversation_id,
                  extra={"conversation_id": live.ctx.conversation_id})
 
