@@ -74,14 +74,51 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
 #                                              XACK gate; only if it took: XADD, XACK the n extra ids
 #   K src group n id1..idn                     XACK
 #   E key seconds                              EXPIRE
+#   R bell maxlen kind limit n (key cid)x n    the doorbell: XADD bell kind "cid1 cid2 ..." plus, per
+#                                              conversation whose entries of this script total <= limit
+#                                              bytes, those entries: field "<cid> <prev id> <id> <field>",
+#                                              value the entry's value (prev id: the entry before it)
 BATCH_SCRIPT = """
 local out = {}
 local i = 1
 local n = #ARGV
 local call = redis.call
+-- What each stream got in this script, in order: id, field, value (for the doorbells that carry them).
+local added = {}
 -- Functions defined once (not a closure per op): this script runs thousands of ops a second.
 local function add(key, maxlen, field, value)
-  call('XADD', key, 'MAXLEN', '~', maxlen, '*', field, value)
+  local id = call('XADD', key, 'MAXLEN', '~', maxlen, '*', field, value)
+  local a = added[key]
+  if a == nil then
+    added[key] = {id, field, value}
+  else
+    a[#a+1] = id; a[#a+1] = field; a[#a+1] = value
+  end
+end
+local function ring(bell, maxlen, kind, limit, base, count)
+  local cids, carried = {}, {}
+  for j = 1, count do
+    local key, cid = KEYS[tonumber(ARGV[base+2*j-1])], ARGV[base+2*j]
+    cids[j] = cid
+    local a = added[key]
+    if a ~= nil and #carried < 4000 then
+      local size = 0
+      for k = 3, #a, 3 do size = size + #a[k] end
+      if size <= limit then
+        local got = #a / 3
+        local before = call('XREVRANGE', key, '+', '-', 'COUNT', got + 1)
+        local prev = '0-0'
+        if #before > got then prev = before[got+1][1] end
+        for k = 1, #a, 3 do
+          carried[#carried+1] = cid .. ' ' .. prev .. ' ' .. a[k] .. ' ' .. a[k+1]
+          carried[#carried+1] = a[k+2]
+          prev = a[k]
+        end
+      end
+    end
+  end
+  call('XADD', bell, 'MAXLEN', '~', maxlen, '*', kind, table.concat(cids, ' '), unpack(carried))
+  return count
 end
 local function gate(src, dst, group, id, maxlen, field, value, base, extra)
   if call('XACK', src, group, id) == 1 then
@@ -121,6 +158,10 @@ while i <= n do
   elseif op == 'E' then
     ok, res = pcall(call, 'EXPIRE', KEYS[tonumber(ARGV[i+1])], ARGV[i+2])
     i = i + 3
+  elseif op == 'R' then
+    local count = tonumber(ARGV[i+5])
+    ok, res = pcall(ring, KEYS[tonumber(ARGV[i+1])], ARGV[i+2], ARGV[i+3], tonumber(ARGV[i+4]), i+5, count)
+    i = i + 6 + 2 * count
   else
     return redis.error_reply('bad op ' .. tostring(op) .. ' at ' .. i)
   end
@@ -255,6 +296,32 @@ def parse_stream_reply(raw: Any) -> StreamReply:
     ]
 
 
+#: Doorbell entries carry the new entries of a stream up to this many bytes (per stream and batch).
+CARRY_LIMIT = 4096
+
+
+@dataclass(slots=True)
+class Carried:
+    """A stream entry that came with its doorbell: ``prev_id`` is the stream's entry
+    just before it, so a reader whose last id is ``prev_id`` can take it as the
+    next entry without reading the stream."""
+
+    conversation_id: str
+    prev_id: bytes
+    entry_id: bytes
+    fields: dict[bytes, bytes]
+
+
+@dataclass(slots=True)
+class Ring:
+    """One doorbell entry: these conversations' ``kind`` streams got entries;
+    ``carried`` holds those entries for the conversations whose batch was small."""
+
+    kind: str
+    conversation_ids: list[str]
+    carried: list[Carried]
+
+
 class Doorbell:
     """Listens to the per-partition doorbell streams.
 
@@ -262,7 +329,9 @@ class Doorbell:
     per write batch: field = stream kind, value = the conversation ids). A
     worker blocks on the doorbells (a few keys) instead of on every stream it
     owns (thousands), then reads just the streams that rang. A writer that
-    does not ring is still read, by the worker's periodic sweep.
+    does not ring is still read, by the worker's periodic sweep. The workers'
+    writer also puts small new entries on the doorbell entry itself (see
+    :class:`Carried`), so a follower that is up to date needs no read at all.
     """
 
     def __init__(self, redis: aioredis.Redis, keys: Sequence[str]) -> None:
@@ -277,8 +346,9 @@ class Doorbell:
             newest = await xrange_entries(self._redis, key, count=1, reverse=True)
             self._last[key] = newest[0][0].decode() if newest else "0-0"
 
-    async def wait(self, block_ms: int, count: int = 1000) -> list[tuple[str, list[str]]]:
-        """(kind, conversation ids) rung since the last call; [] after ``block_ms`` of quiet."""
+    async def wait(self, block_ms: int, count: int = 1000) -> list[Ring]:
+        """The doorbell entries rung since the last call, oldest first; [] after
+        ``block_ms`` of quiet."""
         packed = pack_command((
             "XREAD", "COUNT", count, "BLOCK", max(1, block_ms), "STREAMS", *self._keys,
             *(self._last[k] for k in self._keys),
@@ -286,17 +356,32 @@ class Doorbell:
         raw = (await self._conn.roundtrip(packed, 1))[0]
         if not raw:
             return []
-        rings: list[tuple[str, list[str]]] = []
+        rings: list[Ring] = []
         pairs = raw.items() if isinstance(raw, dict) else raw
         for key, entries in cast(list[tuple[bytes, list[tuple[bytes, list[bytes]]]]], pairs):
             for _entry_id, fields in entries:
-                for kind, ids in _pairs(fields).items():
-                    rings.append((kind.decode(), ids.decode().split()))
+                rings.extend(parse_ring(fields))
             self._last[key.decode()] = entries[-1][0].decode()
         return rings
 
     async def aclose(self) -> None:
         await self._conn.aclose()
+
+
+def parse_ring(flat: list[bytes]) -> list[Ring]:
+    """A doorbell entry's flat field list -> its rings: ``kind`` fields name the
+    conversations; ``"<cid> <prev id> <id> <field>"`` fields carry entries."""
+    rings: list[Ring] = []
+    carried: list[Carried] = []
+    for i in range(0, len(flat) - 1, 2):
+        name, value = flat[i], flat[i + 1]
+        if b" " not in name:
+            rings.append(Ring(name.decode(), value.decode().split(), carried))
+            continue
+        parts = name.split(b" ")
+        if len(parts) == 4:
+            carried.append(Carried(parts[0].decode(), parts[1], parts[2], {parts[3]: value}))
+    return rings
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -459,24 +544,27 @@ class _Program:
             return
         self.items.append(_Item(op.code, idxs, list(op.args), [op]))
 
-    def add_rings(self, bell_key: Callable[[str], str], maxlen: int) -> None:
+    def add_rings(self, bell_key: Callable[[str], str], maxlen: int, carry_limit: int) -> None:
         """One doorbell XADD per stream kind: the conversations this program writes to
-        (a program is one partition, so its kinds' bells are in the same slot)."""
-        rings: dict[str, tuple[str, dict[str, None]]] = {}  # kind -> (a key of that kind, conversation ids)
+        (a program is one partition, so its kinds' bells are in the same slot), and
+        their new entries when those total at most ``carry_limit`` bytes per stream."""
+        rings: dict[str, tuple[str, dict[str, int]]] = {}  # kind -> (a key of that kind, {cid: key index})
         for item in self.items:
             if item.code not in ("X", "M", "G"):
                 continue
-            key = self.keys[item.key_idxs[-1] - 1]
-            target = _ring_target(key)
+            idx = item.key_idxs[-1]
+            target = _ring_target(self.keys[idx - 1])
             if target is not None:
                 _tag, kind, cid = target
                 ring = rings.get(kind)
                 if ring is None:
-                    ring = rings[kind] = (key, {})
-                ring[1][cid] = None
+                    ring = rings[kind] = (self.keys[idx - 1], {})
+                ring[1][cid] = idx
         for kind, (key, ids) in rings.items():
-            idx = self._key(bell_key(key))
-            self.items.append(_Item("X", [idx], [maxlen, kind], [], [" ".join(ids)]))
+            args: list[Any] = [maxlen, kind, carry_limit, len(ids)]
+            for cid, idx in ids.items():
+                args += (idx, cid)
+            self.items.append(_Item("R", [self._key(bell_key(key))], args, []))
 
     def argv(self) -> list[Any]:
         out: list[Any] = []
@@ -517,12 +605,15 @@ class BatchWriter:
         max_batch: int = 1000,
         bell_key: Callable[[str], str] | None = None,
         bell_maxlen: int = 10_000,
+        carry_limit: int = CARRY_LIMIT,
     ) -> None:
         self._redis = redis
         self._conn = RawConnection(redis)
         #: Maps a written stream to its partition's doorbell (None: ring nothing).
         self._bell_key = bell_key
         self._bell_maxlen = bell_maxlen
+        #: A stream's new entries ride on its doorbell entry when they total at most this many bytes.
+        self._carry_limit = carry_limit
         self._scripts = scripts
         self._max_batch = max_batch
         self._ops: deque[QueuedOp] = deque()
@@ -676,7 +767,7 @@ class BatchWriter:
             prog.add(op)
         if self._bell_key is not None:
             for prog in programs.values():
-                prog.add_rings(self._bell_key, self._bell_maxlen)
+                prog.add_rings(self._bell_key, self._bell_maxlen, self._carry_limit)
         sha = self._scripts.sha["batch"]
         packed = b"".join(pack_command(("EVALSHA", sha, len(p.keys), *p.keys, *p.argv())) for p in programs.values())
         replies = await self._conn.roundtrip(packed, len(programs))

@@ -47,6 +47,7 @@ from shared.bus import (
     BatchWriter,
     Doorbell,
     GroupReader,
+    Ring,
     Scripts,
     cancel_and_wait,
     ensure_group,
@@ -350,10 +351,11 @@ class OwnershipRuntime:
             streams = self._control_keys + streams
         return streams, count
 
-    def _on_rings(self, rings: list[tuple[str, list[str]]]) -> None:
-        for kind, ids in rings:
+    def _on_rings(self, rings: list[Ring]) -> None:
+        for ring in rings:
+            kind = ring.kind
             if kind == self._data_kind:
-                for cid in ids:
+                for cid in ring.conversation_ids:
                     live = self.live.get(cid)
                     if live is not None and not live.closed:
                         self._dirty.add(live.ctx.data_key)

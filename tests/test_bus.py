@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from shared.bus import BatchWriter, Scripts, ensure_group
+from shared.bus import BatchWriter, Scripts, ensure_group, parse_ring
 from shared.keys import Keys
+from shared.models import ENTRY_FIELD
 
 
 async def _pending_entry(redis: aioredis.Redis, key: str, group: str, consumer: str) -> str:
@@ -121,9 +122,34 @@ async def test_writer_rings_one_bell_per_kind_naming_each_conversation_once(
     rung = {}
     for kind in ("input", "transcripts", "responses", "control"):
         rows = await redis.xrange(keys.bell(0, kind))
-        rung[kind] = [{f.decode(): v.decode() for f, v in fields.items()} for _, fields in rows]
+        rung[kind] = [{f.decode(): v.decode() for f, v in fields.items() if b" " not in f} for _, fields in rows]
     assert rung == {"input": [], "transcripts": [{"transcripts": "a b"}], "responses": [{"responses": "b"}],
                     "control": []}
+
+
+async def test_doorbell_carries_small_entries_chained_by_their_previous_id(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    writer = BatchWriter(redis, Scripts(), bell_key=keys.bell_for_key, carry_limit=100)
+    task = asyncio.create_task(writer.run())
+    old = await redis.xadd(keys.transcripts("a"), {"e": b"written before"})
+    writer.add(keys.transcripts("a"), b"t1", 1000)
+    writer.add(keys.transcripts("b"), b"x" * 101, 1000)  # over the limit: rung, not carried
+    writer.add(keys.transcripts("a"), b"t2", 1000)
+    await writer.flushed()
+    task.cancel()
+    await writer.aclose()
+    (bell_entry,) = await redis.xrange(keys.bell(0, "transcripts"))
+    flat = [x for pair in bell_entry[1].items() for x in pair]
+    (ring,) = parse_ring(flat)
+    assert ring.kind == "transcripts" and ring.conversation_ids == ["a", "b"]
+    ids = [entry_id for entry_id, _ in await redis.xrange(keys.transcripts("a"))]
+    assert ids[0] == old
+    assert [(c.conversation_id, c.prev_id, c.entry_id, c.fields) for c in ring.carried] == [
+        ("a", ids[0], ids[1], {ENTRY_FIELD: b"t1"}),
+        ("a", ids[1], ids[2], {ENTRY_FIELD: b"t2"}),
+    ]
 
 
 async def test_a_payload_that_cannot_be_encoded_is_dropped_alone(redis: aioredis.Redis, prefix: str) -> None:

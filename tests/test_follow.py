@@ -1,0 +1,69 @@
+"""The client's follower against a real Redis: entries that ride on their
+doorbell are taken without reading the stream, and a gap falls back to a read."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.bus import BatchWriter, RawConnection, Scripts
+from shared.follow import StreamFollower
+from shared.keys import Keys
+from shared.models import ENTRY_FIELD
+
+
+class _CountingConnection(RawConnection):
+    def __init__(self, redis: aioredis.Redis) -> None:
+        super().__init__(redis)
+        self.roundtrips = 0
+
+    async def roundtrip(self, packed: bytes, replies: int) -> list[Any]:
+        self.roundtrips += 1
+        return await super().roundtrip(packed, replies)
+
+
+async def _write(writer: BatchWriter, key: str, *payloads: bytes) -> None:
+    for payload in payloads:
+        writer.add(key, payload, 1000)
+    await writer.flushed()
+
+
+def _texts(reply: list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]) -> list[bytes]:
+    return [fields[ENTRY_FIELD] for _key, entries in reply for _id, fields in entries]
+
+
+async def test_follower_takes_carried_entries_without_a_read_and_reads_across_a_gap(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    key = keys.responses("a")
+    writer = BatchWriter(redis, Scripts(), bell_key=keys.bell_for_key)
+    task = asyncio.create_task(writer.run())
+    follower = StreamFollower(redis, keys, sweep_s=60.0, kinds=("responses",))
+    follower.follow(key)
+    try:
+        await _write(writer, key, b"r0")
+        assert _texts(await follower.read(100)) == [b"r0"]  # the first read sweeps
+        counting = _CountingConnection(redis)
+        if follower._conn is not None:
+            await follower._conn.aclose()
+        follower._conn = counting
+
+        await _write(writer, key, b"r1", b"r2")
+        assert _texts(await follower.read(1000)) == [b"r1", b"r2"]
+        assert counting.roundtrips == 0  # both came with the doorbell
+
+        await redis.xadd(key, {ENTRY_FIELD: b"unrung"})  # a writer that does not ring
+        await _write(writer, key, b"r3")  # carried, but its previous entry was never seen
+        assert _texts(await follower.read(1000)) == [b"unrung", b"r3"]
+        assert counting.roundtrips == 1
+
+        await _write(writer, key, b"r4")
+        assert _texts(await follower.read(1000)) == [b"r4"]
+        assert counting.roundtrips == 1
+    finally:
+        task.cancel()
+        await writer.aclose()
+        await follower.aclose()
