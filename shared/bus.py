@@ -8,7 +8,10 @@ Contracts:
   from the pending list, adds the effect (a Lua script, atomic). A retried
   batch, a zombie worker that lost its lease, or a second owner after a
   takeover therefore never writes an effect twice: exactly-once effects on
-  top of at-least-once delivery.
+  top of at-least-once delivery. An entry the reader took from its doorbell
+  (never delivered by XREADGROUP) is consumed by moving the group past it,
+  only if it is the group's very next entry: nothing is skipped, and a
+  second gate finds it consumed.
 - Plain adds (deltas) are at-least-once: a retry after a lost reply may repeat
   one; deltas carry an ``index`` so readers drop repeats.
 - A failed flush (Redis away) is retried with backoff until it succeeds;
@@ -71,8 +74,10 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
 #   X key maxlen field value                  XADD
 #   M key maxlen field n value1..valuen       n XADDs to one stream (consecutive X ops, folded)
 #   G src dst group gate maxlen field value n id1..idn
-#                                              XACK gate; only if it took: XADD, XACK the n extra ids
-#   K src group n id1..idn                     XACK
+#                                              take gate; only if it took: XADD, XACK the n extra ids
+#   K src group n id1..idn                     take each id
+# "take" = XACK, or for an entry never delivered (taken from its doorbell, see
+# Carried) that is the group's next one, XGROUP SETID past it: consumed either way.
 #   E key seconds                              EXPIRE
 #   R bell maxlen kind limit n (key cid)x n    the doorbell: XADD bell kind "cid1 cid2 ..." plus, per
 #                                              conversation whose entries of this script total <= limit
@@ -120,8 +125,41 @@ local function ring(bell, maxlen, kind, limit, base, count)
   call('XADD', bell, 'MAXLEN', '~', maxlen, '*', kind, table.concat(cids, ' '), unpack(carried))
   return count
 end
+-- Ack id; or, when it was never delivered (a reader took it from its doorbell) and
+-- is the very next entry the group would deliver, move the group past it. 1 if
+-- either took: the entry is consumed now, by this call.
+local function take(src, group, id)
+  if call('XACK', src, group, id) == 1 then return 1 end
+  for _, g in ipairs(call('XINFO', 'GROUPS', src)) do
+    local name, last, read, counts
+    for k = 1, #g, 2 do
+      local f = g[k]
+      if f == 'name' then name = g[k+1]
+      elseif f == 'last-delivered-id' then last = g[k+1]
+      elseif f == 'entries-read' then read = g[k+1]; counts = true end
+    end
+    if name == group then
+      local nxt = call('XRANGE', src, '(' .. last, '+', 'COUNT', 1)
+      if nxt[1] == nil or nxt[1][1] ~= id then return 0 end
+      -- Keep the group's entries-read count (Redis 7+; its lag needs it): a new group's is nil.
+      if counts and type(read) ~= 'number' and last == '0-0' then read = 0 end
+      if type(read) == 'number' then
+        call('XGROUP', 'SETID', src, group, id, 'ENTRIESREAD', read + 1)
+      else
+        call('XGROUP', 'SETID', src, group, id)
+      end
+      return 1
+    end
+  end
+  return 0
+end
+local function takes(src, group, base, count)
+  local took = 0
+  for j = 1, count do took = took + take(src, group, ARGV[base+j]) end
+  return took
+end
 local function gate(src, dst, group, id, maxlen, field, value, base, extra)
-  if call('XACK', src, group, id) == 1 then
+  if take(src, group, id) == 1 then
     if value ~= '' then add(dst, maxlen, field, value) end
     for j = 1, extra do call('XACK', src, group, ARGV[base+j]) end
     return 1
@@ -148,12 +186,8 @@ while i <= n do
     ok, res = pcall(many, KEYS[tonumber(ARGV[i+1])], ARGV[i+2], ARGV[i+3], i+4, count)
     i = i + 5 + count
   elseif op == 'K' then
-    local src = KEYS[tonumber(ARGV[i+1])]
-    local group = ARGV[i+2]
     local count = tonumber(ARGV[i+3])
-    local ids = {}
-    for j = 1, count do ids[j] = ARGV[i+3+j] end
-    ok, res = pcall(call, 'XACK', src, group, unpack(ids))
+    ok, res = pcall(takes, KEYS[tonumber(ARGV[i+1])], ARGV[i+2], i+3, count)
     i = i + 4 + count
   elseif op == 'E' then
     ok, res = pcall(call, 'EXPIRE', KEYS[tonumber(ARGV[i+1])], ARGV[i+2])

@@ -191,3 +191,31 @@ async def test_ensure_group_is_idempotent(redis: aioredis.Redis, prefix: str) ->
     key = f"{prefix}:s"
     assert await ensure_group(redis, key, "g") is True
     assert await ensure_group(redis, key, "g") is False
+
+
+async def test_gate_and_ack_take_an_undelivered_entry_only_when_it_is_next(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    """Entries taken from their doorbell were never delivered: the gate moves the
+    group past them, in order, once; a gap (an older undelivered entry) takes nothing."""
+    src, dst = f"{prefix}:src", f"{prefix}:dst"
+    await ensure_group(redis, src, "g")
+    ids = [(await redis.xadd(src, {"d": f"t{i}".encode()})).decode() for i in range(4)]
+    writer = BatchWriter(redis, Scripts())
+    task = asyncio.create_task(writer.run())
+    results: list[int] = []
+    writer.gate(src, "g", ids[1], dst, b"skips t0", 1000, on_result=results.append)  # t0 not consumed yet
+    writer.gate(src, "g", ids[0], dst, b"e0", 1000, on_result=results.append)
+    writer.gate(src, "g", ids[0], dst, b"e0 again", 1000, on_result=results.append)
+    writer.ack(src, "g", [ids[1]])
+    writer.gate(src, "g", ids[2], dst, b"e2", 1000, on_result=results.append)
+    await writer.flushed()
+    task.cancel()
+    await writer.aclose()
+    assert results == [0, 1, 0, 1]
+    assert [f[b"d"] for _, f in await redis.xrange(dst)] == [b"e0", b"e2"]
+    (group,) = await redis.xinfo_groups(src)
+    assert group["last-delivered-id"].decode() == ids[2] and group["pending"] == 0
+    assert group["lag"] == 1  # the entries-read count moved with the group
+    reply = await redis.xreadgroup("g", "w1", {src: ">"})
+    assert [entry_id.decode() for entry_id, _ in reply[0][1]] == [ids[3]]
