@@ -100,6 +100,10 @@ class _Live:
     failures: dict[str, int] = field(default_factory=dict)
     last_seen_s: float = field(default_factory=time.monotonic)
     closed: bool = False
+    #: The newest data-stream entry queued (from a read or its doorbell), raw and parsed;
+    #: None until known (after a takeover, until the first read returns entries).
+    newest: bytes | None = None
+    newest_t: tuple[int, int] = (0, 0)
 
 
 class OwnershipRuntime:
@@ -139,6 +143,8 @@ class OwnershipRuntime:
         #: Set by the doorbell listener when something rang; _resync: rings may have been lost.
         self._rang = asyncio.Event()
         self._resync = False
+        #: Writer backlog at which reading pauses (and doorbell entries are not taken).
+        self._high_water = max(4 * settings.read_count, 1000)
         self._data_kind = stream_kind(service.data_key(self.keys, "x"))
         self._m = RuntimeMeters(service.name, self._data_kind)
         self.writer.on_suppressed = self._m.suppressed.inc
@@ -252,8 +258,7 @@ class OwnershipRuntime:
                 self._rang.set()
                 await asyncio.sleep(next(delays))
                 continue
-            if rings:
-                self._on_rings(rings)
+            if rings and self._on_rings(rings):
                 self._rang.set()
 
     async def _read_with(self, reader: GroupReader) -> None:
@@ -261,7 +266,7 @@ class OwnershipRuntime:
         rang and a slot is free), waiting for the listener when none did; every
         ``sweep_ms`` read everything owned, for writers that do not ring."""
         delays = backoff()
-        high_water = max(4 * self.settings.read_count, 1000)
+        high_water = self._high_water
         sweep_s = self.settings.sweep_ms / 1000
         next_sweep = 0.0
         full_sweep = True
@@ -351,16 +356,53 @@ class OwnershipRuntime:
             streams = self._control_keys + streams
         return streams, count
 
-    def _on_rings(self, rings: list[Ring]) -> None:
+    def _on_rings(self, rings: list[Ring]) -> bool:
+        """Queue the owned entries that came with their doorbell; mark the other
+        owned streams that rang for a read. True when the read loop has work."""
+        may_take = not self._stopping.is_set() and self.writer.backlog < self._high_water
+        read = False
         for ring in rings:
             kind = ring.kind
             if kind == self._data_kind:
+                taken = self._take_carried(ring) if ring.carried and may_take else ()
                 for cid in ring.conversation_ids:
                     live = self.live.get(cid)
-                    if live is not None and not live.closed:
+                    if live is not None and not live.closed and cid not in taken:
                         self._dirty.add(live.ctx.data_key)
+                        read = True
             elif kind == CONTROL_KIND:
                 self._control_rung = True
+                read = True
+        return read
+
+    def _take_carried(self, ring: Ring) -> set[str]:
+        """Queue the ring's entries of owned conversations that follow on from the
+        newest entry queued (no read needed: the gate consumes them, see
+        ``BATCH_SCRIPT``); the conversations fully served that way."""
+        taken: set[str] = set()
+        gaps: set[str] = set()
+        kicks: dict[str, _Live] = {}
+        for item in ring.carried:
+            cid = item.conversation_id
+            if cid in gaps:
+                continue
+            live = self.live.get(cid)
+            if live is None or live.closed:
+                continue
+            if live.newest != item.prev_id:
+                gaps.add(cid)  # something came between: read the stream instead
+                continue
+            live.newest, live.newest_t = item.entry_id, _bid_tuple(item.entry_id)
+            self._queue(live, item.entry_id.decode(), item.fields)
+            self._m.data_read.inc()
+            self._m.data_from_doorbell.inc()
+            taken.add(cid)
+            kicks[cid] = live
+        now = time.monotonic()
+        for live in kicks.values():
+            live.last_seen_s = now
+            self._kick(live)
+        return taken - gaps
 
     async def _recreate_groups(self, streams: list[str]) -> None:
         """A stream lost its group (expired key, Redis restarted empty): recreate them."""
@@ -374,9 +416,13 @@ class OwnershipRuntime:
         if live is None or live.closed:
             # Read just before we lost or closed it; the entries stay pending for the owner.
             return
-        self._m.data_read.inc(len(entries))
         for entry_id, fields in entries:
+            t = _bid_tuple(entry_id)
+            if t <= live.newest_t and live.newest is not None:
+                continue  # queued already, from its doorbell
+            live.newest, live.newest_t = entry_id, t
             self._queue(live, entry_id.decode(), fields)
+            self._m.data_read.inc()
         live.last_seen_s = time.monotonic()
         self._kick(live)  # one drain for the whole read, not one per entry
 
@@ -449,6 +495,10 @@ class OwnershipRuntime:
             redis=self.redis,
         )
         live = _Live(ctx=ctx, claim=claim)
+        if created:
+            # A group this worker just created has consumed nothing: an entry whose
+            # doorbell says it is the stream's first can be taken from there.
+            live.newest = b"0-0"
         self.table.add(claim)
         self.live[conversation_id] = live
         self._key_to_conv[data_key.encode()] = conversation_id
@@ -490,6 +540,9 @@ class OwnershipRuntime:
                 ), fields.get(ENTRY_FIELD)))
                 continue
             self._queue(live, entry_id, fields)
+        if claimed:
+            live.newest = claimed[-1][0]
+            live.newest_t = _bid_tuple(live.newest)
         log.info("replaying %d pending entries of %s", len(claimed), live.ctx.conversation_id,
                  extra={"conversation_id": live.ctx.conversation_id})
 
@@ -866,4 +919,9 @@ class OwnershipRuntime:
 
 def _id_tuple(entry_id: str) -> tuple[int, int]:
     ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+def _bid_tuple(entry_id: bytes) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition(b"-")
     return int(ms), int(seq or 0)
