@@ -21,11 +21,14 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.driver import DONE, FAILED, MID, Observation, Utt, id_ms, stamp_batch
-from shared.bus import add_rings
+from shared.bus import Scripts, add_with_rings
 from shared.devstack import ServiceProcess, Stack, deterministic_env
 from shared.follow import StreamFollower
 from shared.keys import CONVERSATION_GROUP, TRANSCRIBER_GROUP, Keys
 from shared.models import ConversationStarted, encode
+
+#: Input streams are capped like the services cap theirs (INPUT_MAXLEN's default).
+INPUT_MAXLEN = 20_000
 
 _DONE_TAG = b'"type":"response.done"'
 _FAILED_TAG = b'"type":"response.failed"'
@@ -112,14 +115,13 @@ class PipelineTarget:
         self.read_mid = read_mid
         self._key_conv: dict[bytes, str] = {}
         self._follower = StreamFollower(redis, keys)
+        self._scripts = Scripts()
 
     async def start_conversations(self, cids: Sequence[str]) -> None:
         for start in range(0, len(cids), 1000):
-            pipe = self.redis.pipeline(transaction=False)
-            for cid in cids[start : start + 1000]:
-                pipe.xadd(self.keys.control_for(cid), {"d": encode(ConversationStarted(conversation_id=cid))})
-            add_rings(pipe, self.keys, [self.keys.control_for(cid) for cid in cids[start : start + 1000]])
-            await pipe.execute()
+            writes = [(self.keys.control_for(cid), encode(ConversationStarted(conversation_id=cid)), None)
+                      for cid in cids[start : start + 1000]]
+            await add_with_rings(self.redis, self._scripts, self.keys, writes)
 
     def _keys_of(self, cid: str) -> list[str]:
         keys = [self.keys.responses(cid)]
@@ -139,14 +141,11 @@ class PipelineTarget:
                 self._follower.unfollow(key)
 
     async def send(self, batch: Sequence[Utt]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
         keys = [self.keys.input(u.cid) for u in batch]
         payloads = stamp_batch(batch)
-        for key, payload in zip(keys, payloads, strict=True):
-            pipe.xadd(key, {"d": payload})
-        # Our protocol: a writer rings the partition's doorbell (one entry per batch).
-        add_rings(pipe, self.keys, keys)
-        ids = (await pipe.execute())[: len(batch)]
+        # Our protocol: a writer rings the partition's doorbell (one entry per batch, carrying small entries).
+        ids = await add_with_rings(self.redis, self._scripts, self.keys,
+                                   [(key, payload, INPUT_MAXLEN) for key, payload in zip(keys, payloads, strict=True)])
         for u, entry_id in zip(batch, ids, strict=True):
             u.in_id_ms = id_ms(entry_id)
 

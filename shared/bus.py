@@ -71,10 +71,10 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
 # ARGV (op code, then operands; keys by their index in KEYS, so Redis Cluster
 # sees every key the script touches). Each op runs under pcall so one bad op
 # cannot abort the rest; the reply holds one result per op.
-#   X key maxlen field value                  XADD
+#   X key maxlen field value                  XADD (maxlen '': uncapped); the result is the new id
 #   M key maxlen field n value1..valuen       n XADDs to one stream (consecutive X ops, folded)
 #   G src dst group gate maxlen field value n id1..idn
-#                                              take gate; only if it took: XADD, XACK the n extra ids
+#                                              take gate with the n older ids; only if it took: XADD
 #   K src group n id1..idn                     take each id
 # "take" = XACK, or for an entry never delivered (taken from its doorbell, see
 # Carried) that is the group's next one, XGROUP SETID past it: consumed either way.
@@ -92,13 +92,19 @@ local call = redis.call
 local added = {}
 -- Functions defined once (not a closure per op): this script runs thousands of ops a second.
 local function add(key, maxlen, field, value)
-  local id = call('XADD', key, 'MAXLEN', '~', maxlen, '*', field, value)
+  local id
+  if maxlen == '' then  -- uncapped (a control stream: its pending entries are ownership claims)
+    id = call('XADD', key, '*', field, value)
+  else
+    id = call('XADD', key, 'MAXLEN', '~', maxlen, '*', field, value)
+  end
   local a = added[key]
   if a == nil then
     added[key] = {id, field, value}
   else
     a[#a+1] = id; a[#a+1] = field; a[#a+1] = value
   end
+  return id
 end
 local function ring(bell, maxlen, kind, limit, base, count)
   local cids, carried = {}, {}
@@ -125,11 +131,22 @@ local function ring(bell, maxlen, kind, limit, base, count)
   call('XADD', bell, 'MAXLEN', '~', maxlen, '*', kind, table.concat(cids, ' '), unpack(carried))
   return count
 end
--- Ack id; or, when it was never delivered (a reader took it from its doorbell) and
--- is the very next entry the group would deliver, move the group past it. 1 if
--- either took: the entry is consumed now, by this call.
-local function take(src, group, id)
-  if call('XACK', src, group, id) == 1 then return 1 end
+local function before(a, b)  -- stream id a < b
+  local am, as = string.match(a, '^(%d+)-(%d+)$')
+  local bm, bs = string.match(b, '^(%d+)-(%d+)$')
+  am, bm = tonumber(am), tonumber(bm)
+  if am ~= bm then return am < bm end
+  return tonumber(as) < tonumber(bs)
+end
+-- Consume id (and the older ids ARGV[base+1..base+extra] that go with it) for group:
+-- XACK when it was delivered; when it never was (a reader took it from its doorbell),
+-- only if it and the undelivered extras are exactly the group's next entries, moving
+-- the group past them (XGROUP SETID): nothing is skipped. 1 if this call consumed id.
+local function take(src, group, id, base, extra)
+  if call('XACK', src, group, id) == 1 then
+    for j = 1, extra do call('XACK', src, group, ARGV[base+j]) end
+    return 1
+  end
   for _, g in ipairs(call('XINFO', 'GROUPS', src)) do
     local name, last, read, counts
     for k = 1, #g, 2 do
@@ -139,12 +156,23 @@ local function take(src, group, id)
       elseif f == 'entries-read' then read = g[k+1]; counts = true end
     end
     if name == group then
-      local nxt = call('XRANGE', src, '(' .. last, '+', 'COUNT', 1)
-      if nxt[1] == nil or nxt[1][1] ~= id then return 0 end
+      if not before(last, id) then return 0 end  -- delivered and acked already: a repeat
+      local fresh, delivered = {}, {}
+      for j = 1, extra do
+        local e = ARGV[base+j]
+        if before(last, e) then fresh[#fresh+1] = e else delivered[#delivered+1] = e end
+      end
+      fresh[#fresh+1] = id
+      local nxt = call('XRANGE', src, '(' .. last, '+', 'COUNT', #fresh)
+      if #nxt ~= #fresh then return 0 end
+      for j = 1, #fresh do
+        if nxt[j][1] ~= fresh[j] then return 0 end
+      end
+      for j = 1, #delivered do call('XACK', src, group, delivered[j]) end
       -- Keep the group's entries-read count (Redis 7+; its lag needs it): a new group's is nil.
       if counts and type(read) ~= 'number' and last == '0-0' then read = 0 end
       if type(read) == 'number' then
-        call('XGROUP', 'SETID', src, group, id, 'ENTRIESREAD', read + 1)
+        call('XGROUP', 'SETID', src, group, id, 'ENTRIESREAD', read + #fresh)
       else
         call('XGROUP', 'SETID', src, group, id)
       end
@@ -155,13 +183,12 @@ local function take(src, group, id)
 end
 local function takes(src, group, base, count)
   local took = 0
-  for j = 1, count do took = took + take(src, group, ARGV[base+j]) end
+  for j = 1, count do took = took + take(src, group, ARGV[base+j], 0, 0) end
   return took
 end
 local function gate(src, dst, group, id, maxlen, field, value, base, extra)
-  if take(src, group, id) == 1 then
+  if take(src, group, id, base, extra) == 1 then
     if value ~= '' then add(dst, maxlen, field, value) end
-    for j = 1, extra do call('XACK', src, group, ARGV[base+j]) end
     return 1
   end
   return 0
@@ -440,6 +467,36 @@ def ring_ops(keys: Sequence[str]) -> dict[str, dict[str, list[str]]]:
     return {tag: {kind: list(ids) for kind, ids in kinds.items()} for tag, kinds in rings.items()}
 
 
+async def add_with_rings(
+    redis: aioredis.Redis,
+    scripts: Scripts,
+    keys: Keys,
+    writes: Sequence[tuple[str, bytes | str, int | None]],
+    bell_maxlen: int = 10_000,
+    carry_limit: int = CARRY_LIMIT,
+) -> list[bytes]:
+    """A client's writes: XADD each (key, payload, maxlen; None = uncapped, as a
+    control stream must be) with the doorbell rings, one script call per
+    partition. Small entries ride on their doorbell (see :class:`Carried`), so
+    the worker that owns the stream takes them without reading it. Returns the
+    new entry ids in the order of ``writes``."""
+    controls = frozenset(keys.controls())
+    programs: dict[str, tuple[_Program, list[int]]] = {}
+    for n, (key, payload, maxlen) in enumerate(writes):
+        prog, order = programs.setdefault(hash_tag(key), (_Program(fold=False), []))
+        prog.add(QueuedOp("X", (key,), ("" if maxlen is None else maxlen, ENTRY_FIELD, payload)))
+        order.append(n)
+    ids: list[bytes] = [b""] * len(writes)
+    for prog, order in programs.values():
+        prog.add_rings(keys.bell_for_key, bell_maxlen, carry_limit, controls)
+        results = await scripts.call(redis, "batch", prog.keys, prog.argv())
+        for n, result in zip(order, results, strict=False):
+            if not isinstance(result, bytes) or result.startswith(b"ERR "):
+                raise ResponseError(f"write to {writes[n][0]} failed: {result!r}")
+            ids[n] = result
+    return ids
+
+
 def add_rings(pipe: Any, keys: Keys, written: Sequence[str], maxlen: int = 10_000) -> None:
     """Queue on ``pipe`` the doorbell entries for a client's writes to ``written``
     (conversation streams and control streams)."""
@@ -544,7 +601,9 @@ class _Item:
 class _Program:
     """The ops of one partition, in order, as the batch script's ARGV."""
 
-    def __init__(self) -> None:
+    def __init__(self, fold: bool = True) -> None:
+        #: Fold consecutive adds to one stream into one ``M`` op (their ids are then not returned).
+        self._fold = fold
         self.keys: list[str] = []
         self._index: dict[str, int] = {}
         self.items: list[_Item] = []
@@ -568,7 +627,7 @@ class _Program:
                 except Exception:
                     log.exception("dropping a queued write to %s: its payload could not be encoded", op.keys[0])
                     return
-            last = self.items[-1] if self.items else None
+            last = self.items[-1] if self.items and self._fold else None
             if last is not None and last.code in ("X", "M") and last.key_idxs == idxs and last.args == [maxlen, fld]:
                 last.code = "M"
                 last.values.append(value)
@@ -578,16 +637,24 @@ class _Program:
             return
         self.items.append(_Item(op.code, idxs, list(op.args), [op]))
 
-    def add_rings(self, bell_key: Callable[[str], str], maxlen: int, carry_limit: int) -> None:
+    def add_rings(
+        self, bell_key: Callable[[str], str], maxlen: int, carry_limit: int, controls: frozenset[str] = frozenset()
+    ) -> None:
         """One doorbell XADD per stream kind: the conversations this program writes to
         (a program is one partition, so its kinds' bells are in the same slot), and
-        their new entries when those total at most ``carry_limit`` bytes per stream."""
+        their new entries when those total at most ``carry_limit`` bytes per stream;
+        one ``control`` ring when it writes to a control stream in ``controls``."""
         rings: dict[str, tuple[str, dict[str, int]]] = {}  # kind -> (a key of that kind, {cid: key index})
+        control_bells: set[str] = set()
         for item in self.items:
             if item.code not in ("X", "M", "G"):
                 continue
             idx = item.key_idxs[-1]
-            target = _ring_target(self.keys[idx - 1])
+            key = self.keys[idx - 1]
+            if key in controls:
+                control_bells.add(bell_key(key))
+                continue
+            target = _ring_target(key)
             if target is not None:
                 _tag, kind, cid = target
                 ring = rings.get(kind)
@@ -599,6 +666,8 @@ class _Program:
             for cid, idx in ids.items():
                 args += (idx, cid)
             self.items.append(_Item("R", [self._key(bell_key(key))], args, []))
+        for bell in sorted(control_bells):
+            self.items.append(_Item("X", [self._key(bell)], [maxlen, CONTROL_KIND], [], [b"1"]))
 
     def argv(self) -> list[Any]:
         out: list[Any] = []

@@ -23,11 +23,10 @@ import time
 from typing import Any
 
 from shared.audio import chunk_pcm, silence_pcm
-from shared.bus import add_rings
+from shared.bus import Scripts, add_with_rings
 from shared.keys import Keys
 from shared.models import (
     AUDIO_SAMPLE_RATE_HZ,
-    ENTRY_FIELD,
     MAX_AUDIO_CHUNK_BYTES,
     MAX_TEXT_CHARS,
     AudioChunk,
@@ -39,6 +38,9 @@ from simulator_svc.tts import synthesize
 DEFAULT_CHUNK_MS = 100
 #: Chunks due within this much of each other go out in one pipeline (fewer round trips).
 _BATCH_WINDOW_S = 0.005
+
+#: The batch script, by SHA (reloaded after a Redis restart).
+_SCRIPTS = Scripts()
 
 
 def _now_ms() -> int:
@@ -83,7 +85,6 @@ async def publish_audio_utterance(
     if chunk_ms * AUDIO_SAMPLE_RATE_HZ / 1000 * 2 > MAX_AUDIO_CHUNK_BYTES:
         raise ValueError(f"chunk_ms {chunk_ms} is over the {MAX_AUDIO_CHUNK_BYTES}-byte chunk limit")
     key = keys.input(conversation_id)
-    xadd_args: dict[str, Any] = {"maxlen": maxlen, "approximate": True} if maxlen else {}
     chunks = chunk_pcm(pcm, chunk_ms, AUDIO_SAMPLE_RATE_HZ)
     step_s = chunk_ms / 1000.0 / realtime_factor
     start_s = time.monotonic()
@@ -92,15 +93,14 @@ async def publish_audio_utterance(
         delay_s = start_s + seq * step_s - time.monotonic()
         if delay_s > 0:
             await asyncio.sleep(delay_s)
-        pipe = redis.pipeline(transaction=False)
+        writes: list[tuple[str, bytes | str, int | None]] = []
         horizon_s = time.monotonic() + _BATCH_WINDOW_S
         while seq < len(chunks) and start_s + seq * step_s <= horizon_s:
             entry = AudioChunk(conversation_id=conversation_id, utterance_id=utterance_id, seq=seq,
                                audio=_b64(chunks[seq]))
-            pipe.xadd(key, {ENTRY_FIELD: encode(entry)}, **xadd_args)
+            writes.append((key, encode(entry), maxlen or None))
             seq += 1
-        add_rings(pipe, keys, [key])
-        await pipe.execute()
+        await add_with_rings(redis, _SCRIPTS, keys, writes)
     if chunks:
         # The last chunk holds the last chunk_ms of speech: speech ends when it would have been captured.
         end_delay_s = start_s + len(chunks) * step_s - time.monotonic()
@@ -109,10 +109,7 @@ async def publish_audio_utterance(
     sent_ms = _now_ms()
     end = AudioEnd(conversation_id=conversation_id, utterance_id=utterance_id, sent_ms=sent_ms,
                    reference_text=text[:MAX_TEXT_CHARS] if text else None)
-    pipe = redis.pipeline(transaction=False)
-    pipe.xadd(key, {ENTRY_FIELD: encode(end)}, **xadd_args)
-    add_rings(pipe, keys, [key])
-    await pipe.execute()
+    await add_with_rings(redis, _SCRIPTS, keys, [(key, encode(end), maxlen or None)])
     return sent_ms
 
 

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from shared.bus import add_rings, is_transient, retry_forever
+from shared.bus import Scripts, add_with_rings, is_transient, retry_forever
 from shared.follow import StreamFollower
 from shared.keys import Keys
 from shared.models import (
@@ -162,6 +162,7 @@ class Simulation:
         printer: DialoguePrinter | None = None,
     ) -> None:
         self.redis = redis
+        self._scripts = Scripts()
         self.keys = keys
         self.plan = plan
         self.printer = printer or DialoguePrinter(None, plan.conversations)
@@ -302,15 +303,11 @@ class Simulation:
         reply may repeat an utterance; the services answer an utterance id once."""
 
         controls = set(self.keys.controls())
+        # Never cap a control stream: its pending entries are the ownership claims.
+        writes = [(key, payload, None if key in controls else INPUT_MAXLEN) for key, payload in batch]
 
         async def send() -> None:
-            pipe = self.redis.pipeline(transaction=False)
-            for key, payload in batch:
-                # Never cap a control stream: its pending entries are the ownership claims.
-                cap = {} if key in controls else {"maxlen": INPUT_MAXLEN, "approximate": True}
-                pipe.xadd(key, {"d": payload}, **cap)  # type: ignore[arg-type]
-            add_rings(pipe, self.keys, [key for key, _ in batch])
-            await pipe.execute()
+            await add_with_rings(self.redis, self._scripts, self.keys, writes)
 
         await retry_forever("simulator write", send)
 

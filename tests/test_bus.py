@@ -219,3 +219,25 @@ async def test_gate_and_ack_take_an_undelivered_entry_only_when_it_is_next(
     assert group["lag"] == 1  # the entries-read count moved with the group
     reply = await redis.xreadgroup("g", "w1", {src: ">"})
     assert [entry_id.decode() for entry_id, _ in reply[0][1]] == [ids[3]]
+
+
+async def test_gate_takes_undelivered_extra_ids_with_its_own_or_nothing(redis: aioredis.Redis, prefix: str) -> None:
+    """A final transcript's gate acks its audio chunks: some read, some taken from
+    their doorbell. It consumes them all with its own entry, or (a gap) none of them."""
+    src, dst = f"{prefix}:src", f"{prefix}:dst"
+    await ensure_group(redis, src, "g")
+    ids = [(await redis.xadd(src, {"d": f"c{i}".encode()})).decode() for i in range(6)]
+    await redis.xreadgroup("g", "w1", {src: ">"}, count=1)  # c0 delivered; c1.. never
+    writer = BatchWriter(redis, Scripts())
+    task = asyncio.create_task(writer.run())
+    results: list[int] = []
+    writer.gate(src, "g", ids[3], dst, b"gap", 1000, extra_ack_ids=[ids[0], ids[2]], on_result=results.append)
+    writer.gate(src, "g", ids[3], dst, b"final", 1000, extra_ack_ids=ids[0:3], on_result=results.append)
+    writer.gate(src, "g", ids[3], dst, b"again", 1000, extra_ack_ids=ids[0:3], on_result=results.append)
+    await writer.flushed()
+    task.cancel()
+    await writer.aclose()
+    assert results == [0, 1, 0]
+    assert [f[b"d"] for _, f in await redis.xrange(dst)] == [b"final"]
+    (group,) = await redis.xinfo_groups(src)
+    assert group["last-delivered-id"].decode() == ids[3] and group["pending"] == 0 and group["lag"] == 2

@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from shared.bus import BatchWriter, RawConnection, Scripts
+from shared.bus import BatchWriter, RawConnection, Scripts, add_with_rings, parse_ring
 from shared.follow import StreamFollower
 from shared.keys import Keys
 from shared.models import ENTRY_FIELD
@@ -67,3 +67,31 @@ async def test_follower_takes_carried_entries_without_a_read_and_reads_across_a_
         task.cancel()
         await writer.aclose()
         await follower.aclose()
+
+
+async def test_client_writes_return_their_ids_ring_and_carry_and_leave_control_uncapped(
+    redis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    control = keys.control_for("a")
+    writes: list[tuple[str, bytes | str, int | None]] = [
+        (control, b"started", None),
+        (keys.input("a"), b"u1", 1000),
+        (keys.input("a"), "u2", 1000),
+        (keys.input("b"), b"x" * 5000, 1000),  # too big to ride on the doorbell
+    ]
+    ids = await add_with_rings(redis, Scripts(), keys, writes)
+    assert ids[0] == (await redis.xrange(control))[-1][0]
+    assert [i for i, _ in await redis.xrange(keys.input("a"))] == ids[1:3]
+    (control_ring,) = await redis.xrange(keys.bell(0, "control"))
+    assert control_ring[1] == {b"control": b"1"}
+    (bell_entry,) = await redis.xrange(keys.bell(0, "input"))
+    (ring,) = parse_ring([x for pair in bell_entry[1].items() for x in pair])
+    assert ring.conversation_ids == ["a", "b"]
+    assert [(c.conversation_id, c.prev_id, c.entry_id) for c in ring.carried] == [
+        ("a", b"0-0", ids[1]), ("a", ids[1], ids[2])
+    ]
+    # A control stream is never trimmed: its pending entries are ownership claims.
+    for _ in range(3):
+        await add_with_rings(redis, Scripts(), keys, [(control, b"more", None)])
+    assert await redis.xlen(control) == 4
