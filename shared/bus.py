@@ -116,10 +116,9 @@ local function ring(bell, maxlen, kind, limit, base, count)
       local size = 0
       for k = 3, #a, 3 do size = size + #a[k] end
       if size <= limit then
-        local got = #a / 3
-        local before = call('XREVRANGE', key, '+', '-', 'COUNT', got + 1)
+        local older = call('XREVRANGE', key, '(' .. a[1], '-', 'COUNT', 1)
         local prev = '0-0'
-        if #before > got then prev = before[got+1][1] end
+        if older[1] ~= nil then prev = older[1][1] end
         for k = 1, #a, 3 do
           carried[#carried+1] = cid .. ' ' .. prev .. ' ' .. a[k] .. ' ' .. a[k+1]
           carried[#carried+1] = a[k+2]
@@ -162,12 +161,14 @@ local function take(src, group, id, base, extra)
         local e = ARGV[base+j]
         if before(last, e) then fresh[#fresh+1] = e else delivered[#delivered+1] = e end
       end
-      fresh[#fresh+1] = id
-      local nxt = call('XRANGE', src, '(' .. last, '+', 'COUNT', #fresh)
-      if #nxt ~= #fresh then return 0 end
+      -- What lies strictly between the group's position and id must be exactly the fresh extras
+      -- (usually none: an empty range, cheap).
+      local between = call('XRANGE', src, '(' .. last, '(' .. id, 'COUNT', #fresh + 1)
+      if #between ~= #fresh then return 0 end
       for j = 1, #fresh do
-        if nxt[j][1] ~= fresh[j] then return 0 end
+        if between[j][1] ~= fresh[j] then return 0 end
       end
+      fresh[#fresh+1] = id
       for j = 1, #delivered do call('XACK', src, group, delivered[j]) end
       -- Keep the group's entries-read count (Redis 7+; its lag needs it): a new group's is nil.
       if counts and type(read) ~= 'number' and last == '0-0' then read = 0 end
@@ -359,6 +360,11 @@ def parse_stream_reply(raw: Any) -> StreamReply:
 
 #: Doorbell entries carry the new entries of a stream up to this many bytes (per stream and batch).
 CARRY_LIMIT = 4096
+#: ... and only from a batch of at most this many writes. Carrying saves each reader a read and
+#: a wake-up, which is most of a hop's latency under light load; in a big batch the reads are
+#: batched too, and consuming entries that were never delivered (the gate's XINFO, XRANGE and
+#: SETID: ~6 us of Redis time) costs more than the share of the read it saves (measured).
+CARRY_MAX_WRITES = 32
 
 
 @dataclass(slots=True)
@@ -642,13 +648,16 @@ class _Program:
     ) -> None:
         """One doorbell XADD per stream kind: the conversations this program writes to
         (a program is one partition, so its kinds' bells are in the same slot), and
-        their new entries when those total at most ``carry_limit`` bytes per stream;
-        one ``control`` ring when it writes to a control stream in ``controls``."""
+        their new entries when those total at most ``carry_limit`` bytes per stream
+        and the program is small (see CARRY_MAX_WRITES); one ``control`` ring when
+        it writes to a control stream in ``controls``."""
         rings: dict[str, tuple[str, dict[str, int]]] = {}  # kind -> (a key of that kind, {cid: key index})
         control_bells: set[str] = set()
+        writes = 0
         for item in self.items:
             if item.code not in ("X", "M", "G"):
                 continue
+            writes += len(item.values) or 1
             idx = item.key_idxs[-1]
             key = self.keys[idx - 1]
             if key in controls:
@@ -661,6 +670,8 @@ class _Program:
                 if ring is None:
                     ring = rings[kind] = (self.keys[idx - 1], {})
                 ring[1][cid] = idx
+        if writes > CARRY_MAX_WRITES:
+            carry_limit = -1
         for kind, (key, ids) in rings.items():
             args: list[Any] = [maxlen, kind, carry_limit, len(ids)]
             for cid, idx in ids.items():

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
-from shared.bus import BatchWriter, Scripts, ensure_group, parse_ring
+from shared.bus import CARRY_MAX_WRITES, BatchWriter, Scripts, ensure_group, parse_ring
 from shared.keys import Keys
 from shared.models import ENTRY_FIELD
 
@@ -241,3 +241,21 @@ async def test_gate_takes_undelivered_extra_ids_with_its_own_or_nothing(redis: a
     assert [f[b"d"] for _, f in await redis.xrange(dst)] == [b"final"]
     (group,) = await redis.xinfo_groups(src)
     assert group["last-delivered-id"].decode() == ids[3] and group["pending"] == 0 and group["lag"] == 2
+
+
+async def test_a_big_batch_rings_without_carrying(redis: aioredis.Redis, prefix: str) -> None:
+    """Readers batch their reads under load: a batch of more than CARRY_MAX_WRITES only rings."""
+    keys = Keys(prefix)
+    writer = BatchWriter(redis, Scripts(), bell_key=keys.bell_for_key)
+    task = asyncio.create_task(writer.run())
+    for i in range(CARRY_MAX_WRITES + 1):
+        writer.add(keys.transcripts(f"c{i}"), b"t", 1000)
+    await writer.flushed()
+    writer.add(keys.transcripts("c0"), b"t", 1000)
+    await writer.flushed()
+    task.cancel()
+    await writer.aclose()
+    big, small = [parse_ring([x for pair in f.items() for x in pair])[0] for _, f in
+                  await redis.xrange(keys.bell(0, "transcripts"))]
+    assert len(big.conversation_ids) == CARRY_MAX_WRITES + 1 and big.carried == []
+    assert [c.conversation_id for c in small.carried] == ["c0"]
