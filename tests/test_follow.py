@@ -8,7 +8,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from shared.bus import BatchWriter, RawConnection, Scripts, add_with_rings, parse_ring
+from shared.bus import CARRY_MAX_WRITES, BatchWriter, RawConnection, Scripts, add_with_rings, parse_ring
 from shared.follow import StreamFollower
 from shared.keys import Keys
 from shared.models import ENTRY_FIELD
@@ -95,3 +95,15 @@ async def test_client_writes_return_their_ids_ring_and_carry_and_leave_control_u
     for _ in range(3):
         await add_with_rings(redis, Scripts(), keys, [(control, b"more", None)])
     assert await redis.xlen(control) == 4
+
+
+async def test_a_big_client_batch_is_written_and_rung_without_carrying(redis: aioredis.Redis, prefix: str) -> None:
+    keys = Keys(prefix)
+    writes: list[tuple[str, bytes | str, int | None]] = [
+        (keys.input(f"c{i}"), b"u", 1000) for i in range(CARRY_MAX_WRITES + 1)
+    ]
+    ids = await add_with_rings(redis, Scripts(), keys, writes)
+    assert [(await redis.xrange(key))[0][0] for key, _, _ in writes] == ids
+    (bell_entry,) = await redis.xrange(keys.bell(0, "input"))
+    (ring,) = parse_ring([x for pair in bell_entry[1].items() for x in pair])
+    assert ring.conversation_ids == [f"c{i}" for i in range(CARRY_MAX_WRITES + 1)] and ring.carried == []
