@@ -126,6 +126,8 @@ class OwnershipRuntime:
         self._control_bkeys = {k.encode() for k in self._control_keys}
         #: Entries handled since start (published in the heartbeat; Prometheus has the rest).
         self.handled = 0
+        #: Data entries taken from their doorbell entry (no read).
+        self._from_doorbell = 0
         self.redis_ok = False
         self.started = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -236,8 +238,9 @@ class OwnershipRuntime:
             await bell.aclose()
             w = self.writer.stats
             log.info(
-                "reads: %d returning %d entries; writes: %d flushes of %d ops (%d coalesced, %d suppressed)",
-                reader.reads, reader.entries, w.flushes, w.ops, w.coalesced, w.suppressed,
+                "reads: %d returning %d entries; %d entries taken from doorbells; "
+                "writes: %d flushes of %d ops (%d coalesced, %d suppressed)",
+                reader.reads, reader.entries, self._from_doorbell, w.flushes, w.ops, w.coalesced, w.suppressed,
             )
 
     async def _listen(self, bell: Doorbell) -> None:
@@ -396,6 +399,7 @@ class OwnershipRuntime:
             self._queue(live, item.entry_id.decode(), item.fields)
             self._m.data_read.inc()
             self._m.data_from_doorbell.inc()
+            self._from_doorbell += 1
             taken.add(cid)
             kicks[cid] = live
         now = time.monotonic()
