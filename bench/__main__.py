@@ -79,15 +79,15 @@ QUICK = Sizes(
 
 DESCRIPTIONS = {
     "ours": (
-        "transcriber_svc + conversation_svc (simulated transcription, echo answer) on the ownership runtime. "
-        "Per utterance: client XADD utterance.text to the conversation's input stream; transcriber: one "
-        "XREADGROUP share, one gated EVALSHA (XACK input + XADD transcript.final); conversation worker: "
-        "one XREADGROUP share, one gated EVALSHA (XACK transcript + XADD response.done; response.started "
-        "and the deltas are queued too, and superseded by the done when the answer completes within one "
-        "flush, as echo's does); doorbell entries per flush; the monitor's timings batched per "
-        "worker-second; pydantic validation of every entry; per-conversation order; exactly-once "
-        "response.done. The client XREADs the transcripts and "
-        "responses streams of every conversation."
+        "transcriber_svc + conversation_svc (simulated transcription, echo answer, taken whole) on the "
+        "ownership runtime. Per utterance: client XADD utterance.text to the conversation's input stream; "
+        "transcriber: one gated EVALSHA (ack input + XADD transcript.final); conversation worker: one gated "
+        "EVALSHA (ack transcript + XADD response.done); a doorbell entry per write batch. Each worker gets an "
+        "entry either from a shared XREADGROUP over the streams that rang, or, from a small batch (light "
+        "load), from the doorbell entry itself (no read; the gate then moves the group past it); the client "
+        "likewise reads the transcripts and responses streams that rang, or takes the entries from the "
+        "doorbell. The monitor's timings batched per worker-second; pydantic validation of every entry; "
+        "per-conversation order; exactly-once response.done."
     ),
     "baseline_redis": (
         "hand-written redis-py (hiredis) two-hop pipeline, one process per stage: XREADGROUP COUNT 1000 on one "
