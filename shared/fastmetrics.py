@@ -87,6 +87,8 @@ class _Family(Generic[C]):
         raise NotImplementedError
 
     def labels(self, *values: str) -> C:
+        if not values and not self.labelnames:
+            return self._children[()]  # the hot path of an unlabelled metric: no key to build
         key = tuple(str(v) for v in values)
         child = self._children.get(key)
         if child is None:
