@@ -570,6 +570,13 @@ class RawConnection:
         await self._conn.disconnect()
 
 
+def id_order(entry_id: bytes | str) -> tuple[int, int]:
+    """A stream entry id as (ms, seq), for comparing ids in order."""
+    raw = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    ms, _, seq = raw.partition("-")
+    return int(ms), int(seq or 0)
+
+
 def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes]:
     if not flat:
         return {}

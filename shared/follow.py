@@ -17,7 +17,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from shared.bus import Doorbell, RawConnection, Ring, StreamReply, pack_command, parse_stream_reply
+from shared.bus import Doorbell, RawConnection, Ring, StreamReply, id_order, pack_command, parse_stream_reply
 from shared.keys import Keys
 
 
@@ -103,7 +103,7 @@ class StreamFollower:
                 if last.encode() == item.prev_id:
                     delivered.setdefault(key, []).append((item.entry_id, item.fields))
                     self._last[key] = item.entry_id.decode()
-                elif _id(item.entry_id.decode()) > _id(last):
+                elif id_order(item.entry_id) > id_order(last):
                     self._dirty.add(key)  # a gap: read the stream from the last id instead
                 # else: already read (by a sweep)
             carried = {item.conversation_id for item in ring.carried}
@@ -118,8 +118,3 @@ class StreamFollower:
             await self._bell.aclose()
         if self._conn is not None:
             await self._conn.aclose()
-
-
-def _id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)

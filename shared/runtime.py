@@ -51,6 +51,7 @@ from shared.bus import (
     Scripts,
     cancel_and_wait,
     ensure_group,
+    id_order,
     is_transient,
     retry_forever,
 )
@@ -395,7 +396,7 @@ class OwnershipRuntime:
             if live.newest != item.prev_id:
                 gaps.add(cid)  # something came between: read the stream instead
                 continue
-            live.newest, live.newest_t = item.entry_id, _bid_tuple(item.entry_id)
+            live.newest, live.newest_t = item.entry_id, id_order(item.entry_id)
             self._queue(live, item.entry_id.decode(), item.fields)
             self._m.data_read.inc()
             self._m.data_from_doorbell.inc()
@@ -421,7 +422,7 @@ class OwnershipRuntime:
             # Read just before we lost or closed it; the entries stay pending for the owner.
             return
         for entry_id, fields in entries:
-            t = _bid_tuple(entry_id)
+            t = id_order(entry_id)
             if t <= live.newest_t and live.newest is not None:
                 continue  # queued already, from its doorbell
             live.newest, live.newest_t = entry_id, t
@@ -546,7 +547,7 @@ class OwnershipRuntime:
             self._queue(live, entry_id, fields)
         if claimed:
             live.newest = claimed[-1][0]
-            live.newest_t = _bid_tuple(live.newest)
+            live.newest_t = id_order(live.newest)
         log.info("replaying %d pending entries of %s", len(claimed), live.ctx.conversation_id,
                  extra={"conversation_id": live.ctx.conversation_id})
 
@@ -817,7 +818,7 @@ class OwnershipRuntime:
                 candidates.append(summary["min"])
             for c in candidates:
                 cid = c.decode() if isinstance(c, bytes) else str(c)
-                if floor is None or _id_tuple(cid) < _id_tuple(floor):
+                if floor is None or id_order(cid) < id_order(floor):
                     floor = cid
         if floor and floor != "0-0":
             await self.redis.xtrim(key, minid=floor)
@@ -919,13 +920,3 @@ class OwnershipRuntime:
                 raise
             log.error("could not hand back (redis away): peers take over after the lease")
         await self._drop([c.conversation_id for c in claims], "handed back on shutdown")
-
-
-def _id_tuple(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
-def _bid_tuple(entry_id: bytes) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition(b"-")
-    return int(ms), int(seq or 0)

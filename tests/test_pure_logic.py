@@ -159,3 +159,10 @@ def test_pack_command_is_resp() -> None:
 
     packed = pack_command(("XADD", b"k\x00", 7, "é"))
     assert packed == b"*4\r\n$4\r\nXADD\r\n$2\r\nk\x00\r\n$1\r\n7\r\n$2\r\n\xc3\xa9\r\n"
+
+
+def test_stream_ids_order_by_time_then_sequence() -> None:
+    from shared.bus import id_order
+
+    assert id_order(b"5-10") > id_order("5-9") > id_order("4-99") > id_order("0-0")
+    assert id_order("1795703983893-0") == (1795703983893, 0)
