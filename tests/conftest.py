@@ -9,6 +9,8 @@ each other's streams.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -23,10 +25,22 @@ import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
 
+from shared.bus import BatchWriter
 from shared.devstack import Stack, deterministic_env
 from shared.redis_server import RedisServer, start_embedded
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.asynccontextmanager
+async def running(writer: BatchWriter) -> AsyncIterator[BatchWriter]:
+    """``writer`` with its flush task running; the task stopped and the writer closed on exit."""
+    task = asyncio.create_task(writer.run())
+    try:
+        yield writer
+    finally:
+        task.cancel()
+        await writer.aclose()
 
 
 def _docker_engine_answers() -> bool:

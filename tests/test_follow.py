@@ -3,7 +3,6 @@ doorbell are taken without reading the stream, and a gap falls back to a read.""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -12,6 +11,7 @@ from shared.bus import CARRY_MAX_WRITES, BatchWriter, RawConnection, Scripts, ad
 from shared.follow import StreamFollower
 from shared.keys import Keys
 from shared.models import ENTRY_FIELD
+from tests.conftest import running
 
 
 class _CountingConnection(RawConnection):
@@ -39,34 +39,31 @@ async def test_follower_takes_carried_entries_without_a_read_and_reads_across_a_
 ) -> None:
     keys = Keys(prefix)
     key = keys.responses("a")
-    writer = BatchWriter(redis, Scripts(), bell_key=keys.bell_for_key)
-    task = asyncio.create_task(writer.run())
     follower = StreamFollower(redis, keys, sweep_s=60.0, kinds=("responses",))
     follower.follow(key)
-    try:
-        await _write(writer, key, b"r0")
-        assert _texts(await follower.read(100)) == [b"r0"]  # the first read sweeps
-        counting = _CountingConnection(redis)
-        if follower._conn is not None:
-            await follower._conn.aclose()
-        follower._conn = counting
+    async with running(BatchWriter(redis, Scripts(), bell_key=keys.bell_for_key)) as writer:
+        try:
+            await _write(writer, key, b"r0")
+            assert _texts(await follower.read(100)) == [b"r0"]  # the first read sweeps
+            counting = _CountingConnection(redis)
+            if follower._conn is not None:
+                await follower._conn.aclose()
+            follower._conn = counting
 
-        await _write(writer, key, b"r1", b"r2")
-        assert _texts(await follower.read(1000)) == [b"r1", b"r2"]
-        assert counting.roundtrips == 0  # both came with the doorbell
+            await _write(writer, key, b"r1", b"r2")
+            assert _texts(await follower.read(1000)) == [b"r1", b"r2"]
+            assert counting.roundtrips == 0  # both came with the doorbell
 
-        await redis.xadd(key, {ENTRY_FIELD: b"unrung"})  # a writer that does not ring
-        await _write(writer, key, b"r3")  # carried, but its previous entry was never seen
-        assert _texts(await follower.read(1000)) == [b"unrung", b"r3"]
-        assert counting.roundtrips == 1
+            await redis.xadd(key, {ENTRY_FIELD: b"unrung"})  # a writer that does not ring
+            await _write(writer, key, b"r3")  # carried, but its previous entry was never seen
+            assert _texts(await follower.read(1000)) == [b"unrung", b"r3"]
+            assert counting.roundtrips == 1
 
-        await _write(writer, key, b"r4")
-        assert _texts(await follower.read(1000)) == [b"r4"]
-        assert counting.roundtrips == 1
-    finally:
-        task.cancel()
-        await writer.aclose()
-        await follower.aclose()
+            await _write(writer, key, b"r4")
+            assert _texts(await follower.read(1000)) == [b"r4"]
+            assert counting.roundtrips == 1
+        finally:
+            await follower.aclose()
 
 
 async def test_client_writes_return_their_ids_ring_and_carry_and_leave_control_uncapped(
