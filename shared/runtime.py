@@ -101,10 +101,9 @@ class _Live:
     failures: dict[str, int] = field(default_factory=dict)
     last_seen_s: float = field(default_factory=time.monotonic)
     closed: bool = False
-    #: The newest data-stream entry queued (from a read or its doorbell), raw and parsed;
-    #: None until known (after a takeover, until the first read returns entries).
-    newest: bytes | None = None
-    newest_t: tuple[int, int] = (0, 0)
+    #: Id (as ``id_order``) of the newest data-stream entry queued, from a read or its
+    #: doorbell; None until known (after a takeover, until the first read returns entries).
+    newest: tuple[int, int] | None = None
 
 
 class OwnershipRuntime:
@@ -383,9 +382,8 @@ class OwnershipRuntime:
         """Queue the ring's entries of owned conversations that follow on from the
         newest entry queued (no read needed: the gate consumes them, see
         ``BATCH_SCRIPT``); the conversations fully served that way."""
-        taken: set[str] = set()
         gaps: set[str] = set()
-        kicks: dict[str, _Live] = {}
+        kicks: dict[str, _Live] = {}  # the conversations that took entries
         for item in ring.carried:
             cid = item.conversation_id
             if cid in gaps:
@@ -393,21 +391,20 @@ class OwnershipRuntime:
             live = self.live.get(cid)
             if live is None or live.closed:
                 continue
-            if live.newest != item.prev_id:
+            if live.newest != id_order(item.prev_id):
                 gaps.add(cid)  # something came between: read the stream instead
                 continue
-            live.newest, live.newest_t = item.entry_id, id_order(item.entry_id)
+            live.newest = id_order(item.entry_id)
             self._queue(live, item.entry_id.decode(), item.fields)
             self._m.data_read.inc()
             self._m.data_from_doorbell.inc()
             self._from_doorbell += 1
-            taken.add(cid)
             kicks[cid] = live
         now = time.monotonic()
         for live in kicks.values():
             live.last_seen_s = now
             self._kick(live)
-        return taken - gaps
+        return set(kicks) - gaps
 
     async def _recreate_groups(self, streams: list[str]) -> None:
         """A stream lost its group (expired key, Redis restarted empty): recreate them."""
@@ -422,10 +419,10 @@ class OwnershipRuntime:
             # Read just before we lost or closed it; the entries stay pending for the owner.
             return
         for entry_id, fields in entries:
-            t = id_order(entry_id)
-            if t <= live.newest_t and live.newest is not None:
+            order = id_order(entry_id)
+            if live.newest is not None and order <= live.newest:
                 continue  # queued already, from its doorbell
-            live.newest, live.newest_t = entry_id, t
+            live.newest = order
             self._queue(live, entry_id.decode(), fields)
             self._m.data_read.inc()
         live.last_seen_s = time.monotonic()
@@ -503,7 +500,7 @@ class OwnershipRuntime:
         if created:
             # A group this worker just created has consumed nothing: an entry whose
             # doorbell says it is the stream's first can be taken from there.
-            live.newest = b"0-0"
+            live.newest = (0, 0)
         self.table.add(claim)
         self.live[conversation_id] = live
         self._key_to_conv[data_key.encode()] = conversation_id
@@ -546,8 +543,7 @@ class OwnershipRuntime:
                 continue
             self._queue(live, entry_id, fields)
         if claimed:
-            live.newest = claimed[-1][0]
-            live.newest_t = id_order(live.newest)
+            live.newest = id_order(claimed[-1][0])
         log.info("replaying %d pending entries of %s", len(claimed), live.ctx.conversation_id,
                  extra={"conversation_id": live.ctx.conversation_id})
 
