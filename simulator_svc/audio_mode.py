@@ -32,19 +32,16 @@ from shared.models import (
     AudioChunk,
     AudioEnd,
     encode,
+    now_ms,
 )
 from simulator_svc.tts import synthesize
 
 DEFAULT_CHUNK_MS = 100
-#: Chunks due within this much of each other go out in one pipeline (fewer round trips).
+#: Chunks due within this much of each other go out in one write (fewer round trips).
 _BATCH_WINDOW_S = 0.005
 
 #: The batch script, by SHA (reloaded after a Redis restart).
 _SCRIPTS = Scripts()
-
-
-def _now_ms() -> int:
-    return int(time.time() * 1000)
 
 
 @functools.lru_cache(maxsize=256)
@@ -106,7 +103,7 @@ async def publish_audio_utterance(
         end_delay_s = start_s + len(chunks) * step_s - time.monotonic()
         if end_delay_s > 0:
             await asyncio.sleep(end_delay_s)
-    sent_ms = _now_ms()
+    sent_ms = now_ms()
     end = AudioEnd(conversation_id=conversation_id, utterance_id=utterance_id, sent_ms=sent_ms,
                    reference_text=text[:MAX_TEXT_CHARS] if text else None)
     await add_with_rings(redis, _SCRIPTS, keys, [(key, encode(end), maxlen or None)])
