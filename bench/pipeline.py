@@ -21,7 +21,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from bench.driver import DONE, FAILED, MID, Observation, Utt, id_ms, stamp_batch
-from shared.bus import Scripts, add_with_rings
+from shared.bus.doorbell import add_with_rings
 from shared.devstack import ServiceProcess, Stack, deterministic_env
 from shared.follow import StreamFollower
 from shared.keys import CONVERSATION_GROUP, TRANSCRIBER_GROUP, Keys
@@ -115,13 +115,12 @@ class PipelineTarget:
         self.read_mid = read_mid
         self._key_conv: dict[bytes, str] = {}
         self._follower = StreamFollower(redis, keys)
-        self._scripts = Scripts()
 
     async def start_conversations(self, cids: Sequence[str]) -> None:
         for start in range(0, len(cids), 1000):
             writes = [(self.keys.control_for(cid), encode(ConversationStarted(conversation_id=cid)), None)
                       for cid in cids[start : start + 1000]]
-            await add_with_rings(self.redis, self._scripts, self.keys, writes)
+            await add_with_rings(self.redis, self.keys, writes)
 
     def _keys_of(self, cid: str) -> list[str]:
         keys = [self.keys.responses(cid)]
@@ -144,7 +143,7 @@ class PipelineTarget:
         keys = [self.keys.input(u.cid) for u in batch]
         payloads = stamp_batch(batch)
         # Our protocol: a writer rings the partition's doorbell (one entry per batch, carrying small entries).
-        ids = await add_with_rings(self.redis, self._scripts, self.keys,
+        ids = await add_with_rings(self.redis, self.keys,
                                    [(key, payload, INPUT_MAXLEN) for key, payload in zip(keys, payloads, strict=True)])
         for u, entry_id in zip(batch, ids, strict=True):
             u.in_id_ms = id_ms(entry_id)

@@ -26,7 +26,10 @@ from pydantic_core import to_json
 
 from shared import keys as keynames
 from shared import metrics
-from shared.bus import BatchWriter, QueuedOp, retry_forever
+from shared.bus.program import QueuedOp
+from shared.bus.resp import xrange_entries
+from shared.bus.retry import retry_forever
+from shared.bus.writer import BatchWriter
 from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
 from shared.history import History, Turn, rebuild
 from shared.keys import Keys
@@ -247,7 +250,7 @@ class ConversationService:
         keys = ctx.keys
 
         async def read(key: str) -> list[Entry]:
-            rows = await retry_forever("rebuild history", lambda: ctx.redis.xrange(key, "-", "+"))
+            rows = await retry_forever("rebuild history", lambda: xrange_entries(ctx.redis, key))
             out: list[Entry] = []
             for _, fields in rows:
                 try:

@@ -4,9 +4,8 @@ A client (the simulator, a gateway, the benchmark's driver) follows the
 transcripts and responses of many conversations. Blocking on all of them
 costs Redis more with every stream; instead it waits on the doorbells, reads
 only the followed streams that rang, and every ``sweep_s`` reads all of them
-(for writers that do not ring, and after a Redis outage). Entries that came
-on the doorbell itself and follow on from the last id read need no read at
-all: one notification per hop, as with a blocking read of the stream.
+(for writers that do not ring, and after a Redis outage). What it returns
+was read from the streams themselves: a ring only says where to look.
 """
 
 from __future__ import annotations
@@ -17,7 +16,8 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from shared.bus import Doorbell, RawConnection, Ring, StreamReply, id_order, pack_command, parse_stream_reply
+from shared.bus.doorbell import Doorbell, Ring
+from shared.bus.resp import RawConnection, StreamReply, pack_command, parse_stream_reply
 from shared.keys import Keys
 
 
@@ -64,19 +64,17 @@ class StreamFollower:
             self._bell = Doorbell(self._redis, self._keys.bells(self._kinds))
             await self._bell.start()
         now = time.monotonic()
-        delivered: dict[str, list[tuple[bytes, dict[bytes, bytes]]]] = {}
         if now >= self._next_sweep:
             self._next_sweep = now + self._sweep_s
             targets = set(self._followed)
         else:
             if not self._dirty:
                 wait_ms = int(min(block_ms, (self._next_sweep - now) * 1000))
-                self._take(await self._bell.wait(wait_ms), delivered)
+                self._mark_rung(await self._bell.wait(wait_ms))
             targets = self._dirty & self._followed
         self._dirty.clear()
-        reply: StreamReply = [(key.encode(), entries) for key, entries in delivered.items()]
         if not targets:
-            return reply
+            return []
         if self._conn is None:
             self._conn = RawConnection(self._redis)
         ordered = list(targets)
@@ -88,30 +86,19 @@ class StreamFollower:
             self._last[key] = entries[-1][0].decode()
             if len(entries) >= self._count:
                 self._dirty.add(key)  # more may be waiting
-        return reply + read
+        return read
 
-    def _take(self, rings: list[Ring], delivered: dict[str, list[tuple[bytes, dict[bytes, bytes]]]]) -> None:
-        """Entries that came with their doorbell and follow on from the last id read
-        are delivered as they are; any other followed stream that rang is read."""
+    def _mark_rung(self, rings: list[Ring]) -> None:
+        """Followed streams that rang are read next (a ring is a hint: a forged one
+        costs a read that finds nothing new)."""
         for ring in rings:
+            if ring.kind not in self._kinds:
+                continue
             suffix = f":{ring.kind}"
-            for item in ring.carried:
-                key = self._keys.conv_prefix(item.conversation_id) + suffix
-                if key not in self._followed or key in self._dirty:
-                    continue
-                last = self._last[key]
-                if last.encode() == item.prev_id:
-                    delivered.setdefault(key, []).append((item.entry_id, item.fields))
-                    self._last[key] = item.entry_id.decode()
-                elif id_order(item.entry_id) > id_order(last):
-                    self._dirty.add(key)  # a gap: read the stream from the last id instead
-                # else: already read (by a sweep)
-            carried = {item.conversation_id for item in ring.carried}
             for cid in ring.conversation_ids:
-                if cid not in carried:
-                    key = self._keys.conv_prefix(cid) + suffix
-                    if key in self._followed:
-                        self._dirty.add(key)
+                key = self._keys.conv_prefix(cid) + suffix
+                if key in self._followed:
+                    self._dirty.add(key)
 
     async def aclose(self) -> None:
         if self._bell is not None:

@@ -10,6 +10,7 @@ Pure module.
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -118,3 +119,26 @@ def data_kind_of_key(key: str) -> str | None:
     """``...:input`` -> ``input``; None when the key is no conversation stream."""
     kind = key.rsplit(":", 1)[-1]
     return kind if kind in DATA_KINDS and conversation_of_key(key) is not None else None
+
+
+@functools.lru_cache(maxsize=65_536)
+def hash_tag(key: str) -> str:
+    """The ``{...}`` part of a key: keys with the same tag share a cluster slot.
+    Cached: the writer asks this once per queued op."""
+    start = key.find("{")
+    if start >= 0:
+        end = key.find("}", start + 1)
+        if end > start + 1:
+            return key[start + 1 : end]
+    return key
+
+
+@functools.lru_cache(maxsize=65_536)
+def ring_target(key: str) -> tuple[str, str, str] | None:
+    """(partition tag, kind, conversation id) of a conversation stream, else None:
+    what a write to ``key`` rings. Cached: a flush asks this for every key it writes to."""
+    kind = data_kind_of_key(key)
+    cid = conversation_of_key(key)
+    if kind is None or cid is None:
+        return None
+    return hash_tag(key), kind, cid

@@ -21,10 +21,6 @@ _LATENCY_BUCKETS_S = (
 ENTRIES_READ = Counter(
     "vab_entries_read_total", "Stream entries read", ["service", "stream"], registry=REGISTRY
 )
-ENTRIES_FROM_DOORBELL = Counter(
-    "vab_entries_from_doorbell_total", "Stream entries taken from their doorbell entry (no read needed)",
-    ["service", "stream"], registry=REGISTRY,
-)
 ENTRIES_HANDLED = Counter(
     "vab_entries_handled_total", "Stream entries handled (effect written or queued with its ack)",
     ["service", "stream", "type"], registry=REGISTRY,

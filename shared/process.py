@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
-from shared.bus import connect
+from shared.bus.resp import connect
 from shared.engines.base import EngineUnavailable
 from shared.http_server import HealthServer
 from shared.logs import register_secret, setup_logging

@@ -13,7 +13,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from shared.bus import BatchWriter
+from shared.bus.writer import BatchWriter
 from shared.keys import Keys, conversation_of_key
 from shared.models import ConversationStarted, DeadLetter, Entry, now_ms
 from shared.settings import CommonSettings

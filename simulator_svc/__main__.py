@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from shared.bus import connect
+from shared.bus.resp import connect
 from shared.keys import Keys
 from shared.process import install_fast_loop
 from simulator_svc import admin, monitor

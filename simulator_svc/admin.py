@@ -15,7 +15,8 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from shared.bus import add_rings, xrange_entries
+from shared.bus.doorbell import add_rings
+from shared.bus.resp import xrange_entries
 from shared.keys import Keys
 from shared.models import (
     AudioChunk,

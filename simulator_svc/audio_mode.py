@@ -23,7 +23,7 @@ import time
 from typing import Any
 
 from shared.audio import chunk_pcm, silence_pcm
-from shared.bus import Scripts, add_with_rings
+from shared.bus.doorbell import add_with_rings
 from shared.keys import Keys
 from shared.models import (
     AUDIO_SAMPLE_RATE_HZ,
@@ -39,9 +39,6 @@ from simulator_svc.tts import synthesize
 DEFAULT_CHUNK_MS = 100
 #: Chunks due within this much of each other go out in one write (fewer round trips).
 _BATCH_WINDOW_S = 0.005
-
-#: The batch script, by SHA (reloaded after a Redis restart).
-_SCRIPTS = Scripts()
 
 
 @functools.lru_cache(maxsize=256)
@@ -97,7 +94,7 @@ async def publish_audio_utterance(
                                audio=_b64(chunks[seq]))
             writes.append((key, encode(entry), maxlen or None))
             seq += 1
-        await add_with_rings(redis, _SCRIPTS, keys, writes)
+        await add_with_rings(redis, keys, writes)
     if chunks:
         # The last chunk holds the last chunk_ms of speech: speech ends when it would have been captured.
         end_delay_s = start_s + len(chunks) * step_s - time.monotonic()
@@ -106,7 +103,7 @@ async def publish_audio_utterance(
     sent_ms = now_ms()
     end = AudioEnd(conversation_id=conversation_id, utterance_id=utterance_id, sent_ms=sent_ms,
                    reference_text=text[:MAX_TEXT_CHARS] if text else None)
-    await add_with_rings(redis, _SCRIPTS, keys, [(key, encode(end), maxlen or None)])
+    await add_with_rings(redis, keys, [(key, encode(end), maxlen or None)])
     return sent_ms
 
 

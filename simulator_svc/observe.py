@@ -13,7 +13,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from shared import keys as keynames
-from shared.bus import xrange_entries
+from shared.bus.resp import xrange_entries
 from shared.keys import Keys
 from shared.models import DeadLetter, EntryError, decode_fields
 from simulator_svc.tracker import summarise

@@ -20,7 +20,8 @@ from typing import Any, TextIO
 
 import redis.asyncio as aioredis
 
-from shared.bus import Scripts, add_with_rings, is_transient, retry_forever
+from shared.bus.doorbell import add_with_rings
+from shared.bus.retry import is_transient, retry_forever
 from shared.follow import StreamFollower
 from shared.keys import Keys
 from shared.models import (
@@ -162,7 +163,6 @@ class Simulation:
         printer: DialoguePrinter | None = None,
     ) -> None:
         self.redis = redis
-        self._scripts = Scripts()
         self.keys = keys
         self.plan = plan
         self.printer = printer or DialoguePrinter(None, plan.conversations)
@@ -307,7 +307,7 @@ class Simulation:
         writes = [(key, payload, None if key in controls else INPUT_MAXLEN) for key, payload in batch]
 
         async def send() -> None:
-            await add_with_rings(self.redis, self._scripts, self.keys, writes)
+            await add_with_rings(self.redis, self.keys, writes)
 
         await retry_forever("simulator write", send)
 

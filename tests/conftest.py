@@ -25,7 +25,7 @@ import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
 
-from shared.bus import BatchWriter
+from shared.bus.writer import BatchWriter
 from shared.devstack import Stack, deterministic_env
 from shared.redis_server import RedisServer, start_embedded
 

@@ -137,7 +137,7 @@ def test_echo_gives_the_same_answer_whole_or_streamed() -> None:
 
 
 def test_rings_name_each_conversation_once_per_kind_and_partition() -> None:
-    from shared.bus import ring_ops
+    from shared.bus.doorbell import ring_ops
 
     keys = Keys("p", partitions=4)
     written = [keys.input("a"), keys.input("a"), keys.transcripts("a"), keys.input("b"), keys.dead(0),
@@ -155,14 +155,14 @@ def test_rings_name_each_conversation_once_per_kind_and_partition() -> None:
 
 
 def test_pack_command_is_resp() -> None:
-    from shared.bus import pack_command
+    from shared.bus.resp import pack_command
 
     packed = pack_command(("XADD", b"k\x00", 7, "é"))
     assert packed == b"*4\r\n$4\r\nXADD\r\n$2\r\nk\x00\r\n$1\r\n7\r\n$2\r\n\xc3\xa9\r\n"
 
 
 def test_stream_ids_order_by_time_then_sequence() -> None:
-    from shared.bus import id_order
+    from shared.bus.resp import id_order
 
     assert id_order(b"5-10") > id_order("5-9") > id_order("4-99") > id_order("0-0")
     assert id_order("1795703983893-0") == (1795703983893, 0)

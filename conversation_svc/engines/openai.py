@@ -41,7 +41,6 @@ from typing import Any
 
 from shared import metrics
 from shared.backoff import backoff
-from shared.bus import cancel_and_wait
 from shared.engines.base import (
     Completed,
     ConversationEngine,
@@ -62,6 +61,7 @@ from shared.realtime.connection import (
 from shared.realtime.events import ErrorEvent, ServerEvent, SessionUpdated, UnknownServerEvent
 from shared.realtime.state import ConversationOutput, ConversationState, Done, Failed, Send, TextOut
 from shared.settings import ConversationSettings
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

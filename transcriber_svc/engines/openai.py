@@ -29,7 +29,6 @@ from typing import Any, cast
 
 from shared import metrics
 from shared.backoff import backoff
-from shared.bus import cancel_and_wait
 from shared.engines.base import (
     EngineError,
     EngineUnavailable,
@@ -52,6 +51,7 @@ from shared.realtime.events import (
     UnknownServerEvent,
 )
 from shared.realtime.state import Delta, Final, Send, Skip, TranscriptionAction, TranscriptionState, TurnDetection
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,6 @@ class RuntimeMeters:
         self.service = service
         #: Entries of this service's data streams (all of one kind): children resolved once.
         self.data_read = metrics.ENTRIES_READ.labels(service, data_kind)
-        self.data_from_doorbell = metrics.ENTRIES_FROM_DOORBELL.labels(service, data_kind)
         self._data_queue_time = metrics.QUEUE_TIME.labels(service, data_kind)
         self._data_handled: dict[str, Any] = {}
         self._data_kind = data_kind

@@ -1,0 +1,184 @@
+"""The batch program: how queued writes become one Lua call per partition.
+
+A flush sends, per partition (hash tag), one EVALSHA of ``lua/batch.lua`` whose
+ARGV is a list of op frames. ``OPS`` below is the op layout, defined here once:
+``Program`` builds frames from it, and the Lua handlers read their operands in
+the same order (each Lua ``-- op`` line matches ``OpSpec.signature``; a unit
+test holds the two together).
+
+A frame is ``code, key count, arg count, key indexes..., args...``; a key is
+passed by its index in KEYS so that Redis Cluster sees every key a script touches.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from shared.keys import CONTROL_KIND, ring_target
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OpSpec:
+    """One op of the batch script: its code, key operands and arguments in order;
+    ``rest`` names a variable-length tail of arguments."""
+
+    code: str
+    keys: tuple[str, ...]
+    args: tuple[str, ...]
+    rest: str | None = None
+
+    @property
+    def signature(self) -> str:
+        """As the Lua file's ``-- op`` line writes it, e.g. ``X(key | maxlen, field, value)``."""
+        args = [*self.args, *([f"{self.rest}..."] if self.rest else [])]
+        return f"{self.code}({', '.join(self.keys)} | {', '.join(args)})"
+
+    def frame(self, key_idxs: Sequence[int], args: Sequence[Any]) -> list[Any]:
+        if len(key_idxs) != len(self.keys):
+            raise ValueError(f"op {self.code} takes keys {self.keys}, got {len(key_idxs)}")
+        if len(args) < len(self.args) or (self.rest is None and len(args) != len(self.args)):
+            raise ValueError(f"op {self.code} takes args {self.signature}, got {len(args)}")
+        return [self.code, len(key_idxs), len(args), *key_idxs, *args]
+
+
+ADD = OpSpec("X", ("key",), ("maxlen", "field", "value"))
+ADD_MANY = OpSpec("M", ("key",), ("maxlen", "field"), rest="values")
+GATE = OpSpec("G", ("src", "dst"), ("group", "id", "maxlen", "field", "value"), rest="extra_ids")
+ACK = OpSpec("K", ("src",), ("group",), rest="ids")
+EXPIRE = OpSpec("E", ("key",), ("seconds",))
+RING = OpSpec("R", ("bell",), ("maxlen", "kind", "ids"))
+OPS: dict[str, OpSpec] = {spec.code: spec for spec in (ADD, ADD_MANY, GATE, ACK, EXPIRE, RING)}
+
+
+def lua_source(name: str) -> str:
+    """A Lua program shipped in this package (``lua/<name>.lua``)."""
+    return resources.files("shared.bus").joinpath("lua", f"{name}.lua").read_text(encoding="utf-8")
+
+
+class Scripts:
+    """The package's Lua programs, addressed by SHA; reloaded after a Redis restart (NOSCRIPT)."""
+
+    NAMES = ("batch", "refresh")
+
+    def __init__(self) -> None:
+        self._bodies = {name: lua_source(name) for name in self.NAMES}
+        self.sha: dict[str, str] = {}
+
+    async def load(self, redis: aioredis.Redis) -> None:
+        for name, body in self._bodies.items():
+            self.sha[name] = await redis.script_load(body)
+
+    async def call(self, redis: aioredis.Redis, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        if name not in self.sha:
+            await self.load(redis)
+        try:
+            return await redis.evalsha(self.sha[name], len(keys), *keys, *args)
+        except NoScriptError:
+            await self.load(redis)
+            return await redis.evalsha(self.sha[name], len(keys), *keys, *args)
+
+
+@dataclass(slots=True)
+class QueuedOp:
+    """One queued write; ``BatchWriter.add`` returns it so a later gate can supersede it."""
+
+    code: str
+    keys: tuple[str, ...]
+    #: Arguments in the op's order (see OPS).
+    args: tuple[Any, ...]
+    on_result: Callable[[Any], None] | None = None
+    #: Taken into a flush: too late to supersede.
+    sent: bool = False
+    #: Superseded before it was sent: never written.
+    dropped: bool = False
+
+
+@dataclass(slots=True)
+class _Item:
+    """One frame of a program; consecutive adds to one stream fold into one ``M``."""
+
+    spec: OpSpec
+    key_idxs: list[int]
+    args: list[Any]
+    #: The queued ops whose result this frame's result is (none for a ring).
+    ops: list[QueuedOp]
+
+
+class Program:
+    """The ops of one partition, in order, as the batch script's KEYS and ARGV."""
+
+    def __init__(self) -> None:
+        self.keys: list[str] = []
+        self._index: dict[str, int] = {}
+        self.items: list[_Item] = []
+
+    def _key(self, key: str) -> int:
+        idx = self._index.get(key)
+        if idx is None:
+            self.keys.append(key)
+            idx = self._index[key] = len(self.keys)
+        return idx
+
+    def add(self, op: QueuedOp) -> None:
+        idxs = [self._key(k) for k in op.keys]
+        if op.code != ADD.code:
+            self.items.append(_Item(OPS[op.code], idxs, list(op.args), [op]))
+            return
+        maxlen, fld, value = op.args
+        if not isinstance(value, bytes | str):
+            # Encoded only now that it is sent (see BatchWriter.add). A payload that cannot be
+            # encoded is dropped alone, loudly: it must not take the rest of the batch with it.
+            try:
+                value = value()
+            except Exception:
+                log.exception("dropping a queued write to %s: its payload could not be encoded", op.keys[0])
+                return
+        last = self.items[-1] if self.items else None
+        if (last is not None and last.spec in (ADD, ADD_MANY) and last.key_idxs == idxs
+                and last.args[:2] == [maxlen, fld]):
+            last.spec = ADD_MANY  # its result is then a count: no caller of a folded add needs its id
+            last.args.append(value)
+            last.ops.append(op)
+            return
+        self.items.append(_Item(ADD, idxs, [maxlen, fld, value], [op]))
+
+    def add_rings(self, bell_key: Callable[[str], str], maxlen: int, controls: frozenset[str] = frozenset()) -> None:
+        """Ring the doorbells for what this program writes: one ring per stream kind
+        naming the conversations written to (a program is one partition, so its
+        bells share its slot), and one ``control`` ring per stream of ``controls`` written."""
+        rings: dict[str, tuple[str, dict[str, None]]] = {}  # kind -> (a key of that kind, {conversation id})
+        control_bells: set[str] = set()
+        for item in self.items:
+            if item.spec not in (ADD, ADD_MANY, GATE):
+                continue
+            key = self.keys[item.key_idxs[-1] - 1]  # the stream written to (a gate's dst)
+            if key in controls:
+                control_bells.add(bell_key(key))
+                continue
+            target = ring_target(key)
+            if target is None:
+                continue
+            _tag, kind, cid = target
+            ring = rings.get(kind)
+            if ring is None:
+                ring = rings[kind] = (key, {})
+            ring[1][cid] = None
+        for kind, (key, cids) in rings.items():
+            self.items.append(_Item(RING, [self._key(bell_key(key))], [maxlen, kind, " ".join(cids)], []))
+        for bell in sorted(control_bells):
+            self.items.append(_Item(ADD, [self._key(bell)], [maxlen, CONTROL_KIND, b"1"], []))
+
+    def argv(self) -> list[Any]:
+        out: list[Any] = []
+        for item in self.items:
+            out += item.spec.frame(item.key_idxs, item.args)
+        return out

@@ -1,0 +1,70 @@
+"""Which Redis errors are worth waiting out, and the one retry helper.
+
+``is_transient`` is the policy (a pure function, the websockets pattern):
+True means "Redis is away for now": retry with ``shared.backoff`` delays.
+``retry_forever`` applies it to one call; the writer's flush loop and the
+runtime's periodic loops apply the same policy to their own steps.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from shared.backoff import backoff
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: Errors that mean "Redis is away for now": retry with backoff.
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    OSError,
+)
+
+#: Error replies of a Redis that is up but cannot serve yet (loading its AOF after a
+#: restart, a cluster without a reachable master, a slot being migrated).
+TRANSIENT_REPLIES = ("LOADING", "MASTERDOWN", "TRYAGAIN")
+
+
+def is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
+
+
+async def retry_forever(
+    what: str,
+    call: Callable[[], Awaitable[T]],
+    on_error: Callable[[BaseException], None] | None = None,
+) -> T:
+    """Run ``call`` until it succeeds, backing off on transient Redis errors;
+    any other error propagates. ``what`` names the step in the log lines."""
+    delays = backoff()
+    failed = False
+    while True:
+        try:
+            result = await call()
+            if failed:
+                log.info("%s: redis is back", what)
+            return result
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            if on_error:
+                on_error(exc)
+            if not failed:
+                log.warning("%s: redis unavailable (%s); retrying", what, type(exc).__name__)
+            failed = True
+            await asyncio.sleep(next(delays))
+
+

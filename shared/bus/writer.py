@@ -1,0 +1,250 @@
+"""The writer: every write of a worker goes through one ``BatchWriter``.
+
+Contracts:
+- Ops queued by any session are sent together, in queue order, one Lua call
+  per partition (see ``shared.bus.program``), all in one round trip per flush:
+  one round trip serves every conversation that produced something since the
+  last flush.
+- A *gated* op acks its source entry and, only if that ack removed the entry
+  from the group's pending list, adds the effect (atomic, in the script). A
+  retried batch, a zombie worker that lost its lease, or a second owner after
+  a takeover therefore never writes an effect twice: exactly-once effects on
+  top of at-least-once delivery (docs/architecture.md).
+- Plain adds (deltas) are at-least-once: a retry after a lost reply may repeat
+  one; deltas carry an ``index`` so readers drop repeats.
+- Every flush also rings the doorbells of the streams it wrote (hints only).
+- A failed flush (Redis away) is retried with backoff until it succeeds;
+  nothing queued is dropped. ``wait_below`` gives the reader backpressure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
+
+from shared.backoff import backoff
+from shared.bus.program import ACK, ADD, EXPIRE, GATE, Program, QueuedOp, Scripts
+from shared.bus.resp import RawConnection, pack_command
+from shared.bus.retry import is_transient
+from shared.keys import hash_tag
+from shared.models import ENTRY_FIELD
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WriterStats:
+    flushes: int = 0
+    ops: int = 0
+    suppressed: int = 0
+    retries: int = 0
+    op_errors: int = 0
+    #: Queued adds a later gate superseded before they were sent.
+    coalesced: int = 0
+
+
+@dataclass
+class _Barrier:
+    seq: int
+    future: asyncio.Future[None] = field(repr=False)
+
+
+class BatchWriter:
+    """Queue of writes, flushed in order by one background task (see module doc)."""
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        scripts: Scripts,
+        max_batch: int = 1000,
+        bell_key: Callable[[str], str] | None = None,
+        bell_maxlen: int = 10_000,
+    ) -> None:
+        self._redis = redis
+        self._conn = RawConnection(redis)
+        #: Maps a written stream to its partition's doorbell (None: ring nothing).
+        self._bell_key = bell_key
+        self._bell_maxlen = bell_maxlen
+        self._scripts = scripts
+        self._max_batch = max_batch
+        self._ops: deque[QueuedOp] = deque()
+        self._wake = asyncio.Event()
+        self._space = asyncio.Event()
+        self._space.set()
+        self._queued = 0
+        self._written = 0
+        self._barriers: list[_Barrier] = []
+        self.stats = WriterStats()
+        self.on_suppressed: Callable[[], None] | None = None
+        self.redis_ok = True
+
+    # --- queueing (sync, called from sessions) ---------------------------
+
+    def _push(self, op: QueuedOp) -> None:
+        self._ops.append(op)
+        self._queued += 1
+        self._wake.set()
+
+    def gate(
+        self,
+        src: str,
+        group: str,
+        gate_id: str,
+        dst: str,
+        payload: bytes,
+        maxlen: int,
+        extra_ack_ids: Sequence[str] = (),
+        on_result: Callable[[Any], None] | None = None,
+        supersedes: Sequence[QueuedOp] = (),
+    ) -> None:
+        """Ack ``gate_id`` on ``src``; if that ack took, XADD ``payload`` to ``dst``
+        and ack ``extra_ack_ids`` too. ``on_result`` gets 1 (written) or 0 (already acked).
+
+        ``supersedes``: adds this effect makes redundant (a response's started
+        and delta entries, whose text the done entry carries in full). Those
+        not sent yet are dropped: an answer that completes within one flush is
+        one entry, not one per delta; one that streams slowly keeps its deltas."""
+        for op in supersedes:
+            if not op.sent and not op.dropped:
+                op.dropped = True
+                self.stats.coalesced += 1
+        self._push(QueuedOp(GATE.code, (src, dst), (group, gate_id, maxlen, ENTRY_FIELD, payload, *extra_ack_ids),
+                            on_result))
+
+    def add(
+        self, dst: str, payload: bytes | str | Callable[[], bytes], maxlen: int, field: bytes = ENTRY_FIELD
+    ) -> QueuedOp:
+        """XADD ``payload`` to ``dst``. A callable payload is encoded at send time,
+        so an add that a later gate supersedes is never encoded at all."""
+        op = QueuedOp(ADD.code, (dst,), (maxlen, field, payload))
+        self._push(op)
+        return op
+
+    def ack(self, src: str, group: str, ids: Sequence[str]) -> None:
+        if ids:
+            self._push(QueuedOp(ACK.code, (src,), (group, *ids)))
+
+    def expire(self, key: str, seconds: int) -> None:
+        self._push(QueuedOp(EXPIRE.code, (key,), (seconds,)))
+
+    async def aclose(self) -> None:
+        """Close the writer's connection (after the flush task is stopped)."""
+        await self._conn.aclose()
+
+    # --- waiting ----------------------------------------------------------
+
+    @property
+    def backlog(self) -> int:
+        return self._queued - self._written
+
+    async def wait_below(self, limit: int) -> None:
+        while self.backlog >= limit:
+            self._space.clear()
+            await self._space.wait()
+
+    async def flushed(self) -> None:
+        """Return once every op queued before this call is written."""
+        if self.backlog == 0:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._barriers.append(_Barrier(self._queued, fut))
+        await fut
+
+    # --- the flush task -----------------------------------------------------
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._ops:
+                n = min(len(self._ops), self._max_batch)
+                batch = []
+                for _ in range(n):
+                    op = self._ops.popleft()
+                    op.sent = True
+                    if not op.dropped:
+                        batch.append(op)
+                if batch:
+                    await self._send_until_done(batch)
+                self._written += n
+                self._release()
+
+    def _release(self) -> None:
+        self._space.set()
+        if self._barriers:
+            keep = []
+            for b in self._barriers:
+                if b.seq <= self._written:
+                    if not b.future.done():
+                        b.future.set_result(None)
+                else:
+                    keep.append(b)
+            self._barriers = keep
+
+    async def _send_until_done(self, batch: list[QueuedOp]) -> None:
+        delays = backoff()
+        while True:
+            try:
+                await self._send(batch)
+                if not self.redis_ok:
+                    log.info("redis is back: writes flowing again")
+                self.redis_ok = True
+                return
+            except NoScriptError:
+                # Redis restarted and forgot the script: nothing of the batch ran.
+                await self._scripts.load(self._redis)
+            except Exception as exc:
+                if not is_transient(exc):
+                    # A programming error must not wedge the writer forever: drop the
+                    # batch loudly (its source entries stay pending and are retried on takeover).
+                    log.exception("dropping a write batch after a non-transient error")
+                    return
+                self.redis_ok = False
+                self.stats.retries += 1
+                delay = next(delays)
+                log.warning("redis write failed (%s); retrying in %.2fs", type(exc).__name__, delay)
+                await asyncio.sleep(delay)
+
+    async def _send(self, batch: list[QueuedOp]) -> None:
+        """One EVALSHA per partition (hash tag), all in one round trip."""
+        if "batch" not in self._scripts.sha:
+            await self._scripts.load(self._redis)
+        programs: dict[str, Program] = {}
+        for op in batch:
+            tag = hash_tag(op.keys[0])
+            prog = programs.get(tag)
+            if prog is None:
+                prog = programs[tag] = Program()
+            prog.add(op)
+        if self._bell_key is not None:
+            for prog in programs.values():
+                prog.add_rings(self._bell_key, self._bell_maxlen)
+        sha = self._scripts.sha["batch"]
+        packed = b"".join(pack_command(("EVALSHA", sha, len(p.keys), *p.keys, *p.argv())) for p in programs.values())
+        replies = await self._conn.roundtrip(packed, len(programs))
+        self.stats.flushes += 1
+        self.stats.ops += len(batch)
+        for prog, results in zip(programs.values(), replies, strict=True):
+            # Doorbell items come last in a program and cover no op: zip stops before them.
+            for item, result in zip(prog.items, results, strict=False):
+                if not item.ops:
+                    continue
+                op = item.ops[0]
+                if isinstance(result, bytes) and result.startswith(b"ERR "):
+                    self.stats.op_errors += 1
+                    log.error("write %s to %s failed: %s", op.code, op.keys[0], result[4:].decode(errors="replace"))
+                    continue
+                if op.code == GATE.code and result == 0:
+                    self.stats.suppressed += 1
+                    if self.on_suppressed:
+                        self.on_suppressed()
+                for covered in item.ops:
+                    if covered.on_result is not None:
+                        covered.on_result(result)

@@ -1,0 +1,48 @@
+"""What every part of a worker's runtime shares: its service, its Redis and
+writer, the conversations it owns, its meters, and whether it is stopping."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+
+from shared.bus.program import Scripts
+from shared.bus.writer import BatchWriter
+from shared.keys import Keys
+from shared.runtime.conversations import Owned
+from shared.runtime.meters import RuntimeMeters
+from shared.service import Service, dead_letter
+from shared.settings import CommonSettings
+
+
+@dataclass
+class WorkerContext:
+    settings: CommonSettings
+    service: Service
+    redis: aioredis.Redis
+    scripts: Scripts
+    writer: BatchWriter
+    owned: Owned
+    meters: RuntimeMeters
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: Reads answer (set by the reader; the writer keeps its own flag).
+    redis_ok: bool = False
+
+    @property
+    def keys(self) -> Keys:
+        return self.settings.keys
+
+    @property
+    def group(self) -> str:
+        return self.service.group
+
+    @property
+    def worker_id(self) -> str:
+        return self.settings.worker_id
+
+    def dead(self, stream: str, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
+        """Ack ``entry_id`` of ``stream`` into the dead-letter stream, with the reason."""
+        self.meters.dead(stream).inc()
+        dead_letter(self.writer, self.settings, stream, self.group, self.worker_id, entry_id, raw, reason, deliveries)

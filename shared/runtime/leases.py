@@ -1,0 +1,231 @@
+"""Leases: how a worker comes to own a conversation, keeps it, and gives it up.
+
+- Claim: a ``conversation.started`` delivered to this worker's group read makes
+  it the owner; the control entry stays pending (unacked) while it owns it.
+- Refresh: every ``lease_s / 3`` a script re-claims the control entries this
+  worker still holds (a peer may have taken some while this worker was paused:
+  those are dropped here, never stolen back).
+- Reap: control entries idle for longer than ``lease_s`` belong to a dead
+  worker; XAUTOCLAIM takes them, and the new owner claims that conversation's
+  pending data entries and replays them first, in order.
+- Finish: the conversation ended; ack the control entry, let its keys expire.
+- Hand back (SIGTERM): set the idle time of every owned control entry past the
+  lease, so a peer's reaper takes each on its next pass.
+
+See docs/architecture.md ("Ownership and takeover").
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any, cast
+
+from redis.exceptions import ResponseError
+
+from shared.bus.groups import ensure_group
+from shared.bus.resp import StreamEntries
+from shared.bus.retry import is_transient, retry_forever
+from shared.models import ENTRY_FIELD, ConversationEnded, ConversationStarted, EntryError, decode_fields
+from shared.ownership import Claim
+from shared.runtime.context import WorkerContext
+from shared.runtime.conversations import Live
+from shared.runtime.drain import Drainer
+from shared.service import SessionContext
+from shared.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+#: Control entries re-claimed per refresh script call: each call holds Redis for
+#: its whole length (an XPENDING and an XCLAIM per entry), so keep calls short.
+REFRESH_CHUNK = 100
+
+
+class Leases:
+    def __init__(self, w: WorkerContext, drainer: Drainer, read_soon: Callable[[str], None]) -> None:
+        self._w = w
+        self._drainer = drainer
+        #: Asks the reader to read a stream at its next step (a conversation just adopted).
+        self._read_soon = read_soon
+
+    # --- claiming ---------------------------------------------------------------
+
+    async def on_control(self, key: str, entry_id: str, fields: dict[bytes, bytes], took_over: bool = False) -> None:
+        """A control-stream entry delivered to this worker (by its group read or the reaper)."""
+        raw = fields.get(ENTRY_FIELD)
+        try:
+            entry = decode_fields(fields)
+        except EntryError as exc:
+            self._w.dead(key, entry_id, raw, exc.reason)
+            return
+        if isinstance(entry, ConversationStarted):
+            await self._adopt(key, entry_id, entry, took_over=took_over)
+        elif isinstance(entry, ConversationEnded):
+            await self._relay_ended(key, entry_id, entry, raw)
+        else:
+            self._w.dead(key, entry_id, raw, f"type {entry.type!r} does not belong on the control stream")
+
+    async def _adopt(self, control_key: str, entry_id: str, started: ConversationStarted, took_over: bool) -> None:
+        w = self._w
+        conversation_id = started.conversation_id
+        data_key = w.service.data_key(w.keys, conversation_id)
+        table = w.owned.table
+        if table.owns(conversation_id):
+            if table.claims[conversation_id].control_entry_id != entry_id:
+                w.dead(control_key, entry_id, started.model_dump_json().encode(), "conversation already started")
+            return
+        created = await retry_forever("create group", lambda: ensure_group(w.redis, data_key, w.group))
+        if not created and not took_over:
+            w.dead(control_key, entry_id, started.model_dump_json().encode(), "conversation already started")
+            return
+        ctx = SessionContext(
+            conversation_id=conversation_id, started=started, took_over=took_over, data_key=data_key,
+            group=w.group, worker_id=w.worker_id, keys=w.keys, settings=w.settings, writer=w.writer, redis=w.redis,
+        )
+        live = Live(ctx=ctx, claim=Claim(conversation_id, control_key, entry_id, took_over=took_over))
+        w.owned.add(live)
+        w.meters.owned.set(len(table.claims))
+        if took_over:
+            w.meters.takeovers.inc()
+            log.info("took over conversation %s", conversation_id, extra={"conversation_id": conversation_id})
+            await self._claim_pending_data(live)
+        # Its stream may already hold entries (their rings came before we owned it).
+        self._read_soon(data_key)
+        # Open the session inside its task so a slow upstream never stalls the read loop.
+        self._drainer.kick(live)
+
+    async def _claim_pending_data(self, live: Live) -> None:
+        """Take a dead owner's unacked data entries and queue them first, in order."""
+        w = self._w
+        key = live.ctx.data_key
+
+        async def pending() -> list[dict[str, Any]]:
+            rows = await w.redis.xpending_range(key, w.group, min="-", max="+", count=100_000)
+            return cast(list[dict[str, Any]], rows)
+
+        rows = await retry_forever("list pending", pending)
+        if not rows:
+            return
+        ids = [r["message_id"] for r in rows]
+        deliveries = {r["message_id"]: int(r["times_delivered"]) for r in rows}
+        async def claim() -> StreamEntries:
+            return cast(StreamEntries, await w.redis.xclaim(key, w.group, w.worker_id, 0, ids))
+
+        claimed = await retry_forever("claim pending", claim)
+        for entry_id_b, fields in claimed:
+            if fields is None:  # deleted by trimming while pending
+                continue
+            entry_id = entry_id_b.decode()
+            if deliveries.get(entry_id_b, 0) >= w.settings.max_deliveries:
+                live.queue.append((entry_id, EntryError(
+                    f"delivered {deliveries[entry_id_b]} times without being handled (poison entry?)"
+                ), fields.get(ENTRY_FIELD)))
+                continue
+            self._drainer.queue(live, entry_id, fields)
+        log.info("replaying %d pending entries of %s", len(claimed), live.conversation_id,
+                 extra={"conversation_id": live.conversation_id})
+
+    async def _relay_ended(self, control_key: str, entry_id: str, ended: ConversationEnded, raw: bytes | None) -> None:
+        """A control-stream ``ended`` may overtake utterances still in flight, so it
+        travels in-band: relayed into the conversation's first data stream."""
+        w = self._w
+        relay = w.service.ended_relay_key(w.keys, ended.conversation_id)
+        if relay is None:
+            w.writer.ack(control_key, w.group, [entry_id])
+            return
+
+        async def known() -> bool:
+            try:
+                groups = await w.redis.xinfo_groups(relay)
+            except ResponseError:
+                return False
+            return any(g["name"] in (w.group, w.group.encode()) for g in groups)
+
+        if not await retry_forever("check conversation", known):
+            w.dead(control_key, entry_id, raw, "conversation.ended for an unknown conversation")
+            return
+        w.writer.gate(control_key, w.group, entry_id, relay, ended.model_dump_json().encode(),
+                      maxlen=w.settings.input_maxlen)
+
+    # --- keeping ------------------------------------------------------------------
+
+    async def refresh_once(self) -> None:
+        w = self._w
+        for control_key, ids in w.owned.table.by_control_key().items():
+            for start in range(0, len(ids), REFRESH_CHUNK):
+                chunk = ids[start : start + REFRESH_CHUNK]
+                lost_raw = await w.scripts.call(w.redis, "refresh", [control_key], [w.group, w.worker_id, *chunk])
+                lost = [x.decode() if isinstance(x, bytes) else str(x) for x in lost_raw or ()]
+                if lost:
+                    gone = w.owned.table.lose(control_key, lost)
+                    w.meters.lost.inc(len(gone))
+                    await self.drop(gone, "a peer took it over (this worker missed its lease)")
+
+    async def reap_once(self) -> None:
+        """Take over the conversations of workers that stopped refreshing their claims."""
+        w = self._w
+        table = w.owned.table
+        for control_key in w.keys.controls():
+            cursor = "0-0"
+            while table.accepting:
+                reply = await w.redis.xautoclaim(
+                    control_key, w.group, w.worker_id,
+                    min_idle_time=w.settings.lease_ms, start_id=cursor, count=table.free_slots,
+                )
+                cursor_b, claimed = reply[0], reply[1]
+                for entry_id, fields in claimed:
+                    if fields is None:
+                        continue
+                    await self.on_control(control_key, entry_id.decode(), fields, took_over=True)
+                cursor = cursor_b.decode() if isinstance(cursor_b, bytes) else str(cursor_b)
+                if cursor == "0-0" or not claimed:
+                    break
+
+    # --- giving up ------------------------------------------------------------------
+
+    async def finish(self, live: Live) -> None:
+        """The conversation ended: close, ack our control entry, let its keys expire."""
+        w = self._w
+        cid = live.conversation_id
+        _, claim = w.owned.remove(cid)
+        await self._drainer.close_session(live)
+        if claim is not None:
+            w.writer.ack(claim.control_key, w.group, [claim.control_entry_id])
+        for key in w.service.keys_to_expire(w.keys, cid):
+            w.writer.expire(key, w.settings.conversation_ttl_s)
+        w.meters.owned.set(len(w.owned.table.claims))
+        log.info("conversation %s finished", cid, extra={"conversation_id": cid})
+
+    async def drop(self, conversation_ids: Iterable[str], why: str) -> None:
+        """Forget conversations without acking anything (lost to a peer, or handed back)."""
+        w = self._w
+        for cid in conversation_ids:
+            live, _ = w.owned.remove(cid)
+            if live is None:
+                continue
+            await cancel_and_wait(live.task)
+            await self._drainer.close_session(live)
+            log.warning("released conversation %s: %s", cid, why, extra={"conversation_id": cid})
+        w.meters.owned.set(len(w.owned.table.claims))
+
+    async def hand_back(self) -> None:
+        """Make every owned control entry claimable by a peer right now."""
+        w = self._w
+        claims = list(w.owned.table.claims.values())
+        if not claims:
+            return
+        idle_ms = w.settings.lease_ms * 1000
+        try:
+            pipe = w.redis.pipeline(transaction=False)
+            for claim in claims:
+                pipe.xclaim(claim.control_key, w.group, w.worker_id, 0, [claim.control_entry_id],
+                            idle=idle_ms, justid=True)
+            await pipe.execute()
+            w.meters.handbacks.inc(len(claims))
+            log.info("handed back %d conversations", len(claims))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            log.error("could not hand back (redis away): peers take over after the lease")
+        await self.drop([c.conversation_id for c in claims], "handed back on shutdown")
+

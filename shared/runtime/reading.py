@@ -1,0 +1,253 @@
+"""Read scheduling: which streams a worker reads, and when.
+
+A listener task stays parked on the doorbells of the kinds this worker reads
+(its data kind and ``control``) and marks the owned streams that rang. The
+read loop then reads just those with one non-blocking XREADGROUP ``>``, and
+the control stream only while a session slot is free (COUNT capped by the
+free slots and ``claim_batch``: that is the load balancing). A ring is only a
+hint: every entry handled is one the group delivered, so a forged or stale
+ring costs a read that finds nothing. Every ``sweep_ms`` the loop also reads
+every owned stream (in SWEEP_SLICES slices), for writers that do not ring and
+for rings lost while Redis was away. Reading pauses while the writer's
+backlog is over its high-water mark (backpressure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from redis.exceptions import ResponseError
+
+from shared.backoff import backoff
+from shared.bus.doorbell import Doorbell, Ring
+from shared.bus.groups import GroupReader, ensure_group
+from shared.bus.resp import StreamEntries
+from shared.bus.retry import is_transient, retry_forever
+from shared.keys import CONTROL_KIND
+from shared.metrics import stream_kind
+from shared.runtime.context import WorkerContext
+from shared.runtime.drain import Drainer
+
+log = logging.getLogger(__name__)
+
+#: A sweep of every owned stream is spread over this many reads per SWEEP_MS.
+SWEEP_SLICES = 10
+#: Longest doorbell wait of the listener: how soon it notices a stop.
+LISTEN_BLOCK_S = 0.25
+
+OnControl = Callable[[str, str, dict[bytes, bytes]], Awaitable[None]]
+
+
+class ReadScheduler:
+    def __init__(self, w: WorkerContext, drainer: Drainer, on_control: OnControl) -> None:
+        self._w = w
+        self._drainer = drainer
+        self._on_control = on_control
+        self._data_kind = stream_kind(w.service.data_key(w.keys, "x"))
+        self._control_keys = w.keys.controls()
+        self._control_bkeys = {k.encode() for k in self._control_keys}
+        #: Owned data streams that rang (or may hold more) since the last read.
+        self._dirty: set[str] = set()
+        self._control_rung = False
+        #: Set when there is something to read; _resync: rings may have been lost.
+        self._rang = asyncio.Event()
+        self._resync = False
+        self._sweep_cursor = 0
+        #: Writer backlog at which reading pauses.
+        self._high_water = max(4 * w.settings.read_count, 1000)
+
+    def read_soon(self, data_key: str) -> None:
+        """Read this owned stream at the next step (e.g. just adopted: it may hold entries)."""
+        self._dirty.add(data_key)
+        self._rang.set()
+
+    async def run(self) -> None:
+        """Read until the worker is stopping."""
+        w = self._w
+        reader = GroupReader(w.redis, w.group, w.worker_id)
+        bell = Doorbell(w.redis, w.keys.bells([self._data_kind, CONTROL_KIND]))
+        listener: asyncio.Task[None] | None = None
+        try:
+            await retry_forever("doorbell", bell.start)
+            listener = asyncio.create_task(self._listen(bell), name="doorbell")
+            await self._read_with(reader)
+        finally:
+            if listener is not None:
+                # It stops by itself within one short block. Cancelling it inside its
+                # blocking read left the task hanging in redis-py's disconnect (seen at
+                # SIGTERM), so cancel only one that overran, and never wait on it forever.
+                await asyncio.wait([listener], timeout=2 * LISTEN_BLOCK_S)
+                if not listener.done():
+                    listener.cancel()
+                    await asyncio.wait([listener], timeout=1.0)
+            await reader.aclose()
+            await bell.aclose()
+            s = w.writer.stats
+            log.info(
+                "reads: %d returning %d entries; writes: %d flushes of %d ops (%d coalesced, %d suppressed)",
+                reader.reads, reader.entries, s.flushes, s.ops, s.coalesced, s.suppressed,
+            )
+
+    async def _listen(self, bell: Doorbell) -> None:
+        """Stay parked on the doorbells (a connection of their own), so a ring is
+        noted as soon as Redis sends it, also while the read loop is busy: under
+        load the loop finds the next streams already rung."""
+        delays = backoff()
+        block_ms = int(min(self._w.settings.read_block_ms / 1000, LISTEN_BLOCK_S) * 1000)
+        while not self._w.stopping.is_set():
+            try:
+                rings = await bell.wait(block_ms)
+                delays = backoff()
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("doorbell listener failed; the sweep still reads every owned stream")
+                self._resync = True  # rings may have been lost meanwhile
+                self._rang.set()
+                await asyncio.sleep(next(delays))
+                continue
+            if rings and self._mark_rung(rings):
+                self._rang.set()
+
+    def _mark_rung(self, rings: list[Ring]) -> bool:
+        """Mark the owned streams that rang; True when the read loop has work."""
+        owned = self._w.owned
+        read = False
+        for ring in rings:
+            if ring.kind == self._data_kind:
+                for cid in ring.conversation_ids:
+                    live = owned.get(cid)
+                    if live is not None:
+                        self._dirty.add(live.ctx.data_key)
+                        read = True
+            elif ring.kind == CONTROL_KIND:
+                self._control_rung = True
+                read = True
+        return read
+
+    async def _read_with(self, reader: GroupReader) -> None:
+        w = self._w
+        delays = backoff()
+        sweep_s = w.settings.sweep_ms / 1000
+        next_sweep = 0.0
+        full_sweep = True
+        count = w.settings.read_count
+        while not w.stopping.is_set():
+            await w.writer.wait_below(self._high_water)
+            if self._resync:
+                self._resync = False
+                next_sweep, full_sweep = 0.0, True
+            streams: list[str] = []
+            try:
+                now = time.monotonic()
+                plan_key: object = None
+                if now >= next_sweep:
+                    next_sweep = now + sweep_s / SWEEP_SLICES
+                    if full_sweep:
+                        plan_key, streams, count = self._full_plan()
+                        full_sweep = False
+                    else:
+                        streams, count = self._sweep_plan()
+                else:
+                    streams, count = self._rung_plan()
+                    if not streams:
+                        # Nothing rang since the last read: wait for the listener (or the next sweep).
+                        self._rang.clear()
+                        with contextlib.suppress(TimeoutError):
+                            async with asyncio.timeout(next_sweep - now):
+                                await self._rang.wait()
+                        continue
+                self._dirty.clear()
+                self._control_rung = False
+                reply = await reader.read(plan_key, streams, count) if streams else []
+                if not w.redis_ok:
+                    log.info("redis is back: reading again")
+                w.redis_ok = True
+                delays = backoff()
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    await self._recreate_groups(streams)
+                    continue
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if w.redis_ok:
+                    log.warning("redis unavailable (%s): retrying with backoff", type(exc).__name__)
+                w.redis_ok = False
+                w.meters.redis_errors_read.inc()
+                next_sweep, full_sweep = 0.0, True  # rings may have been lost meanwhile
+                await asyncio.sleep(next(delays))
+                continue
+            for key, entries in reply:
+                if key in self._control_bkeys:
+                    for entry_id, fields in entries:
+                        await self._on_control(key.decode(), entry_id.decode(), fields)
+                    if len(entries) >= count:
+                        self._control_rung = True  # more may be waiting
+                else:
+                    self._on_data(key, entries)
+                    if len(entries) >= count:
+                        self._dirty.add(key.decode())
+
+    def _claim_count(self) -> int:
+        """COUNT of a read that includes the control stream: a read must not hand this
+        worker more conversations than it has slots, nor a whole burst (COUNT is per
+        stream, so this caps the claims of one read)."""
+        table = self._w.owned.table
+        return min(self._w.settings.read_count, table.free_slots, self._w.settings.claim_batch)
+
+    def _full_plan(self) -> tuple[object, list[str], int]:
+        """(cache key, streams, COUNT) of a read of everything: the packed command is
+        reused until the set of owned conversations changes."""
+        owned = self._w.owned
+        accepting = owned.table.accepting
+        count = self._claim_count() if accepting else self._w.settings.read_count
+        streams = (self._control_keys + owned.data_keys()) if accepting else owned.data_keys()
+        return (owned.version, accepting, count), streams, count
+
+    def _sweep_plan(self) -> tuple[list[str], int]:
+        """A slice of the sweep: the next 1/SWEEP_SLICES of the owned streams, the
+        control stream when a slot is free, and whatever rang. Sweeping in slices
+        keeps each read small, so no one read stalls the loop."""
+        streams, count = self._rung_plan(control=True)
+        owned = self._w.owned.data_keys()
+        if owned:
+            size = -(-len(owned) // SWEEP_SLICES)
+            start = self._sweep_cursor % len(owned)
+            chunk = owned[start : start + size]
+            self._sweep_cursor = start + size
+            seen = set(streams)
+            streams += [k for k in chunk if k not in seen]
+        return streams, count
+
+    def _rung_plan(self, control: bool = False) -> tuple[list[str], int]:
+        """The owned streams that rang since the last read, and the COUNT to read them with."""
+        owned = self._w.owned
+        count = self._w.settings.read_count
+        streams = [k for k in self._dirty if owned.by_data_key(k.encode()) is not None]
+        if (control or self._control_rung) and owned.table.accepting:
+            count = self._claim_count()
+            streams = self._control_keys + streams
+        return streams, count
+
+    async def _recreate_groups(self, streams: list[str]) -> None:
+        """A stream lost its group (expired key, Redis restarted empty): recreate them."""
+        w = self._w
+        for key in streams:
+            if await ensure_group(w.redis, key, w.group):
+                log.warning("recreated consumer group %s on %s", w.group, key)
+
+    def _on_data(self, key: bytes, entries: StreamEntries) -> None:
+        live = self._w.owned.by_data_key(key)
+        if live is None:
+            # Read just before we lost or closed it; the entries stay pending for the owner.
+            return
+        for entry_id, fields in entries:
+            self._drainer.queue(live, entry_id.decode(), fields)
+            self._w.meters.data_read.inc()
+        live.last_seen_s = time.monotonic()
+        self._drainer.kick(live)  # one drain for the whole read, not one per entry

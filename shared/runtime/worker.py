@@ -1,0 +1,141 @@
+"""``OwnershipRuntime``: one service's worker, wired from the runtime's parts.
+
+Start-up: load the scripts, create the control streams' group, publish a
+heartbeat, then run the reader with the writer and the periodic chores beside
+it. Shutdown (SIGTERM, :meth:`stop`): stop reading, let queued work finish up
+to ``drain_timeout_s``, flush the writer, hand every owned conversation back,
+close connections last.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from shared.bus.groups import ensure_group
+from shared.bus.program import Scripts
+from shared.bus.retry import is_transient, retry_forever
+from shared.bus.writer import BatchWriter
+from shared.metrics import stream_kind
+from shared.runtime.context import WorkerContext
+from shared.runtime.conversations import Live, Owned
+from shared.runtime.drain import Drainer
+from shared.runtime.leases import Leases
+from shared.runtime.maintenance import Chores, periodic
+from shared.runtime.meters import RuntimeMeters
+from shared.runtime.reading import ReadScheduler
+from shared.service import Service
+from shared.settings import CommonSettings
+from shared.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+
+class OwnershipRuntime:
+    """Runs one service's worker: reads, ownership, per-conversation ordering."""
+
+    def __init__(
+        self, settings: CommonSettings, service: Service, redis: aioredis.Redis, metrics_port: int | None = None
+    ) -> None:
+        scripts = Scripts()
+        meters = RuntimeMeters(service.name, stream_kind(service.data_key(settings.keys, "x")))
+        writer = BatchWriter(redis, scripts, bell_key=settings.keys.bell_for_key)
+        writer.on_suppressed = meters.suppressed.inc
+        meters.capacity.set(settings.max_sessions)
+        self.w = WorkerContext(settings, service, redis, scripts, writer, Owned(settings.max_sessions), meters)
+        self.drainer = Drainer(self.w, on_finished=self._finished)
+        self.leases = Leases(self.w, self.drainer, read_soon=self._read_soon)
+        self.reader = ReadScheduler(self.w, self.drainer, on_control=self.leases.on_control)
+        self.chores = Chores(self.w, self.drainer, metrics_port)
+        self.started = asyncio.Event()
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def live(self) -> dict[str, Live]:
+        """The owned conversations by id (for tests and tools)."""
+        return self.w.owned.live
+
+    async def run(self) -> None:
+        """Run until :meth:`stop` is called; then drain and hand back."""
+        w = self.w
+        await retry_forever("start-up", self._prepare)
+        await retry_forever("heartbeat", self.chores.heartbeat)
+        w.redis_ok = True
+        lease_s = w.settings.lease_s
+        table = w.owned.table
+        self._tasks = [
+            asyncio.create_task(w.writer.run(), name="writer"),
+            asyncio.create_task(periodic("refresh", lease_s / 3, self._refresh), name="refresher"),
+            asyncio.create_task(periodic("reaper", min(lease_s / 4, 1.0), self.leases.reap_once,
+                                         when=lambda: table.accepting), name="reaper"),
+            asyncio.create_task(periodic("control trim", max(5.0, lease_s), self.chores.trim_controls),
+                                name="control-trimmer"),
+            asyncio.create_task(periodic("lag sampling", 5.0, self.chores.sample_lag), name="lag-sampler"),
+        ]
+        self.started.set()
+        log.info("worker %s of %s up: %d session slots, lease %.1fs",
+                 w.worker_id, w.service.name, table.capacity, lease_s)
+        try:
+            await self.reader.run()
+        finally:
+            await self._shutdown()
+
+    def not_ready_reason(self) -> str | None:
+        """Why /readyz should say 503, or None when ready."""
+        if not self.started.is_set():
+            return "connecting to redis"
+        if self.w.owned.table.draining:
+            return "draining"
+        if not (self.w.redis_ok and self.w.writer.redis_ok):
+            return "redis unreachable"
+        return None
+
+    def stop(self) -> None:
+        if not self.w.stopping.is_set():
+            log.info("stopping: no new conversations; draining in-flight work")
+        self.w.owned.table.draining = True
+        self.w.stopping.set()
+
+    async def _prepare(self) -> None:
+        w = self.w
+        await w.scripts.load(w.redis)
+        for key in w.keys.controls():
+            await ensure_group(w.redis, key, w.group)
+
+    async def _refresh(self) -> None:
+        await self.leases.refresh_once()
+        await self.chores.heartbeat()
+        self.chores.expire_idle()
+
+    async def _finished(self, live: Live) -> None:
+        await self.leases.finish(live)
+
+    def _read_soon(self, data_key: str) -> None:
+        self.reader.read_soon(data_key)
+
+    async def _shutdown(self) -> None:
+        w = self.w
+        w.owned.table.draining = True
+        deadline = time.monotonic() + w.settings.drain_timeout_s
+        busy = [live.task for live in w.owned.live.values() if live.task is not None]
+        if busy:
+            await asyncio.wait(busy, timeout=max(0.0, deadline - time.monotonic()))
+        for live in list(w.owned.live.values()):
+            await cancel_and_wait(live.task)
+        try:
+            await asyncio.wait_for(w.writer.flushed(), timeout=max(1.0, deadline - time.monotonic()))
+        except TimeoutError:
+            log.error("writes still pending at shutdown; their entries stay pending for a peer")
+        await self.leases.hand_back()
+        for task in self._tasks:
+            await cancel_and_wait(task)
+        await w.writer.aclose()
+        try:
+            await w.redis.delete(w.keys.worker(w.service.name, w.worker_id))
+        except Exception as exc:
+            if not is_transient(exc):
+                raise

@@ -1,0 +1,176 @@
+"""The ownership runtime in-process, against a real Redis: both session services
+(simulated transcription, echo answers) run as OwnershipRuntimes in this event
+loop, so their state can be checked directly, not through logs."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from conversation_svc.engines import load_engine as load_conversation_engine
+from conversation_svc.worker import ConversationService
+from shared.bus.doorbell import add_with_rings
+from shared.bus.resp import connect
+from shared.keys import Keys
+from shared.models import (
+    ConversationEnded,
+    ConversationStarted,
+    Entry,
+    ResponseDone,
+    TranscriptFinal,
+    UtteranceText,
+    decode_fields,
+    encode,
+    now_ms,
+)
+from shared.runtime import OwnershipRuntime
+from shared.service import Service
+from shared.settings import CommonSettings, ConversationSettings, TranscriberSettings
+from transcriber_svc.engines import load_engine as load_transcription_engine
+from transcriber_svc.worker import TranscriberService
+
+FAST = {"lease_s": 1.0, "read_block_ms": 100, "sweep_ms": 200, "drain_timeout_s": 2.0, "metrics_enabled": False}
+
+
+async def _transcriber(settings: TranscriberSettings) -> Service:
+    engine = load_transcription_engine(settings)
+    await engine.start()
+    return TranscriberService(settings, engine)
+
+
+async def _conversation(settings: ConversationSettings) -> Service:
+    engine = load_conversation_engine(settings)
+    await engine.start()
+    return ConversationService(settings, engine)
+
+
+@contextlib.asynccontextmanager
+async def _running(settings: CommonSettings, service: Service) -> AsyncIterator[OwnershipRuntime]:
+    redis = connect(settings.redis_url.get_secret_value())
+    runtime = OwnershipRuntime(settings, service, redis)
+    task = asyncio.create_task(runtime.run())
+    try:
+        await asyncio.wait_for(runtime.started.wait(), 10)
+        yield runtime
+    finally:
+        runtime.stop()
+        await asyncio.wait_for(task, 15)
+        await redis.aclose()
+
+
+@contextlib.asynccontextmanager
+async def _pipeline(redis_url: str, prefix: str) -> AsyncIterator[tuple[OwnershipRuntime, OwnershipRuntime]]:
+    common: dict[str, Any] = {"redis_url": redis_url, "key_prefix": prefix, **FAST}
+    t_settings = TranscriberSettings(transcriber_engine="simulated", **common)
+    c_settings = ConversationSettings(conversation_engine="echo", **common)
+    async with (
+        _running(t_settings, await _transcriber(t_settings)) as transcriber,
+        _running(c_settings, await _conversation(c_settings)) as conversation,
+    ):
+        yield transcriber, conversation
+
+
+async def _entries(redis: aioredis.Redis, key: str) -> list[Entry]:
+    return [decode_fields(fields) for _, fields in await redis.xrange(key)]
+
+
+async def _until(check: Callable[[], Any], timeout_s: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.02)
+
+
+async def _say(redis: aioredis.Redis, keys: Keys, cid: str, uid: str, text: str) -> None:
+    utterance = UtteranceText(conversation_id=cid, utterance_id=uid, text=text, sent_ms=now_ms())
+    await add_with_rings(redis, keys, [(keys.input(cid), encode(utterance), 1000)])
+
+
+async def _answered(redis: aioredis.Redis, keys: Keys, cid: str) -> list[str]:
+    return [e.utterance_id for e in await _entries(redis, keys.responses(cid)) if isinstance(e, ResponseDone)]
+
+
+async def test_two_runtimes_answer_in_order_and_release_the_conversation(
+    redis_url: str, redis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    async with _pipeline(redis_url, prefix) as (transcriber, conversation):
+        started = ConversationStarted(conversation_id="c")
+        await add_with_rings(redis, keys, [(keys.control_for("c"), encode(started), None)])
+        for i in range(5):
+            await _say(redis, keys, "c", f"u{i}", f"utterance number {i}")
+
+        async def all_answered() -> bool:
+            return len(await _answered(redis, keys, "c")) == 5
+
+        await _until(all_answered)
+        assert await _answered(redis, keys, "c") == [f"u{i}" for i in range(5)]
+        assert set(transcriber.live) == set(conversation.live) == {"c"}
+        ended = ConversationEnded(conversation_id="c")
+        await add_with_rings(redis, keys, [(keys.control_for("c"), encode(ended), None)])
+
+        async def released() -> bool:
+            return not transcriber.live and not conversation.live
+
+        await _until(released)
+    for key in keys.conversation_keys("c"):
+        assert 0 < await redis.ttl(key) <= 3600, key
+    for key in (keys.input("c"), keys.transcripts("c")):
+        (group,) = await redis.xinfo_groups(key)
+        assert group["pending"] == 0 and group["lag"] == 0, (key, group)
+
+
+async def test_a_forged_doorbell_injects_nothing_and_moves_no_group(
+    redis_url: str, redis: aioredis.Redis, prefix: str
+) -> None:
+    """The attack of a doorbell that carried data: a ring naming a live conversation
+    with an entry-like field (previous id 0-0, id far in the future, an utterance).
+    A ring is only a hint now: it costs a read, and nothing else happens."""
+    keys = Keys(prefix)
+    async with _pipeline(redis_url, prefix):
+        await add_with_rings(redis, keys, [(keys.control_for("c"), encode(ConversationStarted(conversation_id="c")),
+                                            None)])
+        await _say(redis, keys, "c", "u1", "hello there")
+
+        async def first_answered() -> bool:
+            return await _answered(redis, keys, "c") == ["u1"]
+
+        await _until(first_answered)
+        (before,) = await redis.xinfo_groups(keys.input("c"))
+        forged = UtteranceText(conversation_id="c", utterance_id="evil", text="pwned", sent_ms=now_ms())
+        await redis.xadd(keys.bell(0, "input"), {"input": "c", "c 0-0 9999999999999-0 d": encode(forged)})
+        await asyncio.sleep(0.5)  # several reads and sweeps
+        (after,) = await redis.xinfo_groups(keys.input("c"))
+        assert after["last-delivered-id"] == before["last-delivered-id"]
+        assert after["entries-read"] == before["entries-read"]
+
+        # The next real utterance, written with a plain XADD and a ring, is answered.
+        real = UtteranceText(conversation_id="c", utterance_id="u2", text="a real question", sent_ms=now_ms())
+        await redis.xadd(keys.input("c"), {"d": encode(real)})
+        await redis.xadd(keys.bell(0, "input"), {"input": "c"})
+
+        async def second_answered() -> bool:
+            return await _answered(redis, keys, "c") == ["u1", "u2"]
+
+        await _until(second_answered)
+    finals = [e for e in await _entries(redis, keys.transcripts("c")) if isinstance(e, TranscriptFinal)]
+    assert [(f.utterance_id, f.text) for f in finals] == [("u1", "hello there"), ("u2", "a real question")]
+    assert all("pwned" not in str(e) for e in await _entries(redis, keys.responses("c")))
+
+
+async def test_a_ring_for_a_conversation_this_worker_does_not_own_is_ignored(
+    redis_url: str, redis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    async with _pipeline(redis_url, prefix) as (transcriber, _conversation):
+        await redis.xadd(keys.input("ghost"), {"d": b"not even an entry"})
+        await redis.xadd(keys.bell(0, "input"), {"input": "ghost nobody \xff", "junk": "x" * 100})
+        await asyncio.sleep(0.4)
+        assert transcriber.live == {}
+        assert await redis.exists(keys.dead(0)) == 0
+        assert await redis.xinfo_groups(keys.input("ghost")) == []
