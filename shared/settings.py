@@ -1,7 +1,12 @@
-"""One settings object per service, read from environment variables.
+"""Every setting of every service, read from environment variables.
 
-Field names map to upper-case variables (``lease_s`` <- ``LEASE_S``). Units are
-in the names. Secrets are ``SecretStr`` so they never print.
+Field names map to upper-case variables (``lease_s`` <- ``LEASE_S``), after the
+class's ``env_prefix`` when it has one.
+Units are in the names. Secrets are ``SecretStr`` so they never print.
+
+Services parse their settings once, at start, with :func:`load_settings`: an
+invalid value raises :class:`InvalidSettings`, whose text is one line per bad
+variable (``invalid setting LEASE_S: Input should be a valid number, ...``).
 """
 
 from __future__ import annotations
@@ -9,9 +14,10 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from typing import Literal
+from collections.abc import Collection, Mapping
+from typing import Any, Literal, TypeVar
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.keys import Keys
@@ -23,12 +29,23 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
 
 
-class CommonSettings(BaseSettings):
+class ConnectionSettings(BaseSettings):
+    """Where the streams are: every service, the simulator and its tools too."""
+
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     key_prefix: str = Field("vab", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     partitions: int = Field(1, ge=1, le=1024)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(prefix=self.key_prefix, partitions=self.partitions)
+
+
+class CommonSettings(ConnectionSettings):
+    """What both session services (transcriber, conversation) share."""
+
     worker_id: str = Field(default_factory=default_worker_id, pattern=r"^[A-Za-z0-9_.:-]{1,96}$")
 
     #: A claim not refreshed for this long is taken over by a peer.
@@ -75,10 +92,6 @@ class CommonSettings(BaseSettings):
         return value.upper() if isinstance(value, str) else value
 
     @property
-    def keys(self) -> Keys:
-        return Keys(prefix=self.key_prefix, partitions=self.partitions)
-
-    @property
     def lease_ms(self) -> int:
         return int(self.lease_s * 1000)
 
@@ -110,3 +123,44 @@ class EngineCredentials(BaseSettings):
     def _empty_is_unset(cls, value: object) -> object:
         # compose passes OPENAI_API_KEY="" when the host has none: that is "no key".
         return None if value in ("", None) else value
+
+
+#: Every settings class whose fields are environment variables (the README's table lists them all).
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    ConnectionSettings, CommonSettings, TranscriberSettings, ConversationSettings,
+)
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class InvalidSettings(ValueError):
+    """A settings class refused the environment; ``str()`` is the operator's message."""
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable of ``cls``'s field ``field``."""
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def describe_invalid(exc: ValidationError, cls: type[BaseSettings], given: Collection[str] = ()) -> str:
+    """One line per refused value, naming its variable, never echoing the value
+    itself (it may be a secret). ``given``: fields that came from the command line."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = error["loc"]
+        field = str(loc[0]) if loc else ""
+        name = env_name(cls, field) if field in cls.model_fields else cls.__name__
+        source = " (given on the command line)" if field in given else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"invalid setting {name}{source}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(cls: type[S], overrides: Mapping[str, object] | None = None) -> S:
+    """``cls`` from the environment, with ``overrides`` (command-line values) on top.
+    Raises InvalidSettings with :func:`describe_invalid`'s text."""
+    given: dict[str, Any] = dict(overrides or {})
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        raise InvalidSettings(describe_invalid(exc, cls, given)) from None
