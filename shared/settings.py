@@ -1,7 +1,7 @@
 """Every setting of every service, read from environment variables.
 
 Field names map to upper-case variables (``lease_s`` <- ``LEASE_S``), after the
-class's ``env_prefix`` when it has one.
+class's ``env_prefix`` (``OpenAISettings.timeout_s`` <- ``OPENAI_TIMEOUT_S``).
 Units are in the names. Secrets are ``SecretStr`` so they never print.
 
 Services parse their settings once, at start, with :func:`load_settings`: an
@@ -16,8 +16,9 @@ import socket
 import uuid
 from collections.abc import Collection, Mapping
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.keys import Keys
@@ -111,23 +112,84 @@ class ConversationSettings(CommonSettings):
     )
 
 
-class EngineCredentials(BaseSettings):
-    """What the `auto` engine choice looks at; never logged."""
+class _EngineSettings(BaseSettings):
+    # An empty variable is an unset one: compose passes OPENAI_API_KEY="" (and so
+    # would any ${VAR:-}) when the host has none.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, env_ignore_empty=True, str_strip_whitespace=True)
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    openai_api_key: SecretStr | None = None
+class OpenAISettings(_EngineSettings):
+    """The ``openai`` engines (``OPENAI_*``). The key is also what the ``auto``
+    engine choice looks at: set, ``auto`` means ``openai``."""
 
-    @field_validator("openai_api_key", mode="before")
+    model_config = SettingsConfigDict(env_prefix="OPENAI_")
+
+    api_key: SecretStr | None = None
+    #: Base URL of the Realtime API (Azure OpenAI, Realtime-compatible servers).
+    realtime_url: str = "wss://api.openai.com/v1/realtime"
+    #: Bounds the handshake and every wait for the server (session set-up, events).
+    timeout_s: float = Field(30.0, gt=0)
+    #: Conversation model.
+    realtime_model: str = Field("gpt-realtime", min_length=1)
+    #: Most output tokens of one answer.
+    max_output_tokens: int = Field(256, ge=1)
+    #: Transcription model.
+    transcribe_model: str = Field("gpt-4o-transcribe", min_length=1)
+    #: Language hint of transcription (e.g. ``en``); unset: detected.
+    transcribe_language: str | None = None
+    #: ``client``: commit on ``audio.end``; ``server_vad``: the server cuts utterances.
+    turn_detection: Literal["client", "server_vad"] = "client"
+
+    @field_validator("api_key", "transcribe_language", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # compose passes OPENAI_API_KEY="" when the host has none: that is "no key".
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = value.strip()
         return None if value in ("", None) else value
+
+    @field_validator("realtime_url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("ws", "wss"):
+            # Names the scheme only: a URL may carry credentials.
+            given = f"{scheme}://" if scheme else "one without a scheme"
+            raise ValueError(f"must be a ws:// or wss:// URL, not {given}")
+        return value
+
+
+class LocalEngineSettings(_EngineSettings):
+    """The ``local`` engines (``LOCAL_*``): faster-whisper and llama.cpp on the CPU."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCAL_")
+
+    #: Recognition threads. On a 2-core machine that also runs the local LLM, 2 + 2
+    #: spinning threads oversubscribe the cores: measured, the first response delta
+    #: came 1.7 s after the transcript instead of 0.3 s. One thread costs recognition
+    #: a real-time factor of 0.21 instead of 0.16.
+    asr_threads: int = Field(1, ge=1)
+    #: Generation threads.
+    llm_threads: int = Field(2, ge=1)
+    #: Context window of the LLM, in tokens (prompt + answer).
+    llm_ctx: int = Field(2048, ge=256)
+    #: Most tokens of one answer; the prompt gets the rest of the context.
+    llm_max_tokens: int = Field(64, ge=1)
+
+    @field_validator("llm_max_tokens")
+    @classmethod
+    def _leaves_room_for_the_prompt(cls, value: int, info: ValidationInfo) -> int:
+        ctx = info.data.get("llm_ctx")
+        if ctx is not None and value >= ctx:
+            raise ValueError(f"must be less than LOCAL_LLM_CTX ({ctx}): the prompt needs room too")
+        return value
 
 
 #: Every settings class whose fields are environment variables (the README's table lists them all).
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
-    ConnectionSettings, CommonSettings, TranscriberSettings, ConversationSettings,
+    ConnectionSettings, CommonSettings, TranscriberSettings, ConversationSettings, OpenAISettings,
+    LocalEngineSettings,
 )
 
 S = TypeVar("S", bound=BaseSettings)
