@@ -9,7 +9,7 @@ from conversation_svc.engines import load_engine
 from conversation_svc.worker import ConversationService
 from shared.process import worker_cli
 from shared.service import Service
-from shared.settings import ConversationSettings
+from shared.settings import ConversationSettings, LocalEngineSettings, OpenAISettings
 
 DESCRIPTION = (
     "Owns conversation sessions: claims conversations from the control stream, answers each final "
@@ -19,19 +19,19 @@ DESCRIPTION = (
 )
 
 
-def build(overrides: dict[str, object]) -> tuple[ConversationSettings, Callable[[], Awaitable[Service]]]:
-    settings = ConversationSettings(**overrides)  # type: ignore[arg-type]
-
+def service_factory(
+    settings: ConversationSettings, openai: OpenAISettings, local: LocalEngineSettings
+) -> Callable[[], Awaitable[Service]]:
     async def make_service() -> Service:
-        engine = load_engine(settings)
+        engine = load_engine(settings, openai, local)
         await engine.start()
         return ConversationService(settings, engine)
 
-    return settings, make_service
+    return make_service
 
 
 def main(argv: list[str] | None = None) -> int:
-    return worker_cli("conversation", DESCRIPTION, "CONVERSATION_ENGINE", argv, build)
+    return worker_cli("conversation", DESCRIPTION, ConversationSettings, "CONVERSATION_ENGINE", argv, service_factory)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
-"""Process wiring shared by the two session services: logging, the Redis
-client, signals, the event loop. Each service's ``__main__`` calls
-:func:`run_worker` with its own service object.
+"""Process wiring shared by the two session services: the command line, the
+settings, logging, the Redis client, signals, the event loop. Each service's
+``__main__`` calls :func:`worker_cli` with its settings class and a factory of
+its service object.
 """
 
 from __future__ import annotations
@@ -11,8 +12,9 @@ import contextlib
 import gc
 import logging
 import signal
+import sys
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from shared.bus.resp import connect
@@ -22,7 +24,7 @@ from shared.logs import register_secret, setup_logging
 from shared.metrics import REGISTRY
 from shared.runtime import OwnershipRuntime
 from shared.service import Service
-from shared.settings import CommonSettings, EngineCredentials
+from shared.settings import CommonSettings, InvalidSettings, LocalEngineSettings, OpenAISettings, load_settings
 
 log = logging.getLogger(__name__)
 
@@ -94,26 +96,35 @@ async def serve(
 def run_worker(
     service_name: str,
     settings: CommonSettings,
+    openai: OpenAISettings,
     make_service: Callable[[], Awaitable[Service]],
 ) -> int:
     register_secret(urlsplit(settings.redis_url.get_secret_value()).password)
-    key = EngineCredentials().openai_api_key
-    if key is not None:
-        register_secret(key.get_secret_value())
+    if openai.api_key is not None:
+        register_secret(openai.api_key.get_secret_value())
     setup_logging(service_name, settings.worker_id, settings.log_level, settings.log_format)
     install_fast_loop()
     return asyncio.run(serve(settings, make_service))
 
 
+S = TypeVar("S", bound=CommonSettings)
+#: Builds a service's ``make_service`` from its parsed settings.
+ServiceFactory = Callable[[S, OpenAISettings, LocalEngineSettings], Callable[[], Awaitable[Service]]]
+
+
 def worker_cli(
     service_name: str,
     description: str,
+    settings_class: type[S],
     engine_env: str,
     argv: list[str] | None,
-    build: Callable[[dict[str, object]], tuple[CommonSettings, Callable[[], Awaitable[Service]]]],
+    service_factory: ServiceFactory[S],
 ) -> int:
     """The command line both session services share: ``--help``, ``--engine``,
-    ``--max-sessions``; everything else comes from the environment."""
+    ``--max-sessions``; everything else comes from the environment.
+
+    Every setting is parsed here, before anything starts: an invalid one is one
+    line on stderr naming its variable, and exit code 2."""
     parser = argparse.ArgumentParser(prog=f"python -m {service_name}_svc", description=description)
     parser.add_argument("--engine", help=f"override {engine_env}")
     parser.add_argument("--max-sessions", type=int, help="override MAX_SESSIONS")
@@ -123,5 +134,11 @@ def worker_cli(
         overrides[engine_env.lower()] = args.engine
     if args.max_sessions:
         overrides["max_sessions"] = args.max_sessions
-    settings, make_service = build(overrides)
-    return run_worker(service_name, settings, make_service)
+    try:
+        settings = load_settings(settings_class, overrides)
+        openai = load_settings(OpenAISettings)
+        local = load_settings(LocalEngineSettings)
+    except InvalidSettings as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    return run_worker(service_name, settings, openai, service_factory(settings, openai, local))

@@ -1,7 +1,12 @@
-"""One settings object per service, read from environment variables.
+"""Every setting of every service, read from environment variables.
 
-Field names map to upper-case variables (``lease_s`` <- ``LEASE_S``). Units are
-in the names. Secrets are ``SecretStr`` so they never print.
+Field names map to upper-case variables (``lease_s`` <- ``LEASE_S``), after the
+class's ``env_prefix`` (``OpenAISettings.timeout_s`` <- ``OPENAI_TIMEOUT_S``).
+Units are in the names. Secrets are ``SecretStr`` so they never print.
+
+Services parse their settings once, at start, with :func:`load_settings`: an
+invalid value raises :class:`InvalidSettings`, whose text is one line per bad
+variable (``invalid setting LEASE_S: Input should be a valid number, ...``).
 """
 
 from __future__ import annotations
@@ -9,9 +14,11 @@ from __future__ import annotations
 import os
 import socket
 import uuid
-from typing import Literal
+from collections.abc import Collection, Mapping
+from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.keys import Keys
@@ -23,12 +30,23 @@ def default_worker_id() -> str:
     return f"{socket.gethostname()[:24]}-{os.getpid()}-{uuid.uuid4().hex[:4]}"
 
 
-class CommonSettings(BaseSettings):
+class ConnectionSettings(BaseSettings):
+    """Where the streams are: every service, the simulator and its tools too."""
+
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     key_prefix: str = Field("vab", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
     partitions: int = Field(1, ge=1, le=1024)
+
+    @property
+    def keys(self) -> Keys:
+        return Keys(prefix=self.key_prefix, partitions=self.partitions)
+
+
+class CommonSettings(ConnectionSettings):
+    """What both session services (transcriber, conversation) share."""
+
     worker_id: str = Field(default_factory=default_worker_id, pattern=r"^[A-Za-z0-9_.:-]{1,96}$")
 
     #: A claim not refreshed for this long is taken over by a peer.
@@ -66,12 +84,13 @@ class CommonSettings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     metrics_enabled: bool = True
 
-    log_level: str = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["auto", "json", "console"] = "auto"
 
-    @property
-    def keys(self) -> Keys:
-        return Keys(prefix=self.key_prefix, partitions=self.partitions)
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
     @property
     def lease_ms(self) -> int:
@@ -93,15 +112,117 @@ class ConversationSettings(CommonSettings):
     )
 
 
-class EngineCredentials(BaseSettings):
-    """What the `auto` engine choice looks at; never logged."""
+class _EngineSettings(BaseSettings):
+    # An empty variable is an unset one: compose passes OPENAI_API_KEY="" (and so
+    # would any ${VAR:-}) when the host has none.
+    model_config = SettingsConfigDict(extra="ignore", frozen=True, env_ignore_empty=True, str_strip_whitespace=True)
 
-    model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
-    openai_api_key: SecretStr | None = None
+class OpenAISettings(_EngineSettings):
+    """The ``openai`` engines (``OPENAI_*``). The key is also what the ``auto``
+    engine choice looks at: set, ``auto`` means ``openai``."""
 
-    @field_validator("openai_api_key", mode="before")
+    model_config = SettingsConfigDict(env_prefix="OPENAI_")
+
+    api_key: SecretStr | None = None
+    #: Base URL of the Realtime API (Azure OpenAI, Realtime-compatible servers).
+    realtime_url: str = "wss://api.openai.com/v1/realtime"
+    #: Bounds the handshake and every wait for the server (session set-up, events).
+    timeout_s: float = Field(30.0, gt=0)
+    #: Conversation model.
+    realtime_model: str = Field("gpt-realtime", min_length=1)
+    #: Most output tokens of one answer.
+    max_output_tokens: int = Field(256, ge=1)
+    #: Transcription model.
+    transcribe_model: str = Field("gpt-4o-transcribe", min_length=1)
+    #: Language hint of transcription (e.g. ``en``); unset: detected.
+    transcribe_language: str | None = None
+    #: ``client``: commit on ``audio.end``; ``server_vad``: the server cuts utterances.
+    turn_detection: Literal["client", "server_vad"] = "client"
+
+    @field_validator("api_key", "transcribe_language", mode="before")
     @classmethod
-    def _empty_is_unset(cls, value: object) -> object:
-        # compose passes OPENAI_API_KEY="" when the host has none: that is "no key".
+    def _blank_is_unset(cls, value: object) -> object:
+        if isinstance(value, SecretStr):
+            value = value.get_secret_value()
+        if isinstance(value, str):
+            value = value.strip()
         return None if value in ("", None) else value
+
+    @field_validator("realtime_url")
+    @classmethod
+    def _websocket_url(cls, value: str) -> str:
+        scheme = urlsplit(value).scheme
+        if scheme not in ("ws", "wss"):
+            # Names the scheme only: a URL may carry credentials.
+            given = f"{scheme}://" if scheme else "one without a scheme"
+            raise ValueError(f"must be a ws:// or wss:// URL, not {given}")
+        return value
+
+
+class LocalEngineSettings(_EngineSettings):
+    """The ``local`` engines (``LOCAL_*``): faster-whisper and llama.cpp on the CPU."""
+
+    model_config = SettingsConfigDict(env_prefix="LOCAL_")
+
+    #: Recognition threads. On a 2-core machine that also runs the local LLM, 2 + 2
+    #: spinning threads oversubscribe the cores: measured, the first response delta
+    #: came 1.7 s after the transcript instead of 0.3 s. One thread costs recognition
+    #: a real-time factor of 0.21 instead of 0.16.
+    asr_threads: int = Field(1, ge=1)
+    #: Generation threads.
+    llm_threads: int = Field(2, ge=1)
+    #: Context window of the LLM, in tokens (prompt + answer).
+    llm_ctx: int = Field(2048, ge=256)
+    #: Most tokens of one answer; the prompt gets the rest of the context.
+    llm_max_tokens: int = Field(64, ge=1)
+
+    @field_validator("llm_max_tokens")
+    @classmethod
+    def _leaves_room_for_the_prompt(cls, value: int, info: ValidationInfo) -> int:
+        ctx = info.data.get("llm_ctx")
+        if ctx is not None and value >= ctx:
+            raise ValueError(f"must be less than LOCAL_LLM_CTX ({ctx}): the prompt needs room too")
+        return value
+
+
+#: Every settings class whose fields are environment variables (the README's table lists them all).
+SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
+    ConnectionSettings, CommonSettings, TranscriberSettings, ConversationSettings, OpenAISettings,
+    LocalEngineSettings,
+)
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+class InvalidSettings(ValueError):
+    """A settings class refused the environment; ``str()`` is the operator's message."""
+
+
+def env_name(cls: type[BaseSettings], field: str) -> str:
+    """The environment variable of ``cls``'s field ``field``."""
+    return f"{cls.model_config.get('env_prefix', '')}{field}".upper()
+
+
+def describe_invalid(exc: ValidationError, cls: type[BaseSettings], given: Collection[str] = ()) -> str:
+    """One line per refused value, naming its variable, never echoing the value
+    itself (it may be a secret). ``given``: fields that came from the command line."""
+    lines = []
+    for error in exc.errors(include_url=False, include_input=False):
+        loc = error["loc"]
+        field = str(loc[0]) if loc else ""
+        name = env_name(cls, field) if field in cls.model_fields else cls.__name__
+        source = " (given on the command line)" if field in given else ""
+        message = str(error["msg"]).removeprefix("Value error, ")
+        lines.append(f"invalid setting {name}{source}: {message}")
+    return "\n".join(lines)
+
+
+def load_settings(cls: type[S], overrides: Mapping[str, object] | None = None) -> S:
+    """``cls`` from the environment, with ``overrides`` (command-line values) on top.
+    Raises InvalidSettings with :func:`describe_invalid`'s text."""
+    given: dict[str, Any] = dict(overrides or {})
+    try:
+        return cls(**given)
+    except ValidationError as exc:
+        raise InvalidSettings(describe_invalid(exc, cls, given)) from None

@@ -13,14 +13,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from pydantic import SecretStr
+
 from shared.bus.resp import connect
-from shared.keys import Keys
 from shared.process import install_fast_loop
+from shared.settings import ConnectionSettings, InvalidSettings, env_name, load_settings
 from simulator_svc import admin, monitor
 from simulator_svc.simulator import (
     DEFAULT_UTTERANCES,
@@ -78,7 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _simulate(args: argparse.Namespace) -> int:
+async def _simulate(args: argparse.Namespace, conn: ConnectionSettings) -> int:
     try:
         utterances = _utterances(args.utterances)
     except argparse.ArgumentTypeError as exc:
@@ -108,10 +109,10 @@ async def _simulate(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         max_in_flight=args.max_in_flight,
     )
-    redis = connect(args.redis_url)
+    redis = connect(conn.redis_url.get_secret_value())
     try:
         printer = DialoguePrinter(None if args.json else sys.stdout, plan.conversations)
-        sim = Simulation(redis, Keys(args.key_prefix, args.partitions), plan, printer)
+        sim = Simulation(redis, conn.keys, plan, printer)
         summary = await sim.run()
     finally:
         await redis.aclose()
@@ -126,10 +127,22 @@ async def _simulate(args: argparse.Namespace) -> int:
 TOOLS = ("monitor", "dialogue", "dead", "owners")
 
 
+#: The options that override ConnectionSettings (unset: its environment variable, then its default).
+CONNECTION_OPTIONS = {"redis_url": "--redis-url", "key_prefix": "--key-prefix", "partitions": "--partitions"}
+
+
 def _connection_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--redis-url", default=os.environ.get("REDIS_URL", "redis://localhost:6379/0"))
-    parser.add_argument("--key-prefix", default=os.environ.get("KEY_PREFIX", "vab"))
-    parser.add_argument("--partitions", type=int, default=int(os.environ.get("PARTITIONS", "1")))
+    for field, option in CONNECTION_OPTIONS.items():
+        default = ConnectionSettings.model_fields[field].default
+        shown = default.get_secret_value() if isinstance(default, SecretStr) else default
+        parser.add_argument(option, type=int if field == "partitions" else str,
+                            help=f"default: ${env_name(ConnectionSettings, field)}, else {shown}")
+
+
+def connection_settings(args: argparse.Namespace) -> ConnectionSettings:
+    """The options given, over the environment (one parse: ConnectionSettings). Raises InvalidSettings."""
+    given = {field: getattr(args, field) for field in CONNECTION_OPTIONS if getattr(args, field) is not None}
+    return load_settings(ConnectionSettings, given)
 
 
 def build_tools_parser() -> argparse.ArgumentParser:
@@ -155,12 +168,12 @@ def build_tools_parser() -> argparse.ArgumentParser:
     return parser
 
 
-async def _tool(args: argparse.Namespace) -> int:
-    keys = Keys(args.key_prefix, args.partitions)
-    redis = connect(args.redis_url)
+async def _tool(args: argparse.Namespace, conn: ConnectionSettings) -> int:
+    keys = conn.keys
+    redis = connect(conn.redis_url.get_secret_value())
     try:
         if args.tool == "monitor":
-            source = urlsplit(args.redis_url)
+            source = urlsplit(conn.redis_url.get_secret_value())
             await monitor.run_monitor(redis, keys, f"{source.hostname}:{source.port or 6379}", args.interval,
                                       args.once, args.svg)
             return 0
@@ -183,14 +196,19 @@ async def _tool(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     install_fast_loop()
-    if argv[:1] and argv[0] in TOOLS:
-        tool_args = build_tools_parser().parse_args(argv)
-        try:
-            return asyncio.run(_tool(tool_args))
-        except KeyboardInterrupt:
-            return 0
-    args = build_parser().parse_args(argv)
-    return asyncio.run(_simulate(args))
+    tool = bool(argv[:1]) and argv[0] in TOOLS
+    args = (build_tools_parser() if tool else build_parser()).parse_args(argv)
+    try:
+        conn = connection_settings(args)
+    except InvalidSettings as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    if not tool:
+        return asyncio.run(_simulate(args, conn))
+    try:
+        return asyncio.run(_tool(args, conn))
+    except KeyboardInterrupt:
+        return 0
 
 
 if __name__ == "__main__":

@@ -7,10 +7,12 @@ import asyncio
 import base64
 import json
 import logging
+import os
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
+from pydantic import ValidationError
 from websockets.asyncio.client import connect
 
 from conversation_svc.engines.openai import OpenAIConversation, _Stitcher
@@ -18,7 +20,7 @@ from shared.engines.base import Completed, ConversationSession, EngineError, Eng
 from shared.history import Turn
 from shared.models import AudioChunk, AudioEnd, UtteranceText
 from shared.realtime.connection import RealtimeAuthError, RealtimeEndpoint, realtime_url
-from shared.settings import ConversationSettings
+from shared.settings import ConversationSettings, OpenAISettings
 from tests.fake_realtime import FakeRealtimeServer, answer_text, speech_pcm
 from transcriber_svc.engines.openai import OpenAITranscription
 
@@ -64,18 +66,20 @@ def test_urls_conversation_has_model_transcription_has_intent_only() -> None:
     assert azure == "wss://x.openai.azure.com/openai/realtime?api-version=2025-08-28&model=gpt-realtime"
 
 
-def test_from_env_requires_a_key_and_reads_settings() -> None:
+def test_from_settings_requires_a_key_and_reads_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in [n for n in os.environ if n.startswith("OPENAI_")]:
+        monkeypatch.delenv(name)  # the defaults below, whatever the developer's environment
     with pytest.raises(EngineUnavailable, match="OPENAI_API_KEY"):
-        OpenAITranscription.from_env({})
+        OpenAITranscription.from_settings(OpenAISettings())
     with pytest.raises(EngineUnavailable, match="OPENAI_API_KEY"):
-        OpenAIConversation.from_env(ConversationSettings(), {"OPENAI_API_KEY": " "})
-    with pytest.raises(EngineUnavailable, match="OPENAI_TURN_DETECTION"):
-        OpenAITranscription.from_env({"OPENAI_API_KEY": KEY, "OPENAI_TURN_DETECTION": "semantic"})
-    t = OpenAITranscription.from_env({"OPENAI_API_KEY": KEY, "OPENAI_REALTIME_URL": "ws://h:1/v1/realtime",
-                                      "OPENAI_TIMEOUT_S": "7"})
+        OpenAIConversation.from_settings(ConversationSettings(), OpenAISettings(api_key=" "))
+    with pytest.raises(ValidationError, match="turn_detection"):
+        OpenAISettings(api_key=KEY, turn_detection="semantic")  # type: ignore[arg-type]
+    t = OpenAITranscription.from_settings(OpenAISettings(api_key=KEY, realtime_url="ws://h:1/v1/realtime",
+                                                         timeout_s=7))
     assert (t.model, t.turn_detection, t.endpoint.base_url, t.endpoint.timeout_s) == \
         ("gpt-4o-transcribe", "client", "ws://h:1/v1/realtime", 7.0)
-    c = OpenAIConversation.from_env(ConversationSettings(history_max_turns=4), {"OPENAI_API_KEY": KEY})
+    c = OpenAIConversation.from_settings(ConversationSettings(history_max_turns=4), OpenAISettings(api_key=KEY))
     assert (c.model, c.max_output_tokens, c.history_max_turns) == ("gpt-realtime", 256, 4)
     assert c.endpoint.base_url == "wss://api.openai.com/v1/realtime"
     assert KEY not in repr(c.endpoint)

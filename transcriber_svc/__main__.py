@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 
 from shared.process import worker_cli
 from shared.service import Service
-from shared.settings import TranscriberSettings
+from shared.settings import LocalEngineSettings, OpenAISettings, TranscriberSettings
 from transcriber_svc.engines import load_engine
 from transcriber_svc.worker import TranscriberService
 
@@ -19,19 +19,19 @@ DESCRIPTION = (
 )
 
 
-def build(overrides: dict[str, object]) -> tuple[TranscriberSettings, Callable[[], Awaitable[Service]]]:
-    settings = TranscriberSettings(**overrides)  # type: ignore[arg-type]
-
+def service_factory(
+    settings: TranscriberSettings, openai: OpenAISettings, local: LocalEngineSettings
+) -> Callable[[], Awaitable[Service]]:
     async def make_service() -> Service:
-        engine = load_engine(settings)
+        engine = load_engine(settings, openai, local)
         await engine.start()
         return TranscriberService(settings, engine)
 
-    return settings, make_service
+    return make_service
 
 
 def main(argv: list[str] | None = None) -> int:
-    return worker_cli("transcriber", DESCRIPTION, "TRANSCRIBER_ENGINE", argv, build)
+    return worker_cli("transcriber", DESCRIPTION, TranscriberSettings, "TRANSCRIBER_ENGINE", argv, service_factory)
 
 
 if __name__ == "__main__":

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from shared.engines.base import ConversationEngine, EngineUnavailable
 from shared.engines.choice import LOCAL_REQUIREMENTS, choose, missing_modules
-from shared.settings import ConversationSettings, EngineCredentials
+from shared.settings import ConversationSettings, LocalEngineSettings, OpenAISettings
 
 
-def load_engine(settings: ConversationSettings) -> ConversationEngine:
-    creds = EngineCredentials()
+def load_engine(
+    settings: ConversationSettings, openai: OpenAISettings, local: LocalEngineSettings
+) -> ConversationEngine:
     name = choose(
         "conversation",
         settings.conversation_engine,
-        has_api_key=creds.openai_api_key is not None,
+        has_api_key=openai.api_key is not None,
         missing_local=missing_modules(LOCAL_REQUIREMENTS["conversation"]),
     )
     if name == "echo":
@@ -28,9 +29,9 @@ def load_engine(settings: ConversationSettings) -> ConversationEngine:
             )
         from conversation_svc.engines.local import LocalConversation  # type: ignore[import-not-found,unused-ignore]
 
-        return LocalConversation.from_settings(settings)  # type: ignore[no-any-return,unused-ignore]
+        return LocalConversation.from_settings(settings, local)  # type: ignore[no-any-return,unused-ignore]
     if name == "openai":
         from conversation_svc.engines.openai import OpenAIConversation  # type: ignore[import-not-found,unused-ignore]
 
-        return OpenAIConversation.from_env(settings)  # type: ignore[no-any-return,unused-ignore]
+        return OpenAIConversation.from_settings(settings, openai)  # type: ignore[no-any-return,unused-ignore]
     raise EngineUnavailable(f"unknown conversation engine {name!r}")

@@ -19,8 +19,8 @@ replaced by :data:`EMPTY_ANSWER_FALLBACK`, with a warning in the log: a voice
 client always hears something, and ``response.done`` stays the one outcome
 of an answerable turn. Leading white space of an answer is dropped.
 
-Settings (environment): ``LOCAL_LLM_THREADS`` (default 2),
-``LOCAL_LLM_MAX_TOKENS`` (default 64), ``LOCAL_LLM_CTX`` (default 2048).
+Settings (``shared.settings.LocalEngineSettings``): ``LOCAL_LLM_THREADS``,
+``LOCAL_LLM_MAX_TOKENS``, ``LOCAL_LLM_CTX``.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ from shared.engines.base import (
     TextDelta,
 )
 from shared.history import Turn
-from shared.settings import ConversationSettings
+from shared.settings import ConversationSettings, LocalEngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +64,6 @@ PROMPT_OVERHEAD_TOKENS = 8
 
 Message = dict[str, str]
 TokenCounter = Callable[[str], int]
-
-
-def _env_int(name: str, default: int, minimum: int = 1) -> int:
-    try:
-        return max(minimum, int(os.environ.get(name, str(default))))
-    except ValueError:
-        return default
 
 
 def default_gguf_path() -> str:
@@ -175,23 +168,25 @@ class LocalConversation(ConversationEngine):
     def __init__(
         self,
         model_path: str | None = None,
-        n_ctx: int | None = None,
-        n_threads: int | None = None,
-        max_tokens: int | None = None,
+        n_ctx: int = 2048,
+        n_threads: int = 2,
+        max_tokens: int = 64,
         history_max_turns: int = 20,
     ) -> None:
+        # The defaults are LocalEngineSettings' (tests/test_settings.py checks they agree).
         self.model_path = model_path
-        self.n_ctx = n_ctx or _env_int("LOCAL_LLM_CTX", 2048, minimum=256)
-        self.n_threads = n_threads or _env_int("LOCAL_LLM_THREADS", 2)
-        self.max_tokens = max_tokens or _env_int("LOCAL_LLM_MAX_TOKENS", 64)
+        self.n_ctx = n_ctx
+        self.n_threads = n_threads
+        self.max_tokens = max_tokens
         self.history_max_turns = history_max_turns
         self._llm: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._start_lock = asyncio.Lock()
 
     @classmethod
-    def from_settings(cls, settings: ConversationSettings) -> LocalConversation:
-        return cls(history_max_turns=settings.history_max_turns)
+    def from_settings(cls, settings: ConversationSettings, local: LocalEngineSettings) -> LocalConversation:
+        return cls(n_ctx=local.llm_ctx, n_threads=local.llm_threads, max_tokens=local.llm_max_tokens,
+                   history_max_turns=settings.history_max_turns)
 
     @property
     def prompt_budget_tokens(self) -> int:

@@ -25,15 +25,15 @@ with the streamed text (same answer) only the continuation is yielded; when it
 diverges, a newline and the new answer from its start are yielded (the
 client sees the restart; the engine's own history keeps only the new answer).
 
-Environment: OPENAI_API_KEY (required), OPENAI_REALTIME_MODEL (gpt-realtime),
-OPENAI_MAX_OUTPUT_TOKENS (256), OPENAI_REALTIME_URL, OPENAI_TIMEOUT_S.
+Settings (``shared.settings.OpenAISettings``): OPENAI_API_KEY (required),
+OPENAI_REALTIME_MODEL, OPENAI_MAX_OUTPUT_TOKENS, OPENAI_REALTIME_URL,
+OPENAI_TIMEOUT_S.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import aclosing
@@ -46,7 +46,6 @@ from shared.engines.base import (
     ConversationEngine,
     ConversationSession,
     EngineError,
-    EngineUnavailable,
     ResponseEvent,
     TextDelta,
 )
@@ -60,7 +59,7 @@ from shared.realtime.connection import (
 )
 from shared.realtime.events import ErrorEvent, ServerEvent, SessionUpdated, UnknownServerEvent
 from shared.realtime.state import ConversationOutput, ConversationState, Done, Failed, Send, TextOut
-from shared.settings import ConversationSettings
+from shared.settings import ConversationSettings, OpenAISettings
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -96,18 +95,10 @@ class OpenAIConversation(ConversationEngine):
         self.delays = delays
 
     @classmethod
-    def from_env(cls, settings: ConversationSettings, env: dict[str, str] | None = None) -> OpenAIConversation:
-        source = os.environ if env is None else env
-        endpoint = RealtimeEndpoint.from_env(dict(source))
-        model = (source.get("OPENAI_REALTIME_MODEL") or "gpt-realtime").strip()
-        try:
-            max_tokens = int(source.get("OPENAI_MAX_OUTPUT_TOKENS") or 256)
-        except ValueError:
-            raise EngineUnavailable("OPENAI_MAX_OUTPUT_TOKENS must be a whole number") from None
-        if max_tokens <= 0:
-            raise EngineUnavailable("OPENAI_MAX_OUTPUT_TOKENS must be positive")
-        return cls(endpoint, model=model, max_output_tokens=max_tokens,
-                   history_max_turns=settings.history_max_turns)
+    def from_settings(cls, settings: ConversationSettings, openai: OpenAISettings) -> OpenAIConversation:
+        """EngineUnavailable when OPENAI_API_KEY is unset."""
+        return cls(RealtimeEndpoint.from_settings(openai), model=openai.realtime_model,
+                   max_output_tokens=openai.max_output_tokens, history_max_turns=settings.history_max_turns)
 
     async def open_session(
         self, conversation_id: str, instructions: str, history: Sequence[Turn]

@@ -22,7 +22,6 @@ library's own log lines (its debug log prints request headers).
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -34,10 +33,10 @@ from shared.engines.base import EngineError, EngineUnavailable
 from shared.logs import register_secret, scrub
 from shared.realtime.events import ClientEvent, ErrorEvent, ServerEvent, parse_server_event, to_wire
 from shared.realtime.state import CloseDecision, classify_close, classify_handshake
+from shared.settings import OpenAISettings
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime"
 #: Incoming frames can be large (session objects, long transcripts); outgoing
 #: appends are bounded by the entry models (96 kB of PCM per chunk).
 MAX_FRAME_BYTES = 16 * 1024 * 1024
@@ -99,9 +98,9 @@ class RealtimeEndpoint:
     registered as a secret for the log scrubber."""
 
     api_key: str = field(repr=False)
-    base_url: str = DEFAULT_REALTIME_URL
+    base_url: str
     #: Handshake bound, and the bound of every wait for the server (responses, transcripts).
-    timeout_s: float = 30.0
+    timeout_s: float
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
 
@@ -109,25 +108,15 @@ class RealtimeEndpoint:
         register_secret(self.api_key)
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> RealtimeEndpoint:
-        """OPENAI_API_KEY (required), OPENAI_REALTIME_URL, OPENAI_TIMEOUT_S."""
-        source = os.environ if env is None else env
-        key = (source.get("OPENAI_API_KEY") or "").strip()
-        if not key:
+    def from_settings(cls, settings: OpenAISettings) -> RealtimeEndpoint:
+        """OPENAI_API_KEY (required here), OPENAI_REALTIME_URL, OPENAI_TIMEOUT_S."""
+        if settings.api_key is None:
             raise EngineUnavailable(
                 "the openai engine needs OPENAI_API_KEY (an OpenAI API key); "
                 "set it, or choose another engine (TRANSCRIBER_ENGINE / CONVERSATION_ENGINE)"
             )
-        base = (source.get("OPENAI_REALTIME_URL") or DEFAULT_REALTIME_URL).strip()
-        if urlsplit(base).scheme not in ("ws", "wss"):
-            raise EngineUnavailable(f"OPENAI_REALTIME_URL must be a ws:// or wss:// URL, not {base!r}")
-        try:
-            timeout_s = float(source.get("OPENAI_TIMEOUT_S") or 30.0)
-        except ValueError:
-            raise EngineUnavailable("OPENAI_TIMEOUT_S must be a number of seconds") from None
-        if timeout_s <= 0:
-            raise EngineUnavailable("OPENAI_TIMEOUT_S must be positive")
-        return cls(api_key=key, base_url=base, timeout_s=timeout_s)
+        return cls(api_key=settings.api_key.get_secret_value(), base_url=settings.realtime_url,
+                   timeout_s=settings.timeout_s)
 
 
 class RealtimeConnection:

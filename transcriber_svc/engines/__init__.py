@@ -4,15 +4,16 @@ from __future__ import annotations
 
 from shared.engines.base import EngineUnavailable, TranscriptionEngine
 from shared.engines.choice import LOCAL_REQUIREMENTS, choose, missing_modules
-from shared.settings import EngineCredentials, TranscriberSettings
+from shared.settings import LocalEngineSettings, OpenAISettings, TranscriberSettings
 
 
-def load_engine(settings: TranscriberSettings) -> TranscriptionEngine:
-    creds = EngineCredentials()
+def load_engine(
+    settings: TranscriberSettings, openai: OpenAISettings, local: LocalEngineSettings
+) -> TranscriptionEngine:
     name = choose(
         "transcription",
         settings.transcriber_engine,
-        has_api_key=creds.openai_api_key is not None,
+        has_api_key=openai.api_key is not None,
         missing_local=missing_modules(LOCAL_REQUIREMENTS["transcription"]),
     )
     if name == "simulated":
@@ -28,9 +29,9 @@ def load_engine(settings: TranscriberSettings) -> TranscriptionEngine:
             )
         from transcriber_svc.engines.local import LocalTranscription  # type: ignore[import-not-found,unused-ignore]
 
-        return LocalTranscription()  # type: ignore[no-any-return,unused-ignore]
+        return LocalTranscription.from_settings(local)  # type: ignore[no-any-return,unused-ignore]
     if name == "openai":
         from transcriber_svc.engines.openai import OpenAITranscription  # type: ignore[import-not-found,unused-ignore]
 
-        return OpenAITranscription.from_env()  # type: ignore[no-any-return,unused-ignore]
+        return OpenAITranscription.from_settings(openai)  # type: ignore[no-any-return,unused-ignore]
     raise EngineUnavailable(f"unknown transcription engine {name!r}")

@@ -55,6 +55,7 @@ from shared.engines.base import (
     TranscriptSink,
 )
 from shared.models import AUDIO_SAMPLE_RATE_HZ, MAX_TEXT_CHARS, AudioChunk, AudioEnd, UtteranceText, now_ms
+from shared.settings import LocalEngineSettings
 
 log = logging.getLogger(__name__)
 
@@ -63,20 +64,6 @@ INSTALL_HINT = "pip install -r requirements/local.lock"
 #: Silence kept before speech starts, so the first phoneme is not clipped.
 PREROLL_MS = 300.0
 DEFAULT_MAX_UTTERANCE_MS = 30_000.0
-
-
-def default_cpu_threads() -> int:
-    """``LOCAL_ASR_THREADS``, default 1.
-
-    On a 2-core machine that also runs the local LLM, 2 + 2 spinning threads
-    oversubscribe the cores: measured, the first response delta came 1.7 s
-    after the transcript instead of 0.3 s. One thread costs recognition a
-    real-time factor of 0.21 instead of 0.16.
-    """
-    try:
-        return max(1, int(os.environ.get("LOCAL_ASR_THREADS", "1")))
-    except ValueError:
-        return 1
 
 
 def stream_id_ms(entry_id: str) -> int:
@@ -273,12 +260,13 @@ class LocalTranscription(TranscriptionEngine):
     def __init__(
         self,
         model_path: str | None = None,
-        cpu_threads: int | None = None,
+        cpu_threads: int = 1,
         endpointer_config: EndpointerConfig | None = None,
         max_utterance_ms: float = DEFAULT_MAX_UTTERANCE_MS,
     ) -> None:
         self.model_path = model_path
-        self.cpu_threads = cpu_threads or default_cpu_threads()
+        # The default is LocalEngineSettings.asr_threads' (tests/test_settings.py checks they agree).
+        self.cpu_threads = cpu_threads
         self.endpointer_config = endpointer_config or EndpointerConfig(
             sample_rate_hz=AUDIO_SAMPLE_RATE_HZ, max_utterance_ms=max_utterance_ms
         )
@@ -286,6 +274,10 @@ class LocalTranscription(TranscriptionEngine):
         self._model: Any = None
         self._executor: ThreadPoolExecutor | None = None
         self._start_lock = asyncio.Lock()
+
+    @classmethod
+    def from_settings(cls, local: LocalEngineSettings) -> LocalTranscription:
+        return cls(cpu_threads=local.asr_threads)
 
     async def start(self) -> None:
         """Load the model (once; later calls return at once). Raises EngineUnavailable."""

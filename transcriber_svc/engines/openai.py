@@ -12,8 +12,8 @@ the utterance (the worker acks them with the transcript). An utterance keeps
 its audio until its final, so after a reconnect (transient close, expired
 session) its audio is re-sent and committed again on the new session.
 
-Environment: OPENAI_API_KEY (required), OPENAI_TRANSCRIBE_MODEL
-(gpt-4o-transcribe), OPENAI_TURN_DETECTION (client | server_vad),
+Settings (``shared.settings.OpenAISettings``): OPENAI_API_KEY (required),
+OPENAI_TRANSCRIBE_MODEL, OPENAI_TURN_DETECTION (client | server_vad),
 OPENAI_TRANSCRIBE_LANGUAGE (optional, e.g. ``en``), OPENAI_REALTIME_URL,
 OPENAI_TIMEOUT_S.
 """
@@ -22,16 +22,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from collections.abc import Callable, Coroutine, Iterator, Sequence
-from typing import Any, cast
+from typing import Any
 
 from shared import metrics
 from shared.backoff import backoff
 from shared.engines.base import (
     EngineError,
-    EngineUnavailable,
     InputEntry,
     TranscriptionEngine,
     TranscriptionSession,
@@ -51,6 +49,7 @@ from shared.realtime.events import (
     UnknownServerEvent,
 )
 from shared.realtime.state import Delta, Final, Send, Skip, TranscriptionAction, TranscriptionState, TurnDetection
+from shared.settings import OpenAISettings
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -84,15 +83,10 @@ class OpenAITranscription(TranscriptionEngine):
         self.delays = delays
 
     @classmethod
-    def from_env(cls, env: dict[str, str] | None = None) -> OpenAITranscription:
-        source = os.environ if env is None else env
-        endpoint = RealtimeEndpoint.from_env(dict(source))
-        mode = (source.get("OPENAI_TURN_DETECTION") or "client").strip()
-        if mode not in ("client", "server_vad"):
-            raise EngineUnavailable(f"OPENAI_TURN_DETECTION must be 'client' or 'server_vad', not {mode!r}")
-        model = (source.get("OPENAI_TRANSCRIBE_MODEL") or "gpt-4o-transcribe").strip()
-        language = (source.get("OPENAI_TRANSCRIBE_LANGUAGE") or "").strip() or None
-        return cls(endpoint, model=model, turn_detection=cast(TurnDetection, mode), language=language)
+    def from_settings(cls, settings: OpenAISettings) -> OpenAITranscription:
+        """EngineUnavailable when OPENAI_API_KEY is unset."""
+        return cls(RealtimeEndpoint.from_settings(settings), model=settings.transcribe_model,
+                   turn_detection=settings.turn_detection, language=settings.transcribe_language)
 
     def session_update(self) -> SessionUpdate:
         vad = ServerVad() if self.turn_detection == "server_vad" else None
