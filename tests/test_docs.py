@@ -1,13 +1,63 @@
-"""The documents: docs/performance.md is rendered from a run's results and
-stamped with the measured commit (no benchmark run here: a small results dict)."""
+"""The documents: the README stays a user's page (short, names the two
+commands), every relative link of README.md and docs/*.md resolves, and
+docs/performance.md is rendered from a run's results, stamped with the
+measured commit (no benchmark run here: a small results dict)."""
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from bench import report
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
+README_MAX_LINES = 250
+
+_FENCE = re.compile(r"^```.*?^```", re.S | re.M)
+_LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
+_HEADING = re.compile(r"^#{1,6}\s+(.+?)\s*$", re.M)
+
+
+def _links(doc: Path) -> list[str]:
+    """Relative link targets of a markdown file (code blocks skipped)."""
+    text = _FENCE.sub("", doc.read_text())
+    return [t for t in _LINK.findall(text) if not re.match(r"^[a-z][a-z0-9+.-]*:", t)]
+
+
+def _anchors(doc: Path) -> set[str]:
+    """GitHub's heading anchors: lower case, punctuation dropped, spaces to hyphens."""
+    text = _FENCE.sub("", doc.read_text())
+    return {re.sub(r"[^\w\- ]", "", h.lower()).replace(" ", "-") for h in _HEADING.findall(text)}
+
+
+def test_readme_is_short() -> None:
+    lines = README.read_text().count("\n")
+    assert lines <= README_MAX_LINES, f"README.md has {lines} lines (at most {README_MAX_LINES}): move detail to docs/"
+
+
+def test_readme_names_the_two_commands() -> None:
+    text = README.read_text()
+    assert "./run.sh" in text
+    assert "bash scripts/test.sh" in text
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda d: d.relative_to(ROOT).as_posix())
+def test_relative_links_resolve(doc: Path) -> None:
+    broken = []
+    for target in _links(doc):
+        path, _, anchor = target.partition("#")
+        dest = (doc.parent / path).resolve() if path else doc
+        if not dest.exists():
+            broken.append(target)
+        elif anchor and dest.suffix == ".md" and anchor not in _anchors(dest):
+            broken.append(target)
+    assert not broken, f"{doc.name}: links to nothing: {broken}"
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
 
