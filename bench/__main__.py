@@ -1,5 +1,9 @@
 """python -m bench [--quick] [--out DIR]: run the whole benchmark, write the report.
 
+The report goes into the run folder (default ``bench-results/<UTC time>``, not
+committed); a full run (no ``--quick``, no ``--only``) also writes
+``docs/performance.md``, stamped with the commit it measured (see ``bench.report``).
+
 Phases, in order, all in one run against one Redis (its own, unless
 ``REDIS_URL`` is set):
 
@@ -413,11 +417,15 @@ class Bench:
         await self.section("capacity", capacity)
 
 
-def _meta(sizes: Sizes, quick: bool, server: RedisServer | None, info: dict[str, Any]) -> dict[str, Any]:
+def _meta(
+    sizes: Sizes, quick: bool, server: RedisServer | None, info: dict[str, Any], only: tuple[str, ...] = ()
+) -> dict[str, Any]:
     return {
         "mode": "quick" if quick else "full",
+        "only": list(only),
+        "git": report.git_stamp(ROOT),
         "started_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "command": "python -m bench" + (" --quick" if quick else ""),
+        "command": "python -m bench" + (" --quick" if quick else "") + (f" --only {','.join(only)!r}" if only else ""),
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
@@ -468,7 +476,7 @@ async def _amain(quick: bool, out: Path, only: tuple[str, ...] = ()) -> dict[str
         bench = Bench(sizes, out, url, client)
         bench.only = only
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, _dump_tasks)
-        bench.results["meta"] = _meta(sizes, quick, server, info)
+        bench.results["meta"] = _meta(sizes, quick, server, info, only)
         await bench.run()
         results = bench.results
     finally:
@@ -492,8 +500,14 @@ def main(argv: list[str] | None = None) -> int:
     _install_fast_loop()
     only = tuple(x.strip() for x in args.only.split(",") if x.strip())
     results = asyncio.run(_amain(args.quick, out, only))
+    run_errors = list(results["errors"])
     report.write(out, results)
     sys.stderr.write(f"[bench] results in {out}/ ({results['meta']['duration_s']}s)\n")
+    if report.is_full(results):
+        if run_errors:
+            sys.stderr.write("[bench] the run had errors: docs/performance.md left as it is\n")
+        else:
+            sys.stderr.write(f"[bench] wrote {report.write_performance(out, results)}\n")
     if results["errors"]:
         sys.stderr.write(json.dumps(results["errors"], indent=1)[:6000] + "\n")
         return 1

@@ -6,16 +6,35 @@ checked) and PNG plots (matplotlib, Agg backend):
 - ``scaling.png``: throughput vs workers per tier;
 - ``capacity.png``: the conversation worker's RSS and the light load's p99 vs live sessions.
 
+A full run (not ``--quick``, not ``--only``) also writes ``docs/performance.md``:
+the same tables, stamped with the measured commit, and the plots copied into
+``docs/perf/`` so the document does not depend on the (uncommitted) run folder.
+
+    python -m bench.report RUN_FOLDER [--commit HASH [--dirty]]
+
+re-renders a run's report (and, for a full run, ``docs/performance.md``) from
+its ``results.json``; ``--commit`` names the measured commit of a run that did
+not record it.
+
 Ratios are ours / baseline_redis unless said otherwise (throughput: higher is
 better; CPU and latency: lower is better).
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+#: Written by a full run; its plots go into ``perf/`` beside it.
+PERFORMANCE_DOC = ROOT / "docs" / "performance.md"
 
 OURS = "ours"
 BASE = "baseline_redis"
@@ -120,18 +139,56 @@ def targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
-def markdown(results: dict[str, Any]) -> str:
+def git_stamp(root: Path = ROOT) -> dict[str, Any]:
+    """The code a run measures: ``{"commit": short hash, "dirty": uncommitted
+    changes to tracked files}`` (both None outside a git checkout). Taken when
+    the run starts, before it writes anything."""
+    def git(*args: str) -> str:
+        return subprocess.run(("git", *args), cwd=root, capture_output=True, text=True, check=True,
+                              timeout=30).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "--short", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, "source": "git"}
+    return {"commit": commit, "dirty": dirty, "source": "git"}
+
+
+def is_full(results: dict[str, Any]) -> bool:
+    """Whether the results are of a full run (every section at full size): only those make docs/performance.md."""
+    meta = results.get("meta") or {}
+    return meta.get("mode") == "full" and not meta.get("only")
+
+
+def _machine(meta: dict[str, Any]) -> str:
+    memory = meta.get("memory_bytes")
+    memory_s = f", {memory / 2**30:.0f} GiB memory" if isinstance(memory, int | float) else ""
+    return (f"Machine: {meta.get('cpu_count')} cores ({meta.get('cpu_model')}){memory_s}, "
+            f"Python {meta.get('python')}, Redis {_get(meta, 'redis', 'version')} ({_get(meta, 'redis', 'origin')}). "
+            f"Command: `{meta.get('command')}`; run time {meta.get('duration_s')} s. Every process (services, "
+            "baseline stages, Redis, the driver) shares these cores.")
+
+
+def markdown(results: dict[str, Any], plot_links: dict[str, str] | None = None) -> str:
+    """results.md: the run's tables; ``plot_links`` (plot file name -> link) puts each plot after its section."""
+    meta = results.get("meta", {})
+    head = [f"# Benchmark ({meta.get('mode', '?')} run, {meta.get('started_utc', '?')})", "", _machine(meta), ""]
+    return "\n".join(head + _body(results, plot_links or {}))
+
+
+def _body(results: dict[str, Any], plot_links: dict[str, str]) -> list[str]:
+    """Everything below the title and the machine line: systems, then one section per phase."""
     meta = results.get("meta", {})
     sizes = meta.get("sizes", {})
     lines: list[str] = []
     add = lines.append
-    add(f"# Benchmark ({meta.get('mode', '?')} run, {meta.get('started_utc', '?')})")
-    add("")
-    add(f"Machine: {meta.get('cpu_count')} cores ({meta.get('cpu_model')}), Python {meta.get('python')}, "
-        f"Redis {_get(meta, 'redis', 'version')} ({_get(meta, 'redis', 'origin')}). "
-        f"Command: `{meta.get('command')}`; run time {meta.get('duration_s')} s. Every process (services, "
-        "baseline stages, Redis, the driver) shares these cores.")
-    add("")
+
+    def plot(name: str, alt: str) -> None:
+        if name in plot_links:
+            add(f"![{alt}]({plot_links[name]})")
+            add("")
+
     add("Systems (what each does per utterance):")
     add("")
     for name in SYSTEMS:
@@ -206,6 +263,7 @@ def markdown(results: dict[str, Any]) -> str:
                 f"| {hop('hop1_ids')} | {hop('hop2_ids')} | {hop('hop1_client', False)} "
                 f"| {hop('hop2_client', False)} |")
     add("")
+    plot("latency.png", "end-to-end latency vs offered load")
 
     # --- scaling
     cores = meta.get("cpu_count")
@@ -224,6 +282,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_f(_ratio(_get(o, 'answered_per_s'), _get(b, 'answered_per_s')))} "
             f"| {_f(_get(o, 'system_cpu_s_per_1000'), 3)} | {_sessions(_get(o, 'sessions_per_worker'))} |")
     add("")
+    plot("scaling.png", "throughput vs workers per tier")
 
     # --- capacity
     cap = results.get("capacity") or {}
@@ -246,6 +305,7 @@ def markdown(results: dict[str, Any]) -> str:
             f"| {_f(e2e.get('max'))} | {_f(s.get('sustained'))} | {_cpu_pct(s.get('cpu_percent'))} "
             f"| {_f(s.get('xreadgroup_usec_per_call'), 0)} ({_f(s.get('xreadgroup_calls_per_s'), 0)}) |")
     add("")
+    plot("capacity.png", "conversation worker RSS and p99 vs live conversations")
 
     # --- paired
     pairs = _get(results, "paired", "pairs") or []
@@ -289,7 +349,65 @@ def markdown(results: dict[str, Any]) -> str:
         for e in results["errors"]:
             add(f"- {e['section']}: `{e['error']}`")
         add("")
-    return "\n".join(lines)
+    return lines
+
+
+def _stamp(meta: dict[str, Any]) -> str:
+    git = meta.get("git") or {}
+    commit = git.get("commit")
+    if not commit:
+        return f"Measured commit: not recorded. Run started {meta.get('started_utc', '?')}."
+    dirty = git.get("dirty")
+    state = "tree state unknown" if dirty is None else "with uncommitted changes" if dirty else "clean tree"
+    given = git.get("source") == "given"
+    named = "; named when the report was re-rendered (the run did not record it)" if given else ""
+    return f"Measured commit: `{commit}`, {state}{named}. Run started {meta.get('started_utc', '?')}."
+
+
+def _shown(path: Path) -> str:
+    """A run folder as the document names it: relative to the checkout when inside it."""
+    try:
+        return path.resolve().relative_to(ROOT).as_posix()
+    except ValueError:
+        return path.name
+
+
+def performance_markdown(results: dict[str, Any], run_dir: Path, plot_links: dict[str, str]) -> str:
+    """docs/performance.md: the commit stamp, the machine, the run's tables and its plots."""
+    meta = results.get("meta", {})
+    load = [" ".join(str(x) for x in meta.get(k) or []) for k in ("load_average_at_start", "load_average_at_end")]
+    head = [
+        "# Performance",
+        "",
+        "<!-- Written by `python -m bench` (a full run) from its results; re-render with "
+        "`python -m bench.report RUN_FOLDER`. Edits by hand are overwritten. -->",
+        "",
+        _stamp(meta),
+        "",
+        _machine(meta) + (f" Load average at start / end: {load[0]} / {load[1]}." if load[0] else ""),
+        "",
+        f"Raw figures: `{_shown(run_dir)}/results.json`; this document and its plots (in `perf/`) do not "
+        "need that folder. Reproduce with `python -m bench` (a few minutes; `--quick` is the CI size and does "
+        "not write this document).",
+        "",
+    ]
+    return "\n".join(head + _body(results, plot_links))
+
+
+def write_performance(run_dir: Path, results: dict[str, Any], doc: Path = PERFORMANCE_DOC) -> Path:
+    """Write ``doc`` from a full run's results and copy the run's plots into ``perf/``
+    beside it (stale plots there removed), linked relatively. Returns ``doc``."""
+    perf = doc.parent / "perf"
+    perf.mkdir(parents=True, exist_ok=True)
+    names = [name for name in results.get("plots") or [] if (run_dir / name).is_file()]
+    for stale in perf.glob("*.png"):
+        if stale.name not in names:
+            stale.unlink()
+    for name in names:
+        shutil.copyfile(run_dir / name, perf / name)
+    rel = Path(os.path.relpath(perf, doc.parent)).as_posix()
+    doc.write_text(performance_markdown(results, run_dir, {name: f"{rel}/{name}" for name in names}) + "\n")
+    return doc
 
 
 def plots(out: Path, results: dict[str, Any]) -> list[str]:
@@ -374,4 +492,39 @@ def write(out: Path, results: dict[str, Any]) -> None:
     except Exception as exc:  # a plot must not cost the figures
         results.setdefault("errors", []).append({"section": "plots", "error": repr(exc)})
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
-    (out / "results.md").write_text(markdown(results))
+    (out / "results.md").write_text(markdown(results, {name: name for name in results.get("plots") or []}))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.report",
+        description="Re-render a run's report (results.md, plots) from its results.json, and, for a full run, "
+                    "docs/performance.md.",
+    )
+    parser.add_argument("run", type=Path, help="a run folder holding results.json")
+    parser.add_argument("--commit", help="the measured commit, for a run that did not record it")
+    parser.add_argument("--dirty", action="store_true", help="with --commit: the measured tree had uncommitted changes")
+    parser.add_argument("--doc", type=Path, default=PERFORMANCE_DOC, help="where the performance document goes")
+    args = parser.parse_args(argv)
+    source = args.run / "results.json"
+    if not source.is_file():
+        print(f"error: {source} does not exist", file=sys.stderr)
+        return 2
+    results = json.loads(source.read_text())
+    if args.commit:
+        results.setdefault("meta", {})["git"] = {"commit": args.commit, "dirty": args.dirty, "source": "given"}
+    run_errors = list(results.get("errors") or [])
+    write(args.run, results)
+    print(f"re-rendered {args.run}/results.md", file=sys.stderr)
+    if not is_full(results):
+        print("not a full run: docs/performance.md left as it is", file=sys.stderr)
+        return 0
+    if run_errors:
+        print("the run had errors: docs/performance.md left as it is", file=sys.stderr)
+        return 1
+    print(f"wrote {write_performance(args.run, results, args.doc)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
