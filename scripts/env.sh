@@ -22,12 +22,30 @@ portable_llama_wheel() {
   ls "$dir"/llama_cpp_python-*.whl | head -n1
 }
 
+# Python 3.11 is the one supported version (the one the README names and CI runs).
+is_python_311() {
+  "$1" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' >/dev/null 2>&1
+}
+
+python_311() {
+  local py
+  for py in "${PYTHON:-}" python3.11 python3; do
+    if [ -n "$py" ] && command -v "$py" >/dev/null 2>&1 && is_python_311 "$py"; then
+      echo "$py"
+      return 0
+    fi
+  done
+  echo "[setup] needs Python 3.11 (python3.11 or python3 on PATH, or PYTHON=/path/to/python3.11)" >&2
+  return 1
+}
+
 ensure_venv() {
   local root venv stamp want
   root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
   venv="$root/.venv"
-  if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
+  if [ ! -x "$venv/bin/python" ] || ! is_python_311 "$venv/bin/python"; then
+    rm -rf "$venv"
+    "$(python_311)" -m venv "$venv"
   fi
   stamp="$venv/.locks-installed"
   want="$(cd "$root" && cat pyproject.toml scripts/env.sh "$@" | sha256sum | cut -d' ' -f1)"

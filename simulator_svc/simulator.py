@@ -21,7 +21,7 @@ from typing import Any, TextIO
 import redis.asyncio as aioredis
 
 from shared.bus.doorbell import add_with_rings
-from shared.bus.retry import is_transient, retry_forever
+from shared.bus.retry import retry_forever
 from shared.follow import StreamFollower
 from shared.keys import Keys
 from shared.models import (
@@ -321,14 +321,9 @@ class Simulation:
             follower.follow(self.keys.responses(cid))
         try:
             while True:
-                try:
-                    reply = await follower.read(1000)
-                except Exception as exc:
-                    if not is_transient(exc):
-                        raise
-                    follower.resync()
-                    await asyncio.sleep(0.2)
-                    continue
+                # Rings may be lost while Redis is away: sweep once it is back.
+                reply = await retry_forever("simulator read", lambda: follower.read(1000),
+                                            on_error=lambda _exc: follower.resync())
                 for key, entries in reply:
                     cid = self._key_conv[key]
                     for _entry_id, fields in entries:

@@ -30,7 +30,13 @@ from shared.models import (
 )
 from shared.runtime import OwnershipRuntime
 from shared.service import Service
-from shared.settings import CommonSettings, ConversationSettings, TranscriberSettings
+from shared.settings import (
+    CommonSettings,
+    ConversationSettings,
+    LocalEngineSettings,
+    OpenAISettings,
+    TranscriberSettings,
+)
 from transcriber_svc.engines import load_engine as load_transcription_engine
 from transcriber_svc.worker import TranscriberService
 
@@ -38,13 +44,13 @@ FAST = {"lease_s": 1.0, "read_block_ms": 100, "sweep_ms": 200, "drain_timeout_s"
 
 
 async def _transcriber(settings: TranscriberSettings) -> Service:
-    engine = load_transcription_engine(settings)
+    engine = load_transcription_engine(settings, OpenAISettings(api_key=None), LocalEngineSettings())
     await engine.start()
     return TranscriberService(settings, engine)
 
 
 async def _conversation(settings: ConversationSettings) -> Service:
-    engine = load_conversation_engine(settings)
+    engine = load_conversation_engine(settings, OpenAISettings(api_key=None), LocalEngineSettings())
     await engine.start()
     return ConversationService(settings, engine)
 
