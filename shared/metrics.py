@@ -74,6 +74,15 @@ LLM_FIRST_TOKEN = Histogram(
     "vab_llm_first_token_seconds", "Request to first streamed delta", ["engine"],
     buckets=_LATENCY_BUCKETS_S, registry=REGISTRY,
 )
+_STALL_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+GC_PAUSE = Histogram(
+    "vab_gc_pause_seconds", "Garbage-collector pauses, by generation", ["generation"],
+    buckets=_STALL_BUCKETS_S, registry=REGISTRY,
+)
+LOOP_LAG = Histogram(
+    "vab_event_loop_lag_seconds", "How late a 100 ms timer fired: the event loop was busy or stalled",
+    buckets=_STALL_BUCKETS_S, registry=REGISTRY,
+)
 LLM_TOKENS_PER_S = Histogram(
     "vab_llm_deltas_per_second", "Streamed deltas per second of an answer (tokens for token-streaming engines)",
     ["engine"], buckets=(1, 5, 10, 25, 50, 100, 200, 400, 800, 1600, 5000, 20000), registry=REGISTRY,

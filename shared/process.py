@@ -25,6 +25,7 @@ from shared.metrics import REGISTRY
 from shared.runtime import OwnershipRuntime
 from shared.service import Service
 from shared.settings import CommonSettings, InvalidSettings, LocalEngineSettings, OpenAISettings, load_settings
+from shared.stalls import StallMonitor
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +72,8 @@ async def serve(
             log.error("cannot start: %s", exc)
             return 2
         tune_gc()
+        stalls = StallMonitor()
+        stalls.start()
         redis = connect(settings.redis_url.get_secret_value())
         runtime = OwnershipRuntime(settings, service, redis, metrics_port=port)
         holder["runtime"] = runtime
@@ -87,6 +90,7 @@ async def serve(
                 with contextlib.suppress(Exception):
                     await closer()
             await redis.aclose()
+            stalls.stop()
     finally:
         await health.close()
     log.info("stopped cleanly")
