@@ -1,6 +1,6 @@
 """What a session service implements (``Service``, ``ServiceSession``) and what
 its sessions may use (``SessionContext``), for the ownership runtime in
-``shared/runtime.py`` to run. Both session services implement these; neither
+``shared/runtime/`` to run. Both session services implement these; neither
 sees the runtime's internals.
 """
 
