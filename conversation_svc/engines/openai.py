@@ -57,7 +57,7 @@ from shared.realtime.connection import (
     RealtimeEndpoint,
     RealtimeError,
 )
-from shared.realtime.events import ErrorEvent, ServerEvent, SessionUpdated, UnknownServerEvent
+from shared.realtime.server_events import ErrorEvent, ServerEvent, SessionUpdated, UnknownServerEvent
 from shared.realtime.state import ConversationOutput, ConversationState, Done, Failed, Send, TextOut
 from shared.settings import ConversationSettings, OpenAISettings
 from shared.tasks import cancel_and_wait

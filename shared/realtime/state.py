@@ -30,31 +30,31 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from shared.history import Turn
-from shared.realtime.events import (
-    MIN_COMMIT_BYTES,
-    MIN_COMMIT_MS,
+from shared.realtime.client_events import (
     ClientEvent,
     ConversationItemCreate,
-    ErrorEvent,
     InputAudioBufferAppend,
     InputAudioBufferClear,
     InputAudioBufferCommit,
-    InputAudioBufferCommitted,
-    RealtimeSessionConfig,
     ResponseCreate,
+    ResponseParams,
+    SessionUpdate,
+    assistant_text_item,
+    user_text_item,
+)
+from shared.realtime.server_events import (
+    ErrorEvent,
+    InputAudioBufferCommitted,
     ResponseCreated,
     ResponseDone,
     ResponseObject,
     ResponseOutputTextDelta,
-    ResponseParams,
     ServerEvent,
-    SessionUpdate,
     TranscriptionCompleted,
     TranscriptionDelta,
     TranscriptionFailed,
-    assistant_text_item,
-    user_text_item,
 )
+from shared.realtime.session_config import MIN_COMMIT_BYTES, MIN_COMMIT_MS, RealtimeSessionConfig
 
 TurnDetection = Literal["client", "server_vad"]
 

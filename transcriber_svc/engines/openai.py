@@ -36,17 +36,15 @@ from shared.engines.base import (
     TranscriptSink,
 )
 from shared.models import AudioChunk, AudioEnd, UtteranceText, now_ms
+from shared.realtime.client_events import SessionUpdate
 from shared.realtime.connection import RealtimeAuthError, RealtimeConnection, RealtimeEndpoint, RealtimeError
-from shared.realtime.events import (
+from shared.realtime.server_events import ErrorEvent, SessionUpdated, UnknownServerEvent
+from shared.realtime.session_config import (
     AudioConfig,
     AudioInput,
-    ErrorEvent,
     ServerVad,
-    SessionUpdate,
-    SessionUpdated,
     TranscriptionConfig,
     TranscriptionSessionConfig,
-    UnknownServerEvent,
 )
 from shared.realtime.state import Delta, Final, Send, Skip, TranscriptionAction, TranscriptionState, TurnDetection
 from shared.settings import OpenAISettings
