@@ -4,7 +4,11 @@
   (what ``session.update`` carries, the audio format),
   :mod:`shared.realtime.client_events` (built and serialised) and
   :mod:`shared.realtime.server_events` (parsed, never raising);
-- :mod:`shared.realtime.state`: session state machines and the retry policy
-  (pure: events in, actions out; no asyncio, no websockets).
+- the session state machines (pure: events in, actions out; no asyncio, no
+  websockets): :mod:`shared.realtime.transcription_state`,
+  :mod:`shared.realtime.conversation_state`, and what they share in
+  :mod:`shared.realtime.session_common` (the ``Send`` action, event ids);
+- :mod:`shared.realtime.retry_policy`: after a close or a refused handshake,
+  reconnect, open a new session, or give up (pure);
 - :mod:`shared.realtime.connection`: the only module that touches a socket.
 """

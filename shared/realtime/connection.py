@@ -32,8 +32,8 @@ from shared import metrics
 from shared.engines.base import EngineError, EngineUnavailable
 from shared.logs import register_secret, scrub
 from shared.realtime.client_events import ClientEvent, to_wire
+from shared.realtime.retry_policy import CloseDecision, classify_close, classify_handshake
 from shared.realtime.server_events import ErrorEvent, ServerEvent, parse_server_event
-from shared.realtime.state import CloseDecision, classify_close, classify_handshake
 from shared.settings import OpenAISettings
 
 log = logging.getLogger(__name__)

@@ -39,6 +39,7 @@ from shared.models import AudioChunk, AudioEnd, UtteranceText, now_ms
 from shared.realtime.client_events import SessionUpdate
 from shared.realtime.connection import RealtimeAuthError, RealtimeConnection, RealtimeEndpoint, RealtimeError
 from shared.realtime.server_events import ErrorEvent, SessionUpdated, UnknownServerEvent
+from shared.realtime.session_common import Send
 from shared.realtime.session_config import (
     AudioConfig,
     AudioInput,
@@ -46,7 +47,14 @@ from shared.realtime.session_config import (
     TranscriptionConfig,
     TranscriptionSessionConfig,
 )
-from shared.realtime.state import Delta, Final, Send, Skip, TranscriptionAction, TranscriptionState, TurnDetection
+from shared.realtime.transcription_state import (
+    Delta,
+    Final,
+    Skip,
+    TranscriptionAction,
+    TranscriptionState,
+    TurnDetection,
+)
 from shared.settings import OpenAISettings
 from shared.tasks import cancel_and_wait
 
