@@ -15,5 +15,9 @@ Modules, one job each:
 - :mod:`bench.baseline_queues`: the same two hops on asyncio queues;
 - :mod:`bench.cpu`: CPU seconds and RSS per process, Redis command counts;
 - :mod:`bench.capacity`: live conversations held by one conversation worker;
-- :mod:`bench.report`: the markdown table, the JSON dump and the plots.
+- :mod:`bench.report`: a run's report (``python -m bench.report`` re-renders
+  one), made of :mod:`bench.targets` (the issue's targets checked),
+  :mod:`bench.tables` (the markdown), :mod:`bench.plots` (the PNGs) and
+  :mod:`bench.performance_doc` (``docs/performance.md``), all reading the
+  results through :mod:`bench.results`.
 """

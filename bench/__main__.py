@@ -2,7 +2,7 @@
 
 The report goes into the run folder (default ``bench-results/<UTC time>``, not
 committed); a full run (no ``--quick``, no ``--only``) also writes
-``docs/performance.md``, stamped with the commit it measured (see ``bench.report``).
+``docs/performance.md``, stamped with the commit it measured (see ``bench.performance_doc``).
 
 Phases, in order, all in one run against one Redis (its own, unless
 ``REDIS_URL`` is set):
@@ -48,6 +48,7 @@ from bench.baseline_redis import BaselineRedisTarget, StageProcesses, ensure_gro
 from bench.capacity import run_capacity
 from bench.cpu import DRIVER, CpuMeter, redis_pid
 from bench.driver import Driver
+from bench.performance_doc import git_stamp, is_full, write_performance
 from bench.pipeline import PipelineTarget, Services, delete_prefix, worker_sessions
 from shared.keys import Keys
 from shared.redis_server import RedisServer, start_embedded
@@ -423,7 +424,7 @@ def _meta(
     return {
         "mode": "quick" if quick else "full",
         "only": list(only),
-        "git": report.git_stamp(ROOT),
+        "git": git_stamp(ROOT),
         "started_utc": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "command": "python -m bench" + (" --quick" if quick else "") + (f" --only {','.join(only)!r}" if only else ""),
         "python": platform.python_version(),
@@ -503,11 +504,11 @@ def main(argv: list[str] | None = None) -> int:
     run_errors = list(results["errors"])
     report.write(out, results)
     sys.stderr.write(f"[bench] results in {out}/ ({results['meta']['duration_s']}s)\n")
-    if report.is_full(results):
+    if is_full(results):
         if run_errors:
             sys.stderr.write("[bench] the run had errors: docs/performance.md left as it is\n")
         else:
-            sys.stderr.write(f"[bench] wrote {report.write_performance(out, results)}\n")
+            sys.stderr.write(f"[bench] wrote {write_performance(out, results)}\n")
     if results["errors"]:
         sys.stderr.write(json.dumps(results["errors"], indent=1)[:6000] + "\n")
         return 1
