@@ -6,6 +6,9 @@
 
 Modules, one job each:
 
+- :mod:`bench.sizes`: how big each phase runs (full, ``--quick``);
+- :mod:`bench.phases`: the sections of a run, in order, and their figures;
+- :mod:`bench.paired`: the paired section (ours and baseline_redis alternating);
 - :mod:`bench.driver`: the load generator and the measurement, the same for
   every system (closed loop with a bounded in-flight count; open loop on an
   evenly spread schedule);
