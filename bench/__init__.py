@@ -9,9 +9,10 @@ Modules, one job each:
 - :mod:`bench.sizes`: how big each phase runs (full, ``--quick``);
 - :mod:`bench.phases`: the sections of a run, in order, and their figures;
 - :mod:`bench.paired`: the paired section (ours and baseline_redis alternating);
-- :mod:`bench.driver`: the load generator and the measurement, the same for
-  every system (closed loop with a bounded in-flight count; open loop on an
-  evenly spread schedule);
+- :mod:`bench.driver`: the load generator, the same for every system (closed
+  loop with a bounded in-flight count; open loop on an evenly spread schedule);
+- :mod:`bench.latency`: what is recorded per utterance, and the latency
+  figures made of it;
 - :mod:`bench.pipeline`: our services as the system under test (start them,
   write and read their streams);
 - :mod:`bench.baseline_redis`: the hand-written two-hop redis-py pipeline;
