@@ -21,7 +21,8 @@ from shared.history import Turn
 from shared.models import AudioChunk, AudioEnd, UtteranceText
 from shared.realtime.connection import RealtimeAuthError, RealtimeEndpoint, realtime_url
 from shared.settings import ConversationSettings, OpenAISettings
-from tests.fake_realtime import FakeRealtimeServer, answer_text, speech_pcm
+from tests.fake_realtime import FakeRealtimeServer
+from tests.fake_realtime_script import answer_text, speech_pcm
 from transcriber_svc.engines.openai import OpenAITranscription
 
 KEY = "sk-test-SECRETKEY-0123456789abcdef"
