@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench.baseline_redis import transform_a, transform_b
-from bench.driver import DONE, MID, Observation, SharedStreamsTarget, Utt, stamp_batch
+from bench.driver import SharedStreamsTarget
+from bench.latency import DONE, MID, Observation, Utt, stamp_batch
 
 #: (payload, mid stamp ms, mid perf, out stamp ms)
 _Item = tuple[bytes, float, float, float]

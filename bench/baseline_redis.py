@@ -36,7 +36,8 @@ from typing import IO, Any, cast
 import redis
 import redis.asyncio as aioredis
 
-from bench.driver import DONE, MID, Observation, SharedStreamsTarget, Utt, id_ms, stamp_batch
+from bench.driver import SharedStreamsTarget
+from bench.latency import DONE, MID, Observation, Utt, id_ms, stamp_batch
 
 GROUP = "baseline"
 MAXLEN = 1_000_000

@@ -27,6 +27,8 @@ import redis.asyncio as aioredis
 
 #: The role name of the process running the bench itself (the client, and the queue baseline).
 DRIVER = "driver"
+#: The role name of the Redis server.
+REDIS = "redis-server"
 
 
 def _machine_busy_s() -> float:

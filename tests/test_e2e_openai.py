@@ -17,7 +17,8 @@ from shared.devstack import Stack
 from shared.keys import Keys
 from shared.models import AudioChunk, AudioEnd, ConversationEnded, ConversationStarted, encode
 from tests.conftest import base_env, run_simulator, wait_for_workers
-from tests.fake_realtime import FakeRealtimeServer, Faults, ThreadedFakeServer, speech_pcm
+from tests.fake_realtime import FakeRealtimeServer, ThreadedFakeServer
+from tests.fake_realtime_script import Faults, speech_pcm
 
 pytestmark = pytest.mark.slow
 

@@ -9,40 +9,31 @@ from typing import Any
 import pytest
 
 from shared.history import Turn
-from shared.realtime import events as ev
-from shared.realtime.state import (
-    ConversationState,
-    Delta,
-    Done,
-    Failed,
-    Final,
-    Skip,
-    TextOut,
-    TranscriptionState,
-    classify_close,
-    classify_handshake,
-    failure_of,
-    sent_events,
-)
+from shared.realtime.client_events import ClientEvent, to_wire
+from shared.realtime.conversation_state import ConversationState, Done, Failed, TextOut, failure_of
+from shared.realtime.retry_policy import classify_close, classify_handshake
+from shared.realtime.server_events import ResponseObject, ServerEvent, parse_server_event
+from shared.realtime.session_common import sent_events
+from shared.realtime.transcription_state import Delta, Final, Skip, TranscriptionState
 
 CHUNK = base64.b64encode(b"\x01\x00" * 2400).decode()  # 100 ms of PCM16 at 24 kHz
 CHUNK_BYTES = 4800
 
 
-def server(frame: dict[str, Any]) -> ev.ServerEvent:
-    return ev.parse_server_event(frame)
+def server(frame: dict[str, Any]) -> ServerEvent:
+    return parse_server_event(frame)
 
 
-def committed(item: str, previous: str | None) -> ev.ServerEvent:
+def committed(item: str, previous: str | None) -> ServerEvent:
     return server({"type": "input_audio_buffer.committed", "item_id": item, "previous_item_id": previous})
 
 
-def completed(item: str, text: str) -> ev.ServerEvent:
+def completed(item: str, text: str) -> ServerEvent:
     return server({"type": "conversation.item.input_audio_transcription.completed", "item_id": item,
                    "content_index": 0, "transcript": text})
 
 
-def failed(item: str) -> ev.ServerEvent:
+def failed(item: str) -> ServerEvent:
     return server({"type": "conversation.item.input_audio_transcription.failed", "item_id": item,
                    "content_index": 0, "error": {"type": "transcription_error", "code": "audio_unintelligible",
                                                  "message": "could not transcribe"}})
@@ -234,7 +225,7 @@ def test_server_vad_reconnect_fails_committed_items_and_resends_open_audio() -> 
 # --- conversation ------------------------------------------------------------------
 
 
-def response_done(rid: str, status: str = "completed", **details: Any) -> ev.ServerEvent:
+def response_done(rid: str, status: str = "completed", **details: Any) -> ServerEvent:
     response: dict[str, Any] = {"id": rid, "status": status, "output": [],
                                 "usage": {"total_tokens": 9, "input_tokens": 5, "output_tokens": 4,
                                           "input_token_details": {"text_tokens": 5}}}
@@ -243,7 +234,7 @@ def response_done(rid: str, status: str = "completed", **details: Any) -> ev.Ser
     return server({"type": "response.done", "response": response})
 
 
-def text_delta(rid: str, delta: str) -> ev.ServerEvent:
+def text_delta(rid: str, delta: str) -> ServerEvent:
     return server({"type": "response.output_text.delta", "response_id": rid, "item_id": "x", "delta": delta})
 
 
@@ -263,10 +254,10 @@ def test_conversation_turn_two_step_flow_and_text_accumulation() -> None:
     assert [(t.user_text, t.assistant_text) for t in state.history] == [("hello", "Hi there")]
 
 
-def json_of(event: ev.ClientEvent) -> dict[str, Any]:
+def json_of(event: ClientEvent) -> dict[str, Any]:
     import json
 
-    return json.loads(ev.to_wire(event))
+    return json.loads(to_wire(event))
 
 
 def test_only_one_response_at_a_time_turns_queue() -> None:
@@ -303,7 +294,7 @@ def test_response_done_failures_map_to_reasons(status: str, details: dict, code:
 
 
 def test_failure_of_without_details() -> None:
-    assert failure_of(ev.ResponseObject(id="r", status="incomplete")) == Failed(
+    assert failure_of(ResponseObject(id="r", status="incomplete")) == Failed(
         "response_incomplete", "the response was incomplete")
 
 
@@ -381,16 +372,22 @@ def test_classify_handshake(status: int, decision: str) -> None:
     assert classify_handshake(status) == decision
 
 
-def test_state_and_events_modules_are_pure() -> None:
+def test_every_realtime_module_but_the_connection_is_pure() -> None:
+    """Sans-I/O: only shared/realtime/connection.py touches a socket, an event loop or a clock."""
     import ast
     from pathlib import Path
 
-    import shared.realtime.events
-    import shared.realtime.state
+    import shared.realtime
 
-    for module in (shared.realtime.state, shared.realtime.events):
-        tree = ast.parse(Path(str(module.__file__)).read_text())
+    package = Path(str(shared.realtime.__file__)).parent
+    pure = sorted(path for path in package.glob("*.py") if path.name != "connection.py")
+    assert {p.name for p in pure} >= {
+        "session_config.py", "client_events.py", "server_events.py",
+        "session_common.py", "transcription_state.py", "conversation_state.py", "retry_policy.py",
+    }
+    for path in pure:
+        tree = ast.parse(path.read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                     for alias in node.names}
         imported |= {(node.module or "").split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
-        assert not imported & {"asyncio", "websockets", "redis", "time", "socket"}, module.__name__
+        assert not imported & {"asyncio", "websockets", "redis", "time", "socket"}, path.name

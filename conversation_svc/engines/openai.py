@@ -57,8 +57,9 @@ from shared.realtime.connection import (
     RealtimeEndpoint,
     RealtimeError,
 )
-from shared.realtime.events import ErrorEvent, ServerEvent, SessionUpdated, UnknownServerEvent
-from shared.realtime.state import ConversationOutput, ConversationState, Done, Failed, Send, TextOut
+from shared.realtime.conversation_state import ConversationOutput, ConversationState, Done, Failed, TextOut
+from shared.realtime.server_events import ErrorEvent, ServerEvent, SessionUpdated, UnknownServerEvent
+from shared.realtime.session_common import Send
 from shared.settings import ConversationSettings, OpenAISettings
 from shared.tasks import cancel_and_wait
 

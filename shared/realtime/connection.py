@@ -31,8 +31,9 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 from shared import metrics
 from shared.engines.base import EngineError, EngineUnavailable
 from shared.logs import register_secret, scrub
-from shared.realtime.events import ClientEvent, ErrorEvent, ServerEvent, parse_server_event, to_wire
-from shared.realtime.state import CloseDecision, classify_close, classify_handshake
+from shared.realtime.client_events import ClientEvent, to_wire
+from shared.realtime.retry_policy import CloseDecision, classify_close, classify_handshake
+from shared.realtime.server_events import ErrorEvent, ServerEvent, parse_server_event
 from shared.settings import OpenAISettings
 
 log = logging.getLogger(__name__)

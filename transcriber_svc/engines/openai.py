@@ -36,19 +36,25 @@ from shared.engines.base import (
     TranscriptSink,
 )
 from shared.models import AudioChunk, AudioEnd, UtteranceText, now_ms
+from shared.realtime.client_events import SessionUpdate
 from shared.realtime.connection import RealtimeAuthError, RealtimeConnection, RealtimeEndpoint, RealtimeError
-from shared.realtime.events import (
+from shared.realtime.server_events import ErrorEvent, SessionUpdated, UnknownServerEvent
+from shared.realtime.session_common import Send
+from shared.realtime.session_config import (
     AudioConfig,
     AudioInput,
-    ErrorEvent,
     ServerVad,
-    SessionUpdate,
-    SessionUpdated,
     TranscriptionConfig,
     TranscriptionSessionConfig,
-    UnknownServerEvent,
 )
-from shared.realtime.state import Delta, Final, Send, Skip, TranscriptionAction, TranscriptionState, TurnDetection
+from shared.realtime.transcription_state import (
+    Delta,
+    Final,
+    Skip,
+    TranscriptionAction,
+    TranscriptionState,
+    TurnDetection,
+)
 from shared.settings import OpenAISettings
 from shared.tasks import cancel_and_wait
 

@@ -1,71 +1,36 @@
-"""Realtime session state machines and the retry policy. Pure module: no
+"""The state machine of one Realtime transcription session. Pure module: no
 asyncio, no websockets, no clock (callers pass ``now_ms``).
 
-Events go in (entries the engine is fed, server events it reads), actions
-come out (:class:`Send` a client event, or a result for the sink / caller).
-The I/O edge (the engines) performs the actions in the order given.
+Events go in (the input entries the engine is fed, the server events it
+reads), actions come out (:class:`Send` a client event, or a :class:`Delta`,
+:class:`Final` or :class:`Skip` for the sink). The I/O edge (the engine)
+performs the actions in the order given.
 
-:class:`TranscriptionState`
-    One transcription session. Input entries become utterances; committed
-    audio becomes items; transcripts come back per item, possibly out of
-    order, and are released strictly in commit order. An utterance keeps its
-    audio until its final so it can be re-sent on a new connection.
-
-:class:`ConversationState`
-    One conversation session: one response at a time (turns queue), text
-    accumulated per response, ``response.done`` mapped to done / failed, and
-    the history replayed into a fresh session.
-
-:func:`classify_close` / :func:`classify_handshake`
-    What to do after a close or a failed handshake (the websockets
-    ``process_exception`` pattern): reconnect with backoff, open a new session
-    at once, or give up with a clear error.
+Input entries become utterances; committed audio becomes items; transcripts
+come back per item, possibly out of order, and are released strictly in
+commit order. An utterance keeps its audio until its final so it can be
+re-sent on a new connection.
 """
 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from shared.history import Turn
-from shared.realtime.events import (
-    MIN_COMMIT_BYTES,
-    MIN_COMMIT_MS,
-    ClientEvent,
-    ConversationItemCreate,
+from shared.realtime.client_events import InputAudioBufferAppend, InputAudioBufferClear, InputAudioBufferCommit
+from shared.realtime.server_events import (
     ErrorEvent,
-    InputAudioBufferAppend,
-    InputAudioBufferClear,
-    InputAudioBufferCommit,
     InputAudioBufferCommitted,
-    RealtimeSessionConfig,
-    ResponseCreate,
-    ResponseCreated,
-    ResponseDone,
-    ResponseObject,
-    ResponseOutputTextDelta,
-    ResponseParams,
     ServerEvent,
-    SessionUpdate,
     TranscriptionCompleted,
     TranscriptionDelta,
     TranscriptionFailed,
-    assistant_text_item,
-    user_text_item,
 )
+from shared.realtime.session_common import EventIds, Send
+from shared.realtime.session_config import MIN_COMMIT_BYTES, MIN_COMMIT_MS
 
 TurnDetection = Literal["client", "server_vad"]
-
-# --- actions --------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Send:
-    """Send this client event on the current connection."""
-
-    event: ClientEvent
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +63,6 @@ class Skip:
 
 
 TranscriptionAction = Send | Delta | Final | Skip
-
-
-# --- transcription -------------------------------------------------------------------------
 
 
 @dataclass
@@ -155,7 +117,7 @@ class TranscriptionState:
         self._by_item: dict[str, _Utterance] = {}
         # A transcript for an item whose commit we have not seen yet.
         self._early: dict[str, tuple[Literal["final", "failed"], str]] = {}
-        self._event_seq = 0
+        self._event_ids = EventIds()
         # Recently released utterance ids (server VAD: late entries of them are skipped).
         self._released: deque[str] = deque(maxlen=64)
 
@@ -264,7 +226,7 @@ class TranscriptionState:
             )
             actions.append(Skip(tuple(u.entry_ids), reason, u.name()))
             return actions
-        u.commit_event_id = self._event_id("commit")
+        u.commit_event_id = self._event_ids.new("commit")
         self._queue.append(u)
         return [Send(InputAudioBufferCommit(event_id=u.commit_event_id))]
 
@@ -392,237 +354,9 @@ class TranscriptionState:
                 u.result = ("failed", "the connection dropped before its transcript arrived")
                 continue
             actions.extend(Send(InputAudioBufferAppend(audio=c)) for c in u.chunks)
-            u.commit_event_id = self._event_id("commit")
+            u.commit_event_id = self._event_ids.new("commit")
             actions.append(Send(InputAudioBufferCommit(event_id=u.commit_event_id)))
         if self._open is not None:
             actions.extend(Send(InputAudioBufferAppend(audio=c)) for c in self._open.chunks)
         actions.extend(self._release())
         return actions
-
-    def _event_id(self, kind: str) -> str:
-        self._event_seq += 1
-        return f"evt_{kind}_{self._event_seq}"
-
-
-# --- conversation ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class TextOut:
-    """A piece of the active response's text."""
-
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class Done:
-    text: str
-    usage: dict[str, int]
-
-
-@dataclass(frozen=True, slots=True)
-class Failed:
-    """The active turn failed; ``code`` is the API's (``rate_limit_exceeded``, ...)."""
-
-    code: str
-    message: str
-
-
-ConversationOutput = Send | TextOut | Done | Failed
-
-
-@dataclass
-class _PendingTurn:
-    user_text: str
-    utterance_id: str
-    item_event_id: str | None = None
-    response_event_id: str | None = None
-    response_id: str | None = None
-    parts: list[str] = field(default_factory=list)
-
-
-class ConversationState:
-    """Bookkeeping of one conversation session.
-
-    ``submit`` a user turn: it starts at once (``conversation.item.create``
-    then ``response.create``) when no response is active, else it queues.
-    ``on_event`` turns server events into :class:`TextOut` / :class:`Done` /
-    :class:`Failed` for the active turn, then starts the next queued one. A
-    completed turn joins the history, which :meth:`replay` turns into items
-    for a fresh session (no ``response.create`` for replayed items).
-    """
-
-    def __init__(
-        self,
-        instructions: str | None,
-        history: Iterable[Turn] = (),
-        max_turns: int = 0,
-        max_output_tokens: int | None = None,
-    ) -> None:
-        self.instructions = instructions
-        self.max_output_tokens = max_output_tokens
-        self.history: deque[Turn] = deque(history, maxlen=max_turns if max_turns > 0 else None)
-        self.active: _PendingTurn | None = None
-        self.queued: deque[_PendingTurn] = deque()
-        self._event_seq = 0
-        self._local_turns = 0
-        self.setup_event_id: str | None = None
-
-    # --- session set-up
-
-    def session_update(self) -> SessionUpdate:
-        self.setup_event_id = self._event_id("session")
-        return SessionUpdate(
-            event_id=self.setup_event_id,
-            session=RealtimeSessionConfig(output_modalities=["text"], instructions=self.instructions),
-        )
-
-    def replay(self) -> list[ConversationItemCreate]:
-        """Items that prime a fresh session with the history, oldest first."""
-        items: list[ConversationItemCreate] = []
-        for turn in self.history:
-            items.append(user_text_item(turn.user_text, event_id=self._event_id("replay")))
-            if turn.assistant_text:
-                items.append(assistant_text_item(turn.assistant_text, event_id=self._event_id("replay")))
-        return items
-
-    def remember(self, turn: Turn) -> None:
-        self.history.append(turn)
-
-    # --- turns
-
-    @property
-    def busy(self) -> bool:
-        return self.active is not None
-
-    def submit(self, user_text: str, utterance_id: str | None = None) -> list[ConversationOutput]:
-        """Queue a user turn; returns the events that start it when idle."""
-        if utterance_id is None:
-            self._local_turns += 1
-            utterance_id = f"local-{self._local_turns}"
-        self.queued.append(_PendingTurn(user_text, utterance_id))
-        return self._start_next()
-
-    def _start_next(self) -> list[ConversationOutput]:
-        if self.active is not None or not self.queued:
-            return []
-        turn = self.active = self.queued.popleft()
-        turn.item_event_id = self._event_id("item")
-        turn.response_event_id = self._event_id("response")
-        turn.response_id = None
-        turn.parts.clear()
-        params = ResponseParams(output_modalities=["text"], max_output_tokens=self.max_output_tokens)
-        return [
-            Send(user_text_item(turn.user_text, event_id=turn.item_event_id)),
-            Send(ResponseCreate(event_id=turn.response_event_id, response=params)),
-        ]
-
-    def connection_lost(self) -> _PendingTurn | None:
-        """The session is gone. Returns the turn that was mid-response (its
-        partial text in ``parts``), which is no longer active; queued turns
-        stay queued and start after the next ``submit`` or ``resume``."""
-        turn, self.active = self.active, None
-        return turn
-
-    def resume(self, turn: _PendingTurn) -> list[ConversationOutput]:
-        """Retry an interrupted turn first on a new session."""
-        self.queued.appendleft(turn)
-        return self._start_next()
-
-    def on_event(self, event: ServerEvent) -> list[ConversationOutput]:
-        turn = self.active
-        if turn is None:
-            return []
-        if isinstance(event, ResponseCreated):
-            if turn.response_id is None:
-                turn.response_id = event.response.id
-            return []
-        if isinstance(event, ResponseOutputTextDelta):
-            if turn.response_id not in (None, event.response_id) or not event.delta:
-                return []
-            turn.parts.append(event.delta)
-            return [TextOut(event.delta)]
-        if isinstance(event, ResponseDone):
-            if turn.response_id not in (None, event.response.id):
-                return []
-            return [self._finish(turn, event.response), *self._start_next()]
-        if isinstance(event, ErrorEvent) and event.error.event_id in (turn.item_event_id, turn.response_event_id):
-            self.active = None
-            failed = Failed(event.error.code or "invalid_request_error", event.error.message)
-            return [failed, *self._start_next()]
-        return []
-
-    def _finish(self, turn: _PendingTurn, response: ResponseObject) -> Done | Failed:
-        self.active = None
-        if response.status == "completed":
-            text = "".join(turn.parts)
-            self.history.append(Turn(turn.utterance_id, turn.user_text, text))
-            usage = {k: v for k, v in (response.usage or {}).items() if isinstance(v, int) and not isinstance(v, bool)}
-            return Done(text, usage)
-        return failure_of(response)
-
-    def _event_id(self, kind: str) -> str:
-        self._event_seq += 1
-        return f"evt_{kind}_{self._event_seq}"
-
-
-def failure_of(response: ResponseObject) -> Failed:
-    """Map a response.done that is not ``completed`` to a reason.
-
-    Rate limits and quota arrive here (status ``failed``, the reason in
-    ``status_details.error``), not as ``error`` events."""
-    details = response.status_details
-    err = details.error if details else None
-    reason = details.reason if details else None
-    if response.status == "failed":
-        code = (err.code if err else None) or "response_failed"
-        message = (err.message if err else None) or reason or "the response failed"
-    else:
-        code = f"response_{response.status}"
-        message = f"the response was {response.status}" + (f": {reason}" if reason else "")
-    return Failed(code, message)
-
-
-# --- retry policy ----------------------------------------------------------------------
-
-CloseDecision = Literal["reconnect", "new_session", "fatal"]
-
-#: Closes that say "try again later": going away, abnormal, server error, restart, try again later.
-TRANSIENT_CLOSE_CODES = frozenset({1000, 1001, 1005, 1006, 1011, 1012, 1013, 1014})
-#: Closes that retrying cannot fix: protocol errors, policy, too big, auth (3000), API shape (4000).
-FATAL_CLOSE_CODES = frozenset({1002, 1003, 1007, 1008, 1009, 1010, 3000, 3003})
-
-
-def classify_close(code: int | None, reason: str = "", last_error_code: str | None = None) -> CloseDecision:
-    """What to do when a connection closed with ``code`` / ``reason``.
-
-    ``last_error_code``: the code of the last ``error`` event before the close
-    (``session_expired`` arrives that way, followed by a 1001 close).
-
-    - ``session_expired`` -> ``new_session`` (connect again now, replay history);
-    - 3000, ``invalid_api_key``, 401, beta-shape 4000, other protocol errors -> ``fatal``;
-    - 1001/1006/1011/1012/1013 and an unknown close -> ``reconnect`` with backoff.
-
-    Every reconnect is a new upstream session: the caller replays history either way.
-    """
-    text = f"{reason} {last_error_code or ''}".lower()
-    if "session_expired" in text:
-        return "new_session"
-    if code in FATAL_CLOSE_CODES or "invalid_api_key" in text or "401" in text.split():
-        return "fatal"
-    if code is not None and 4000 <= code < 5000:
-        return "fatal"
-    return "reconnect"
-
-
-def classify_handshake(status: int) -> CloseDecision:
-    """An HTTP status that refused the WebSocket upgrade: 401/403 and other
-    4xx are configuration errors (fatal); 408, 429 and 5xx may pass."""
-    if status in (408, 429) or status >= 500:
-        return "reconnect"
-    return "fatal"
-
-
-def sent_events(actions: Sequence[TranscriptionAction | ConversationOutput]) -> list[ClientEvent]:
-    """The client events among ``actions``, in order."""
-    return [a.event for a in actions if isinstance(a, Send)]
