@@ -39,7 +39,7 @@ StreamReply = list[tuple[bytes, list[tuple[bytes, dict[bytes, bytes]]]]]
 
 def service_env(redis_url: str, prefix: str, **extra: str) -> dict[str, str]:
     """The services' environment for a benchmark run (simulated + echo engines, quiet)."""
-    return deterministic_env(redis_url, prefix, METRICS_ENABLED="false", LOG_LEVEL="WARNING", **extra)
+    return deterministic_env(redis_url, prefix, **{"METRICS_ENABLED": "false", "LOG_LEVEL": "WARNING", **extra})
 
 
 async def wait_for_workers(redis: aioredis.Redis, prefix: str, count: int, timeout_s: float = 60.0) -> None:

@@ -92,7 +92,7 @@ async def run(rate: float, window_s: float, windows: int, conversations: int) ->
     prefix = f"tail{uuid.uuid4().hex[:6]}"
     keys = Keys(prefix)
     services = Services(server.url, prefix, Path(tempfile.mkdtemp(prefix="bench-tail-")),
-                        ECHO_WORDS_PER_DELTA="1000", METRICS_PORT="0")
+                        ECHO_WORDS_PER_DELTA="1000", METRICS_ENABLED="true", METRICS_PORT="0")
     stalls = StallMonitor(log_over_s=10.0)
     rows: list[dict[str, Any]] = []
     try:
