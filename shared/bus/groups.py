@@ -40,19 +40,25 @@ class GroupReader:
         self.reads = 0
         self.entries = 0
 
-    async def read(self, plan_key: object, streams: Sequence[str], count: int) -> StreamReply:
-        """Read ``>`` on ``streams``. The command is packed once per ``plan_key``
-        (the full set of owned streams); ``plan_key`` None packs a one-off set."""
+    async def read(self, plan_key: object, parts: Sequence[tuple[Sequence[str], int]]) -> StreamReply:
+        """Read ``>`` on each part's streams with that part's COUNT (one XREADGROUP
+        per non-empty part, all in one round trip). The commands are packed once per
+        ``plan_key`` (the full set of owned streams); ``plan_key`` None packs a one-off set."""
+        commands = [(streams, count) for streams, count in parts if streams]
+        if not commands:
+            return []
         if plan_key is None or plan_key != self._plan_key:
-            packed = pack_command((
+            packed = b"".join(pack_command((
                 "XREADGROUP", "GROUP", self._group, self._consumer, "COUNT", count,
                 "STREAMS", *streams, *([">"] * len(streams)),
-            ))
+            )) for streams, count in commands)
             if plan_key is not None:
                 self._packed, self._plan_key = packed, plan_key
         else:
             packed = self._packed
-        reply = parse_stream_reply((await self._conn.roundtrip(packed, 1))[0])
+        reply: StreamReply = []
+        for raw in await self._conn.roundtrip(packed, len(commands)):
+            reply += parse_stream_reply(raw)
         self.reads += 1
         for _key, entries in reply:
             self.entries += len(entries)

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 
 from redis.exceptions import ResponseError
 
@@ -40,6 +41,24 @@ SWEEP_SLICES = 10
 LISTEN_BLOCK_S = 0.25
 
 OnControl = Callable[[str, str, dict[bytes, bytes]], Awaitable[None]]
+
+
+@dataclass
+class ReadPlan:
+    """One read: the control streams with their COUNT (small: it caps claims) and the
+    owned data streams with theirs, sent as two XREADGROUPs in one round trip."""
+
+    control: list[str] = field(default_factory=list)
+    control_count: int = 0
+    data: list[str] = field(default_factory=list)
+    data_count: int = 1
+
+    @property
+    def empty(self) -> bool:
+        return not self.control and not self.data
+
+    def parts(self) -> list[tuple[list[str], int]]:
+        return [(self.control, self.control_count), (self.data, self.data_count)]
 
 
 class ReadScheduler:
@@ -134,26 +153,25 @@ class ReadScheduler:
         sweep_s = w.settings.sweep_ms / 1000
         next_sweep = 0.0
         full_sweep = True
-        count = w.settings.read_count
         while not w.stopping.is_set():
             await w.writer.wait_below(self._high_water)
             if self._resync:
                 self._resync = False
                 next_sweep, full_sweep = 0.0, True
-            streams: list[str] = []
+            plan = ReadPlan()
             try:
                 now = time.monotonic()
                 plan_key: object = None
                 if now >= next_sweep:
                     next_sweep = now + sweep_s / SWEEP_SLICES
                     if full_sweep:
-                        plan_key, streams, count = self._full_plan()
+                        plan_key, plan = self._full_plan()
                         full_sweep = False
                     else:
-                        streams, count = self._sweep_plan()
+                        plan = self._sweep_plan()
                 else:
-                    streams, count = self._rung_plan()
-                    if not streams:
+                    plan = self._rung_plan()
+                    if plan.empty:
                         # Nothing rang since the last read: wait for the listener (or the next sweep).
                         self._rang.clear()
                         with contextlib.suppress(TimeoutError):
@@ -162,14 +180,14 @@ class ReadScheduler:
                         continue
                 self._dirty.clear()
                 self._control_rung = False
-                reply = await reader.read(plan_key, streams, count) if streams else []
+                reply = await reader.read(plan_key, plan.parts()) if not plan.empty else []
                 if not w.redis_ok:
                     log.info("redis is back: reading again")
                 w.redis_ok = True
                 delays = backoff()
             except ResponseError as exc:
                 if "NOGROUP" in str(exc):
-                    await self._recreate_groups(streams)
+                    await self._recreate_groups(plan.control + plan.data)
                     continue
                 raise
             except Exception as exc:
@@ -186,53 +204,52 @@ class ReadScheduler:
                 if key in self._control_bkeys:
                     for entry_id, fields in entries:
                         await self._on_control(key.decode(), entry_id.decode(), fields)
-                    if len(entries) >= count:
+                    if len(entries) >= plan.control_count:
                         self._control_rung = True  # more may be waiting
                 else:
                     self._on_data(key, entries)
-                    if len(entries) >= count:
+                    if len(entries) >= plan.data_count:
                         self._dirty.add(key.decode())
 
-    def _claim_count(self) -> int:
-        """COUNT of a read that includes the control stream: a read must not hand this
-        worker more conversations than it has slots, nor a whole burst (COUNT is per
-        stream, so this caps the claims of one read)."""
+    def _control_part(self, wanted: bool) -> tuple[list[str], int]:
+        """The control streams and their COUNT, when ``wanted`` and a slot is free. The
+        COUNT caps the claims of one read: never more conversations than free slots, nor
+        a whole burst (``claim_batch``), so a burst spreads over the workers."""
         table = self._w.owned.table
-        return min(self._w.settings.read_count, table.free_slots, self._w.settings.claim_batch)
+        if not (wanted and table.accepting):
+            return [], 0
+        return self._control_keys, min(self._w.settings.read_count, table.free_slots, self._w.settings.claim_batch)
 
-    def _full_plan(self) -> tuple[object, list[str], int]:
-        """(cache key, streams, COUNT) of a read of everything: the packed command is
-        reused until the set of owned conversations changes."""
+    def _full_plan(self) -> tuple[object, ReadPlan]:
+        """A read of everything owned (and the control streams when a slot is free);
+        its packed commands are reused until the set of owned conversations changes."""
         owned = self._w.owned
-        accepting = owned.table.accepting
-        count = self._claim_count() if accepting else self._w.settings.read_count
-        streams = (self._control_keys + owned.data_keys()) if accepting else owned.data_keys()
-        return (owned.version, accepting, count), streams, count
+        control, control_count = self._control_part(True)
+        plan = ReadPlan(control, control_count, owned.data_keys(), self._w.settings.read_count)
+        return (owned.version, control_count), plan
 
-    def _sweep_plan(self) -> tuple[list[str], int]:
+    def _sweep_plan(self) -> ReadPlan:
         """A slice of the sweep: the next 1/SWEEP_SLICES of the owned streams, the
-        control stream when a slot is free, and whatever rang. Sweeping in slices
+        control streams when a slot is free, and whatever rang. Sweeping in slices
         keeps each read small, so no one read stalls the loop."""
-        streams, count = self._rung_plan(control=True)
+        plan = self._rung_plan(control=True)
         owned = self._w.owned.data_keys()
         if owned:
             size = -(-len(owned) // SWEEP_SLICES)
             start = self._sweep_cursor % len(owned)
             chunk = owned[start : start + size]
             self._sweep_cursor = start + size
-            seen = set(streams)
-            streams += [k for k in chunk if k not in seen]
-        return streams, count
+            seen = set(plan.data)
+            plan.data += [k for k in chunk if k not in seen]
+        return plan
 
-    def _rung_plan(self, control: bool = False) -> tuple[list[str], int]:
-        """The owned streams that rang since the last read, and the COUNT to read them with."""
+    def _rung_plan(self, control: bool = False) -> ReadPlan:
+        """The owned streams that rang since the last read (and the control streams
+        when they rang, or when ``control``)."""
         owned = self._w.owned
-        count = self._w.settings.read_count
-        streams = [k for k in self._dirty if owned.by_data_key(k.encode()) is not None]
-        if (control or self._control_rung) and owned.table.accepting:
-            count = self._claim_count()
-            streams = self._control_keys + streams
-        return streams, count
+        data = [k for k in self._dirty if owned.by_data_key(k.encode()) is not None]
+        control_keys, control_count = self._control_part(control or self._control_rung)
+        return ReadPlan(control_keys, control_count, data, self._w.settings.read_count)
 
     async def _recreate_groups(self, streams: list[str]) -> None:
         """A stream lost its group (expired key, Redis restarted empty): recreate them."""
