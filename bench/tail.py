@@ -86,13 +86,15 @@ def _scrape(port: int) -> str:
         return str(resp.read().decode())
 
 
-async def run(rate: float, window_s: float, windows: int, conversations: int) -> list[dict[str, Any]]:
+async def run(
+    rate: float, window_s: float, windows: int, conversations: int, env: dict[str, str] | None = None
+) -> list[dict[str, Any]]:
     server = start_embedded(appendonly=False)
     client = aioredis.Redis.from_url(server.url)
     prefix = f"tail{uuid.uuid4().hex[:6]}"
     keys = Keys(prefix)
     services = Services(server.url, prefix, Path(tempfile.mkdtemp(prefix="bench-tail-")),
-                        ECHO_WORDS_PER_DELTA="1000", METRICS_ENABLED="true", METRICS_PORT="0")
+                        **{"ECHO_WORDS_PER_DELTA": "1000", "METRICS_ENABLED": "true", "METRICS_PORT": "0", **(env or {})})
     stalls = StallMonitor(log_over_s=10.0)
     rows: list[dict[str, Any]] = []
     try:
@@ -149,9 +151,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=float, default=10.0, help="seconds per window")
     parser.add_argument("--windows", type=int, default=3)
     parser.add_argument("--conversations", type=int, default=200)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the services (e.g. SWEEP_MS=5000); repeatable")
     args = parser.parse_args(argv)
+    env = dict(item.split("=", 1) for item in args.env)
     install_fast_loop()
-    asyncio.run(run(args.rate, args.window, args.windows, args.conversations))
+    asyncio.run(run(args.rate, args.window, args.windows, args.conversations, env))
     return 0
 
 
