@@ -93,8 +93,8 @@ async def run(
     client = aioredis.Redis.from_url(server.url)
     prefix = f"tail{uuid.uuid4().hex[:6]}"
     keys = Keys(prefix)
-    services = Services(server.url, prefix, Path(tempfile.mkdtemp(prefix="bench-tail-")),
-                        **{"ECHO_WORDS_PER_DELTA": "1000", "METRICS_ENABLED": "true", "METRICS_PORT": "0", **(env or {})})
+    service_env = {"ECHO_WORDS_PER_DELTA": "1000", "METRICS_ENABLED": "true", "METRICS_PORT": "0", **(env or {})}
+    services = Services(server.url, prefix, Path(tempfile.mkdtemp(prefix="bench-tail-")), **service_env)
     stalls = StallMonitor(log_over_s=10.0)
     rows: list[dict[str, Any]] = []
     try:
