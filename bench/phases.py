@@ -34,12 +34,11 @@ DESCRIPTIONS = {
         "transcriber_svc + conversation_svc (simulated transcription, echo answer, taken whole) on the "
         "ownership runtime. Per utterance: client XADD utterance.text to the conversation's input stream; "
         "transcriber: one gated EVALSHA (ack input + XADD transcript.final); conversation worker: one gated "
-        "EVALSHA (ack transcript + XADD response.done); a doorbell entry per write batch. Each worker gets an "
-        "entry either from a shared XREADGROUP over the streams that rang, or, from a small batch (light "
-        "load), from the doorbell entry itself (no read; the gate then moves the group past it); the client "
-        "likewise reads the transcripts and responses streams that rang, or takes the entries from the "
-        "doorbell. The monitor's timings batched per worker-second; pydantic validation of every entry; "
-        "per-conversation order; exactly-once response.done."
+        "EVALSHA (ack transcript + XADD response.done); a doorbell entry (a hint, no data) per write batch. "
+        "Each worker blocks on its doorbells and reads the owned streams that rang with one XREADGROUP; the "
+        "client likewise reads the transcripts and responses streams that rang with one XREAD. The monitor's "
+        "timings batched per worker-second; pydantic validation of every entry; per-conversation order; "
+        "exactly-once response.done."
     ),
     "baseline_redis": (
         "hand-written redis-py (hiredis) two-hop pipeline, one process per stage: XREADGROUP COUNT 1000 on one "
