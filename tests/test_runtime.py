@@ -70,8 +70,10 @@ async def _running(settings: CommonSettings, service: Service) -> AsyncIterator[
 
 
 @contextlib.asynccontextmanager
-async def _pipeline(redis_url: str, prefix: str) -> AsyncIterator[tuple[OwnershipRuntime, OwnershipRuntime]]:
-    common: dict[str, Any] = {"redis_url": redis_url, "key_prefix": prefix, **FAST}
+async def _pipeline(
+    redis_url: str, prefix: str, **overrides: Any
+) -> AsyncIterator[tuple[OwnershipRuntime, OwnershipRuntime]]:
+    common: dict[str, Any] = {"redis_url": redis_url, "key_prefix": prefix, **FAST, **overrides}
     t_settings = TranscriberSettings(transcriber_engine="simulated", **common)
     c_settings = ConversationSettings(conversation_engine="echo", **common)
     async with (
@@ -180,3 +182,37 @@ async def test_a_ring_for_a_conversation_this_worker_does_not_own_is_ignored(
         assert transcriber.live == {}
         assert await redis.exists(keys.dead(0)) == 0
         assert await redis.xinfo_groups(keys.input("ghost")) == []
+
+
+async def test_a_stopping_worker_hands_its_conversation_to_a_peer_that_answers_next(
+    redis_url: str, redis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    # A lease far longer than the test: the peer can only get the conversation by a hand-back.
+    common: dict[str, Any] = {"redis_url": redis_url, "key_prefix": prefix, **FAST, "lease_s": 60.0}
+    settings = TranscriberSettings(transcriber_engine="simulated", **common)
+    async with _pipeline(redis_url, prefix, lease_s=60.0) as (first, _conversation):
+        await add_with_rings(redis, keys, [(keys.control_for("c"), encode(ConversationStarted(conversation_id="c")),
+                                            None)])
+        await _say(redis, keys, "c", "u1", "before the hand-back")
+
+        async def first_answered() -> bool:
+            return await _answered(redis, keys, "c") == ["u1"]
+
+        await _until(first_answered)
+        assert set(first.live) == {"c"}
+        async with _running(settings, await _transcriber(settings)) as peer:
+            first.stop()  # leaves _pipeline's exit a no-op stop
+
+            async def moved() -> bool:
+                return set(peer.live) == {"c"}
+
+            await _until(moved, timeout_s=5.0)  # well inside the lease: handed back, not expired
+            await _say(redis, keys, "c", "u2", "after the hand-back")
+
+            async def second_answered() -> bool:
+                return await _answered(redis, keys, "c") == ["u1", "u2"]
+
+            await _until(second_answered)
+    (group,) = await redis.xinfo_groups(keys.input("c"))
+    assert group["pending"] == 0

@@ -214,7 +214,9 @@ class Leases:
         claims = list(w.owned.table.claims.values())
         if not claims:
             return
-        idle_ms = w.settings.lease_ms * 1000
+        # Idle past the lease (a reaper takes entries idle for lease_ms), with a margin for clock
+        # steps between this call and the reaper's.
+        idle_ms = 2 * w.settings.lease_ms
         try:
             pipe = w.redis.pipeline(transaction=False)
             for claim in claims:
