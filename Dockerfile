@@ -14,8 +14,13 @@ RUN if [ "$WITH_LOCAL" = "1" ]; then \
     fi
 
 COPY requirements/ requirements/
+# llama.cpp for x86-64-v3, not -march=native: a host that lists AMX without enabling it
+# (some VMs) kills the first matrix product with SIGILL (see scripts/env.sh).
 RUN pip install --no-cache-dir --no-deps -r requirements/base.lock \
-    && if [ "$WITH_LOCAL" = "1" ]; then pip install --no-cache-dir --no-deps -r requirements/local.lock; fi
+    && if [ "$WITH_LOCAL" = "1" ]; then \
+      CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON" \
+      pip install --no-cache-dir --no-deps -r requirements/local.lock; \
+    fi
 
 COPY pyproject.toml README.md ./
 COPY shared/ shared/
