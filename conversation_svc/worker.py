@@ -33,6 +33,7 @@ from shared.bus.writer import BatchWriter
 from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
 from shared.history import History, Turn, rebuild
 from shared.keys import Keys
+from shared.logs import scrub
 from shared.models import (
     ConversationEnded,
     Entry,
@@ -150,7 +151,7 @@ class ConversationWorkerSession:
             log.warning("response failed: %s", exc, extra={"conversation_id": cid, "utterance_id": uid})
             metrics.UPSTREAM_ERRORS.labels(self.engine_name, exc.code).inc()
             failed = ResponseFailed(conversation_id=cid, utterance_id=uid, response_id=response_id,
-                                    code=exc.code, reason=str(exc)[:2000])
+                                    code=exc.code, reason=scrub(str(exc))[:2000])
             writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, encode(failed), maxlen,
                         supersedes=streamed)
             self.history.mark_answered(uid)
@@ -268,7 +269,7 @@ class ConversationService:
         if isinstance(entry, TranscriptFinal):
             failed = ResponseFailed(conversation_id=ctx.conversation_id, utterance_id=entry.utterance_id,
                                     response_id=f"r{uuid.uuid4().hex[:12]}", code="dead_lettered",
-                                    reason=reason[:2000])
+                                    reason=scrub(reason)[:2000])
             ctx.writer.add(ctx.keys.responses(ctx.conversation_id), encode(failed), self.settings.responses_maxlen)
 
     async def aclose(self) -> None:

@@ -16,7 +16,11 @@ import time
 from typing import Any
 
 _URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]*):(?P<pw>[^@\s]+)@", re.I)
+#: ``user:pass@host`` without a scheme (a host:port list, a hand-written REDIS_URL).
+_BARE_PASSWORD = re.compile(r"(?<![\w/:*])(?P<user>[\w.%+-]*):(?P<pw>[^@\s/:*]+)@(?=[\w.-])")
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._-]+")
+#: OpenAI-style keys, registered or not (an upstream error text may quote one).
+_API_KEY = re.compile(r"\bsk-[A-Za-z0-9_-]{16,}")
 _SECRETS: set[str] = set()
 _CONTEXT_FIELDS = ("conversation_id", "utterance_id", "entry_id", "engine")
 
@@ -29,7 +33,9 @@ def register_secret(value: str | None) -> None:
 
 def scrub(text: str) -> str:
     text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    text = _BARE_PASSWORD.sub(r"\g<user>:***@", text)
     text = _BEARER.sub(r"\1***", text)
+    text = _API_KEY.sub("sk-***", text)
     for secret in _SECRETS:
         if secret in text:
             text = text.replace(secret, "***")

@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from shared.bus.writer import BatchWriter
 from shared.keys import Keys, conversation_of_key
+from shared.logs import scrub
 from shared.models import ConversationStarted, DeadLetter, Entry, now_ms
 from shared.settings import CommonSettings
 
@@ -93,7 +94,7 @@ def dead_letter(
         entry_id=entry_id,
         group=group,
         worker_id=worker_id,
-        reason=reason[:4000],
+        reason=scrub(reason)[:4000],  # an upstream error text may quote a credential
         deliveries=deliveries,
         raw=(raw or b"").decode("utf-8", errors="replace"),
         dead_ms=now_ms(),
