@@ -9,6 +9,7 @@ Everything else uses the ordinary client from ``connect``.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -19,15 +20,32 @@ StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 StreamReply = list[tuple[bytes, StreamEntries]]
 
 
+#: No reply for this long means the connection is gone (a cut network, a frozen server).
+#: Longer than any blocking read the services send (a doorbell wait is at most a second).
+SOCKET_TIMEOUT_S = 15.0
+#: TCP keepalive: a silently dropped peer is noticed within about IDLE + INTERVAL * COUNT.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
+
+
+def keepalive_options() -> dict[int, int]:
+    """Per-socket keepalive timing where the platform has the options (Linux does)."""
+    wanted = {"TCP_KEEPIDLE": KEEPALIVE_IDLE_S, "TCP_KEEPINTVL": KEEPALIVE_INTERVAL_S, "TCP_KEEPCNT": KEEPALIVE_COUNT}
+    return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
+
+
 def connect(url: str, **kwargs: Any) -> aioredis.Redis:
-    """A client that returns bytes (no decoding on the hot path)."""
-    return aioredis.Redis.from_url(
-        url,
-        decode_responses=False,
-        socket_connect_timeout=5,
-        health_check_interval=0,
+    """A client that returns bytes (no decoding on the hot path), with a socket
+    timeout and TCP keepalive on every connection it makes (the raw ones too)."""
+    options: dict[str, Any] = {
+        "decode_responses": False,
+        "socket_connect_timeout": 5,
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_keepalive": True,
+        "socket_keepalive_options": keepalive_options(),
+        "health_check_interval": 0,
         **kwargs,
-    )
+    }
+    return aioredis.Redis.from_url(url, **options)
 
 
 def pack_command(args: Sequence[Any]) -> bytes:

@@ -31,9 +31,13 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
 )
 
-#: Error replies of a Redis that is up but cannot serve yet (loading its AOF after a
-#: restart, a cluster without a reachable master, a slot being migrated).
-TRANSIENT_REPLIES = ("LOADING", "MASTERDOWN", "TRYAGAIN")
+#: Error replies of a Redis that is up but cannot serve for now: loading its AOF after a
+#: restart, full memory (OOM, until memory is freed or raised), a failed snapshot that
+#: blocks writes (MISCONF), a replica or a demoted master (READONLY), a busy script (BUSY),
+#: a cluster without a reachable master or a slot being migrated. Nothing of the refused
+#: command ran: it is retried whole. NOPERM, WRONGTYPE and the like are not here: waiting
+#: does not fix them, and each caller gives them a path of their own (a dead letter).
+TRANSIENT_REPLIES = ("LOADING", "OOM", "MISCONF", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
 def is_transient(exc: BaseException) -> bool:

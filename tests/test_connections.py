@@ -1,0 +1,56 @@
+"""Every Redis connection has a socket timeout and TCP keepalive, and the retry
+policy tells the errors worth waiting out from the ones that need another path."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from shared.bus.resp import SOCKET_TIMEOUT_S, RawConnection, connect
+from shared.bus.retry import is_transient
+
+
+async def test_connections_have_a_timeout_and_tcp_keepalive(redis_url: str) -> None:
+    client = connect(redis_url)
+    raw = RawConnection(client)
+    try:
+        assert await client.ping()
+        await raw.roundtrip(b"*1\r\n$4\r\nPING\r\n", 1)
+        for conn in (raw._conn, client.connection_pool.get_available_connection()):
+            assert conn.socket_timeout == SOCKET_TIMEOUT_S
+            sock = conn._writer.transport.get_extra_info("socket")
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE) == 1
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE) == 10
+    finally:
+        await raw.aclose()
+        await client.aclose()
+
+
+@pytest.mark.parametrize("reply", [
+    "LOADING Redis is loading the dataset in memory",
+    "OOM command not allowed when used memory > 'maxmemory'.",
+    "MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk.",
+    "READONLY You can't write against a read only replica.",
+    "BUSY Redis is busy running a script.",
+    "TRYAGAIN Multiple keys request during rehashing of slot",
+    "CLUSTERDOWN The cluster is down",
+])
+def test_replies_of_a_redis_that_cannot_serve_for_now_are_transient(reply: str) -> None:
+    assert is_transient(ResponseError(reply))
+
+
+@pytest.mark.parametrize("reply", [
+    "WRONGTYPE Operation against a key holding the wrong kind of value",
+    "NOPERM User has no permissions to run the 'xadd' command",
+    "ERR unknown command",
+])
+def test_replies_that_waiting_cannot_fix_are_not(reply: str) -> None:
+    assert not is_transient(ResponseError(reply))
+
+
+def test_a_lost_connection_is_transient() -> None:
+    assert is_transient(RedisConnectionError("Connection closed by server."))
