@@ -4,6 +4,7 @@ NOSCRIPT and keeps order."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 
 import redis.asyncio as aioredis
@@ -11,8 +12,10 @@ import redis.asyncio as aioredis
 from shared.bus.doorbell import parse_ring
 from shared.bus.groups import ensure_group
 from shared.bus.program import Scripts
+from shared.bus.resp import connect
 from shared.bus.writer import BatchWriter
 from shared.keys import Keys
+from shared.redis_server import RedisServer
 from tests.conftest import running
 
 
@@ -185,3 +188,29 @@ async def test_a_ring_names_each_conversation_of_a_big_batch_once(redis: aioredi
     (ring,) = [parse_ring([x for pair in f.items() for x in pair])[0] for _, f in
                await redis.xrange(keys.bell(0, "transcripts"))]
     assert ring.kind == "transcripts" and sorted(ring.conversation_ids) == sorted(f"c{i}" for i in range(40))
+
+
+async def test_a_batch_refused_for_full_memory_is_retried_whole_once_memory_frees(
+    own_redis_server: RedisServer,
+) -> None:
+    """Under maxmemory with noeviction the batch script is refused before it runs
+    (no ack without its effect); the writer waits it out and writes it exactly once."""
+    redis = connect(own_redis_server.url)
+    try:
+        src, dst = "oom:src", "oom:dst"
+        entry_id = await _pending_entry(redis, src, "g", "w1")
+        used = int((await redis.info("memory"))["used_memory"])
+        await redis.config_set("maxmemory-policy", "noeviction")
+        await redis.config_set("maxmemory", str(max(1, used - 1024)))
+        async with running(BatchWriter(redis, Scripts())) as writer:
+            results: list[int] = []
+            writer.gate(src, "g", entry_id, dst, b"effect", 1000, on_result=results.append)
+            await asyncio.sleep(0.5)
+            assert writer.redis_ok is False and results == []
+            assert (await redis.xpending(src, "g"))["pending"] == 1 and await redis.xlen(dst) == 0
+            await redis.config_set("maxmemory", "0")
+            await asyncio.wait_for(writer.flushed(), 10)
+        assert results == [1] and writer.redis_ok is True
+        assert (await redis.xpending(src, "g"))["pending"] == 0 and await redis.xlen(dst) == 1
+    finally:
+        await redis.aclose()

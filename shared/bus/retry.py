@@ -13,8 +13,16 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    MasterDownError,
+    OutOfMemoryError,
+    ReadOnlyError,
+    ResponseError,
+    TryAgainError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared.backoff import backoff
@@ -32,16 +40,21 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 #: Error replies of a Redis that is up but cannot serve for now: loading its AOF after a
-#: restart, full memory (OOM, until memory is freed or raised), a failed snapshot that
-#: blocks writes (MISCONF), a replica or a demoted master (READONLY), a busy script (BUSY),
-#: a cluster without a reachable master or a slot being migrated. Nothing of the refused
-#: command ran: it is retried whole. NOPERM, WRONGTYPE and the like are not here: waiting
-#: does not fix them, and each caller gives them a path of their own (a dead letter).
+#: restart (LOADING), full memory (OOM, until memory is freed or raised), a failed snapshot
+#: that blocks writes (MISCONF), a replica or a demoted master (READONLY), a busy script
+#: (BUSY), a cluster without a reachable master or a slot being migrated. Nothing of the
+#: refused command ran: it is retried whole. redis-py turns most of these into classes of
+#: their own (and drops the code from the message); the rest are matched by their code.
+#: NOPERM, WRONGTYPE and the like are not here: waiting does not fix them, and each
+#: caller gives them a path of their own (a dead letter).
+TRANSIENT_REPLY_CLASSES: tuple[type[BaseException], ...] = (
+    BusyLoadingError, OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError, MasterDownError,
+)
 TRANSIENT_REPLIES = ("LOADING", "OOM", "MISCONF", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TRANSIENT_ERRORS):
+    if isinstance(exc, TRANSIENT_ERRORS + TRANSIENT_REPLY_CLASSES):
         return True
     return isinstance(exc, ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
 

@@ -1,3 +1,4 @@
+#!lua
 -- One write flush of one partition, run atomically (see shared/bus/program.py).
 --
 -- ARGV is a list of frames, one per op:  code, key count, arg count, key indexes..., args...
