@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -216,3 +217,45 @@ async def test_a_stopping_worker_hands_its_conversation_to_a_peer_that_answers_n
             await _until(second_answered)
     (group,) = await redis.xinfo_groups(keys.input("c"))
     assert group["pending"] == 0
+
+
+async def _dead_reasons(redis: aioredis.Redis, keys: Keys) -> list[str]:
+    return [json.loads(fields[b"d"])["reason"] for _, fields in await redis.xrange(keys.dead(0))]
+
+
+async def test_keys_of_the_wrong_type_go_to_the_dead_letters_and_no_worker_stops(
+    redis_url: str, redis: aioredis.Redis, prefix: str
+) -> None:
+    """Three places a key can hold another type than a stream: a new conversation's
+    input (adopting it), an owned input (reading it), an effect's stream (a gate)."""
+    keys = Keys(prefix)
+    async with _pipeline(redis_url, prefix) as (transcriber, conversation):
+        await redis.set(keys.input("bad-start"), "not a stream")
+        for cid in ("bad-start", "bad-read", "bad-gate", "good"):
+            started = ConversationStarted(conversation_id=cid)
+            await add_with_rings(redis, keys, [(keys.control_for(cid), encode(started), None)])
+
+        async def adopted() -> bool:
+            return set(transcriber.live) == {"bad-read", "bad-gate", "good"}
+
+        await _until(adopted)
+        await redis.delete(keys.input("bad-read"))
+        await redis.set(keys.input("bad-read"), "replaced")
+        await redis.xadd(keys.bell(0, "input"), {"input": "bad-read"})
+        await redis.set(keys.transcripts("bad-gate"), "in the way")
+        await _say(redis, keys, "bad-gate", "u1", "this transcript has nowhere to go")
+        await _say(redis, keys, "good", "u1", "still answered")
+
+        async def settled() -> bool:
+            return await _answered(redis, keys, "good") == ["u1"] and len(await _dead_reasons(redis, keys)) >= 3
+
+        await _until(settled)
+        assert set(transcriber.live) == {"bad-gate", "good"}
+        reasons = await _dead_reasons(redis, keys)
+        assert any(f"cannot own {keys.input('bad-start')}" in r for r in reasons), reasons
+        assert any(f"{keys.input('bad-read')} holds a string" in r for r in reasons), reasons
+        assert any(f"could not be written to {keys.transcripts('bad-gate')}" in r for r in reasons), reasons
+        (group,) = await redis.xinfo_groups(keys.input("bad-gate"))
+        assert group["pending"] == 0  # the utterance is acked into the dead letters, not stuck
+        for worker in (transcriber, conversation):
+            assert worker.not_ready_reason() is None

@@ -83,6 +83,9 @@ class BatchWriter:
         self._barriers: list[_Barrier] = []
         self.stats = WriterStats()
         self.on_suppressed: Callable[[], None] | None = None
+        #: Called with a gate whose effect Redis refused (e.g. its stream's key holds another type):
+        #: nothing of it was written and its source entry is still pending.
+        self.on_gate_failed: Callable[[QueuedOp, str], None] | None = None
         self.redis_ok = True
 
     # --- queueing (sync, called from sessions) ---------------------------
@@ -239,7 +242,10 @@ class BatchWriter:
                 op = item.ops[0]
                 if isinstance(result, bytes) and result.startswith(b"ERR "):
                     self.stats.op_errors += 1
-                    log.error("write %s to %s failed: %s", op.code, op.keys[0], result[4:].decode(errors="replace"))
+                    reason = result[4:].decode(errors="replace")
+                    log.error("write %s to %s failed: %s", op.code, op.keys[-1], reason)
+                    if op.code == GATE.code and self.on_gate_failed is not None:
+                        self.on_gate_failed(op, reason)
                     continue
                 if op.code == GATE.code and result == 0:
                     self.stats.suppressed += 1

@@ -74,7 +74,11 @@ class Leases:
             if table.claims[conversation_id].control_entry_id != entry_id:
                 w.dead(control_key, entry_id, started.model_dump_json().encode(), "conversation already started")
             return
-        created = await retry_forever("create group", lambda: ensure_group(w.redis, data_key, w.group))
+        try:
+            created = await retry_forever("create group", lambda: ensure_group(w.redis, data_key, w.group))
+        except ResponseError as exc:  # e.g. WRONGTYPE: the stream's name holds another type
+            w.dead(control_key, entry_id, started.model_dump_json().encode(), f"cannot own {data_key}: {exc}")
+            return
         if not created and not took_over:
             w.dead(control_key, entry_id, started.model_dump_json().encode(), "conversation already started")
             return
@@ -195,6 +199,19 @@ class Leases:
             w.writer.expire(key, w.settings.conversation_ttl_s)
         w.meters.owned.set(len(w.owned.table.claims))
         log.info("conversation %s finished", cid, extra={"conversation_id": cid})
+
+    async def reject(self, data_key: str, reason: str) -> None:
+        """An owned conversation's stream cannot be read (its name holds another type):
+        dead-letter its claim with the reason, which releases it for good, and forget it."""
+        w = self._w
+        live = w.owned.by_data_key(data_key.encode())
+        if live is None:
+            return
+        claim = live.claim
+        log.error("giving up conversation %s: %s", live.conversation_id, reason,
+                  extra={"conversation_id": live.conversation_id})
+        w.dead(claim.control_key, claim.control_entry_id, None, reason)
+        await self.drop([live.conversation_id], reason)
 
     async def drop(self, conversation_ids: Iterable[str], why: str) -> None:
         """Forget conversations without acking anything (lost to a peer, or handed back)."""

@@ -41,6 +41,8 @@ SWEEP_SLICES = 10
 LISTEN_BLOCK_S = 0.25
 
 OnControl = Callable[[str, str, dict[bytes, bytes]], Awaitable[None]]
+#: Called with an owned data stream that cannot be read, and why.
+OnUnreadable = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass
@@ -62,10 +64,11 @@ class ReadPlan:
 
 
 class ReadScheduler:
-    def __init__(self, w: WorkerContext, drainer: Drainer, on_control: OnControl) -> None:
+    def __init__(self, w: WorkerContext, drainer: Drainer, on_control: OnControl, on_unreadable: OnUnreadable) -> None:
         self._w = w
         self._drainer = drainer
         self._on_control = on_control
+        self._on_unreadable = on_unreadable
         self._data_kind = stream_kind(w.service.data_key(w.keys, "x"))
         self._control_keys = w.keys.controls()
         self._control_bkeys = {k.encode() for k in self._control_keys}
@@ -189,6 +192,9 @@ class ReadScheduler:
                 if "NOGROUP" in str(exc):
                     await self._recreate_groups(plan.control + plan.data)
                     continue
+                if "WRONGTYPE" in str(exc):
+                    await self._reject_unreadable(plan.data)
+                    continue
                 raise
             except Exception as exc:
                 if not is_transient(exc):
@@ -250,6 +256,21 @@ class ReadScheduler:
         data = [k for k in self._dirty if owned.by_data_key(k.encode()) is not None]
         control_keys, control_count = self._control_part(control or self._control_rung)
         return ReadPlan(control_keys, control_count, data, self._w.settings.read_count)
+
+    async def _reject_unreadable(self, streams: list[str]) -> None:
+        """A read failed with WRONGTYPE: give up the owned conversations whose stream's
+        name now holds another type (the others are read again at the next step)."""
+        w = self._w
+        pipe = w.redis.pipeline(transaction=False)
+        for key in streams:
+            pipe.type(key)
+        kinds = await pipe.execute()
+        for key, kind in zip(streams, kinds, strict=True):
+            name = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if name not in ("stream", "none"):
+                await self._on_unreadable(key, f"{key} holds a {name}, not a stream")
+            else:
+                self._dirty.add(key)
 
     async def _recreate_groups(self, streams: list[str]) -> None:
         """A stream lost its group (expired key, Redis restarted empty): recreate them."""

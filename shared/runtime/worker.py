@@ -17,7 +17,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from shared.bus.groups import ensure_group
-from shared.bus.program import Scripts
+from shared.bus.program import QueuedOp, Scripts
 from shared.bus.retry import is_transient, retry_forever
 from shared.bus.writer import BatchWriter
 from shared.metrics import stream_kind
@@ -45,11 +45,13 @@ class OwnershipRuntime:
         meters = RuntimeMeters(service.name, stream_kind(service.data_key(settings.keys, "x")))
         writer = BatchWriter(redis, scripts, bell_key=settings.keys.bell_for_key)
         writer.on_suppressed = meters.suppressed.inc
+        writer.on_gate_failed = self._gate_failed
         meters.capacity.set(settings.max_sessions)
         self.w = WorkerContext(settings, service, redis, scripts, writer, Owned(settings.max_sessions), meters)
         self.drainer = Drainer(self.w, on_finished=self._finished)
         self.leases = Leases(self.w, self.drainer, read_soon=self._read_soon)
-        self.reader = ReadScheduler(self.w, self.drainer, on_control=self.leases.on_control)
+        self.reader = ReadScheduler(self.w, self.drainer, on_control=self.leases.on_control,
+                                    on_unreadable=self.leases.reject)
         self.chores = Chores(self.w, self.drainer, metrics_port)
         self.started = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -116,6 +118,17 @@ class OwnershipRuntime:
 
     def _read_soon(self, data_key: str) -> None:
         self.reader.read_soon(data_key)
+
+    def _gate_failed(self, op: QueuedOp, reason: str) -> None:
+        """Redis refused a gate's effect (nothing was written, the source is still
+        pending): dead-letter the source entry with the reason, so it is acked with a trace
+        instead of being retried forever. A dead letter that cannot be written is logged."""
+        src, dst = op.keys
+        entry_id = str(op.args[1])
+        if dst in self.w.keys.deads():
+            log.error("dead letter of %s %s could not be written: %s", src, entry_id, reason)
+            return
+        self.w.dead(src, entry_id, None, f"its effect could not be written to {dst}: {reason}")
 
     async def _shutdown(self) -> None:
         w = self.w

@@ -31,8 +31,16 @@ end
 -- op G(src, dst | group, id, maxlen, field, value, extra_ids...): the gate. XACK id; only if that
 -- ack removed it from the group's pending list, ack the extra ids too (e.g. the audio chunks of
 -- an utterance) and XADD value to dst (value '' = ack only). 1 if it wrote, 0 if id was not
--- pending (acked before: a retry, a zombie, a second owner): exactly-once effects.
+-- pending (acked before: a retry, a zombie, a second owner): exactly-once effects. A dst that
+-- is no stream fails the op before anything is acked (the writer then dead-letters the source).
 OPS.G = function(k, a)
+  if a[5] ~= '' then
+    -- An effect that cannot be written must not cost its source entry: check before the ack.
+    local kind = call('TYPE', k[2])['ok']
+    if kind ~= 'stream' and kind ~= 'none' then
+      error('WRONGTYPE ' .. k[2] .. ' holds a ' .. kind .. ', not a stream')
+    end
+  end
   if call('XACK', k[1], a[1], a[2]) ~= 1 then
     return 0
   end
