@@ -69,7 +69,8 @@ class CommonSettings(ConnectionSettings):
     transcripts_maxlen: int = Field(5_000, ge=100)
     responses_maxlen: int = Field(20_000, ge=100)
     dead_maxlen: int = Field(10_000, ge=100)
-    #: Hard cap of a control stream; below it, consumed entries are trimmed by MINID.
+    #: A control stream longer than this is reported (its consumed entries are trimmed by
+    #: MINID; never by length, which would cut live claims).
     control_maxlen: int = Field(200_000, ge=1000)
     #: A conversation's keys expire this long after it ends.
     conversation_ttl_s: int = Field(3600, ge=1)

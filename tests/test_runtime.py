@@ -259,3 +259,34 @@ async def test_keys_of_the_wrong_type_go_to_the_dead_letters_and_no_worker_stops
         assert group["pending"] == 0  # the utterance is acked into the dead letters, not stuck
         for worker in (transcriber, conversation):
             assert worker.not_ready_reason() is None
+
+
+async def test_no_trim_removes_a_live_claim_under_a_flood_of_starts(
+    redis_url: str, redis: aioredis.Redis, prefix: str
+) -> None:
+    keys = Keys(prefix)
+    async with _pipeline(redis_url, prefix, control_maxlen=1000, max_sessions=20) as (transcriber, conversation):
+        live = ConversationStarted(conversation_id="live")
+        await add_with_rings(redis, keys, [(keys.control_for("live"), encode(live), None)])
+
+        async def adopted() -> bool:
+            return "live" in transcriber.live and "live" in conversation.live
+
+        await _until(adopted)
+        junk = [(keys.control_for(f"junk{i}"), encode(ConversationStarted(conversation_id=f"junk{i}")), None)
+                for i in range(3000)]
+        for start in range(0, len(junk), 500):
+            await add_with_rings(redis, keys, junk[start : start + 500])
+        for worker in (transcriber, conversation):
+            await worker.chores.trim_controls()
+        claim_id = transcriber.live["live"].claim.control_entry_id
+        assert await redis.xrange(keys.control(0), claim_id, claim_id) != []  # the claim's entry is still there
+        await asyncio.sleep(2.5)  # refreshes of a trimmed claim would have lost it by now (lease 1 s)
+        assert "live" in transcriber.live and "live" in conversation.live
+        await _say(redis, keys, "live", "u1", "still mine after the flood")
+
+        async def answered() -> bool:
+            return await _answered(redis, keys, "live") == ["u1"]
+
+        await _until(answered)
+        assert await redis.xlen(keys.control(0)) > 1000  # reported, not cut

@@ -114,13 +114,15 @@ class Chores:
             await self._trim_control(key)
 
     async def _trim_control(self, key: str) -> None:
-        """Trim consumed entries off a control stream (never a live claim)."""
-        redis, maxlen = self._w.redis, self._w.settings.control_maxlen
+        """Trim what both groups consumed off a control stream: below the oldest entry
+        still pending (a live claim) or not yet delivered, in either group. Never by
+        length: a length cap would cut live claims under a flood of starts. A stream
+        over ``control_maxlen`` is reported instead (starts outrun the workers)."""
+        redis = self._w.redis
         groups = await redis.xinfo_groups(key)
         names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"] for g in groups}
         if not {keynames.TRANSCRIBER_GROUP, keynames.CONVERSATION_GROUP} <= names:
-            await redis.xtrim(key, maxlen=maxlen, approximate=True)
-            return
+            return  # a tier has not read it yet: everything may still be delivered to it
         floor: str | None = None
         for g in groups:
             candidates = [g["last-delivered-id"]]
@@ -133,7 +135,10 @@ class Chores:
                     floor = cid
         if floor and floor != "0-0":
             await redis.xtrim(key, minid=floor)
-        await redis.xtrim(key, maxlen=maxlen, approximate=True)
+        length = await redis.xlen(key)
+        if length > self._w.settings.control_maxlen:
+            log.warning("control stream %s holds %d entries (CONTROL_MAXLEN %d): conversations start faster "
+                        "than the workers take them", key, length, self._w.settings.control_maxlen)
 
     # --- lag sampling -------------------------------------------------------------------
 
