@@ -193,7 +193,11 @@ class ReadScheduler:
                     await self._recreate_groups(plan.control + plan.data)
                     continue
                 if "WRONGTYPE" in str(exc):
-                    await self._reject_unreadable(plan.data)
+                    if not await self._reject_unreadable(plan.data):
+                        # A control stream's name holds another type: an operator's fix is needed.
+                        log.error("a control stream is not a stream (%s); retrying with backoff", exc)
+                        w.redis_ok = False
+                        await asyncio.sleep(next(delays))
                     continue
                 raise
             except Exception as exc:
@@ -257,20 +261,24 @@ class ReadScheduler:
         control_keys, control_count = self._control_part(control or self._control_rung)
         return ReadPlan(control_keys, control_count, data, self._w.settings.read_count)
 
-    async def _reject_unreadable(self, streams: list[str]) -> None:
+    async def _reject_unreadable(self, streams: list[str]) -> bool:
         """A read failed with WRONGTYPE: give up the owned conversations whose stream's
-        name now holds another type (the others are read again at the next step)."""
+        name now holds another type (the others are read again at the next step).
+        False when none of ``streams`` is the culprit."""
         w = self._w
         pipe = w.redis.pipeline(transaction=False)
         for key in streams:
             pipe.type(key)
-        kinds = await pipe.execute()
+        kinds = await pipe.execute() if streams else []
+        found = False
         for key, kind in zip(streams, kinds, strict=True):
             name = kind.decode() if isinstance(kind, bytes) else str(kind)
             if name not in ("stream", "none"):
+                found = True
                 await self._on_unreadable(key, f"{key} holds a {name}, not a stream")
             else:
                 self._dirty.add(key)
+        return found
 
     async def _recreate_groups(self, streams: list[str]) -> None:
         """A stream lost its group (expired key, Redis restarted empty): recreate them."""
