@@ -304,9 +304,14 @@ class DeadLetter(BaseModel):
     worker_id: str
     reason: Annotated[str, Field(max_length=4000)]
     deliveries: int
-    #: The original entry's ``d`` field, as text (undecodable bytes replaced).
+    #: The original entry's ``d`` field, as text (undecodable bytes replaced): only its
+    #: first bytes when ``raw_truncated`` (a 96 KB audio chunk makes no 96 KB letter).
     raw: str
     dead_ms: int
+    #: ``raw`` holds only the start of the entry; the whole entry may still be on its stream.
+    raw_truncated: bool = False
+    #: The original entry's size in bytes (None in letters written before it was recorded).
+    raw_bytes: int | None = None
 
 
 DEAD_LETTER_ADAPTER: TypeAdapter[DeadLetter] = TypeAdapter(DeadLetter)
