@@ -25,6 +25,10 @@ SCHEMA_VERSION = 1
 MAX_TEXT_CHARS = 8_000
 #: Largest decoded audio chunk: 2 s of PCM16 mono at 24 kHz.
 MAX_AUDIO_CHUNK_BYTES = 96_000
+#: Largest payload (``d`` field) of a valid entry written compactly, as ``encode``
+#: writes it: the base64 of the largest audio chunk, with 4 KiB for its other fields
+#: (measured: 128,232 bytes with 64-character ids). Reads are sized with it.
+MAX_ENTRY_BYTES = (MAX_AUDIO_CHUNK_BYTES * 4) // 3 + 4 + 4096
 #: Wire audio format, fixed by the Realtime API's `audio/pcm` input.
 AUDIO_SAMPLE_RATE_HZ = 24_000
 AUDIO_SAMPLE_WIDTH_BYTES = 2
