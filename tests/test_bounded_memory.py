@@ -1,15 +1,21 @@
 """Bounded memory: what a worker holds for a conversation does not grow with
-what is written to it. Dead letters carry a truncated copy of a big entry."""
+what is written to it. The per-conversation queue's caps and its resumption
+(pure, then in process against a real Redis), takeover claims in pages, the
+history rebuilt from the streams' newest end, dead letters that carry a
+truncated copy of a big entry, and the memory bound itself, measured."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import gc
 import io
 import random
+import threading
 from types import SimpleNamespace
 from typing import Any
 
+import psutil
 import pytest
 import redis.asyncio as aioredis
 
@@ -408,3 +414,116 @@ async def test_a_takeover_claims_the_pending_entries_page_by_page_in_order_as_th
     assert letter.entry_id == poison and "poison" in letter.reason
     done = await _group(redis, data)
     assert (done["pending"], done["lag"]) == (0, 0)
+
+
+# --- the memory bound, measured -----------------------------------------------------------------
+
+#: Adds ARGV[3] audio chunks to KEYS[1], entry i being ARGV[1] .. i .. ARGV[2], inside Redis:
+#: the test process never holds the audio it writes, so its resident memory is the worker's.
+FILL_SCRIPT = """
+for i = tonumber(ARGV[4]), tonumber(ARGV[4]) + tonumber(ARGV[3]) - 1 do
+  redis.call('XADD', KEYS[1], '*', 'd', ARGV[1] .. i .. ARGV[2])
+end
+"""
+
+
+async def _fill(redis: aioredis.Redis, keys: Keys, cid: str, chunks: int) -> None:
+    """``chunks`` audio chunks of MAX_AUDIO_CHUNK_BYTES (96,000 bytes of PCM) for one utterance."""
+    audio = base64.b64encode(b"\x01\x00" * (MAX_AUDIO_CHUNK_BYTES // 2)).decode()
+    head = f'{{"v":1,"type":"audio.chunk","conversation_id":"{cid}","utterance_id":"u1","seq":'
+    tail = f',"audio":"{audio}"}}'
+    for start in range(0, chunks, 100):
+        await redis.eval(FILL_SCRIPT, 1, keys.input(cid), head, tail, min(100, chunks - start), start)
+
+
+class _RssPeak:
+    """The process's resident set: at the start, and the most it reached (sampled every
+    2 ms by a thread, so the event loop under test cannot delay a sample)."""
+
+    def __init__(self) -> None:
+        self._process = psutil.Process()
+        self.start = self.peak = self._process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def __enter__(self) -> _RssPeak:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.start) / 2**20
+
+
+#: What a conversation any number of 96 KB chunks behind a slow engine may add to a
+#: worker's resident memory with the default queue caps (QUEUE_MAX_BYTES 4 MiB of payload:
+#: the queued entries and their decoded copies, one read in flight, allocator slack).
+#: Measured: about 8 MB for the first flood, nothing more for the second, 4 times longer.
+RSS_BOUND_MB = 32
+#: Two floods, the second four times the first: the bound does not depend on the length.
+#: Without the queue's bound the first alone would need ~128 MB (500 x 128 KB read, and
+#: as much again decoded), the second ~512 MB. 20,000 chunks (2.5 GB in Redis) would
+#: prove no more than 2,000 do: past the queue's few dozen entries the rest is never read.
+FLOODS = (500, 2000)
+
+
+async def _flood_behind_a_slow_engine(
+    redis: aioredis.Redis, keys: Keys, engine: _SlowTranscription, flood: str, other: str, chunks: int
+) -> float:
+    """Write ``chunks`` chunks for ``flood``, start it, have ``other`` answered meanwhile,
+    wait until the flood is handled: the RSS growth meanwhile, in MB."""
+    await _fill(redis, keys, flood, chunks)
+    ids = [entry_id.decode() for entry_id, _ in await redis.xrange(keys.input(flood))]
+    assert len(ids) == chunks
+    gc.collect()
+    with _RssPeak() as rss:
+        await _start(redis, keys, flood)
+        await _start(redis, keys, other)
+        # Another conversation on the same worker is answered while the flood is handled.
+        for i in range(3):
+            await _say(redis, keys, other, f"o{i}", f"question {i}")
+
+            async def answered(count: int = i + 1) -> bool:
+                return len(await _answered(redis, keys, other)) == count
+
+            await _until(answered, timeout_s=5)
+        assert len(engine.fed.get(flood, [])) < chunks  # still behind meanwhile
+
+        async def flood_handled() -> bool:
+            return len(engine.fed.get(flood, [])) == chunks
+
+        await _until(flood_handled, timeout_s=60)
+    assert engine.fed[flood] == ids  # every chunk once, in stream order
+    return rss.growth_mb
+
+
+@pytest.mark.slow
+async def test_a_conversation_thousands_of_chunks_behind_a_slow_engine_stays_within_the_memory_bound(
+    redis_url: str, redis: aioredis.Redis, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    keys = Keys(prefix)
+    peak = _QueuePeak(monkeypatch)
+    # 4 ms per chunk: a slow engine next to the reader, which reads a chunk in well under 1 ms.
+    engine = _SlowTranscription({f"flood{n}" for n in FLOODS}, delay_s=0.004)
+    common: dict[str, Any] = {"redis_url": redis_url, "key_prefix": prefix, **FAST}  # the default queue caps
+    t_settings = TranscriberSettings(**common)
+    c_settings = ConversationSettings(conversation_engine="echo", **common)
+    async with (
+        _running(t_settings, TranscriberService(t_settings, engine)),
+        _running(c_settings, await _conversation(c_settings)),
+    ):
+        for n in FLOODS:
+            flood = f"flood{n}"
+            growth = await _flood_behind_a_slow_engine(redis, keys, engine, flood, f"other{n}", n)
+            print(f"{n} chunks behind: RSS grew {growth:.1f} MB; the queue peaked at "
+                  f"{peak.entries[flood]} entries, {peak.bytes[flood]} bytes")
+            assert growth < RSS_BOUND_MB, f"{n} chunks behind grew the worker by {growth:.1f} MB"
+            assert peak.bytes[flood] <= t_settings.queue_max_bytes
