@@ -18,6 +18,7 @@ import itertools
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from functools import partial
 from typing import Any
 
@@ -31,7 +32,7 @@ from shared.bus.resp import xrange_entries
 from shared.bus.retry import retry_forever
 from shared.bus.writer import BatchWriter
 from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
-from shared.history import History, Turn, rebuild
+from shared.history import History, NewestTurns, Turn
 from shared.keys import Keys
 from shared.logs import scrub
 from shared.models import (
@@ -53,6 +54,9 @@ from shared.settings import ConversationSettings
 
 log = logging.getLogger(__name__)
 
+
+#: Entries read per XREVRANGE when a new owner rebuilds a conversation's history.
+REBUILD_PAGE = 200
 
 #: Entries of the monitor's stats stream: each holds up to a second of answers.
 STATS_MAXLEN = 5_000
@@ -247,22 +251,32 @@ class ConversationService:
         return ConversationWorkerSession(ctx, self.settings, engine_session, history, self.engine.name, self.stats)
 
     async def _rebuild(self, ctx: SessionContext) -> History:
-        """Read the durable log: final transcripts and done responses."""
+        """Read the durable log from its newest end: the done responses back to
+        the newest ``history_max_turns`` answers, then the final transcripts back
+        to theirs (``NewestTurns``), a page at a time. The cost is bounded by the
+        turns kept, not by the streams' length."""
         keys = ctx.keys
+        collector = NewestTurns(self.settings.history_max_turns)
 
-        async def read(key: str) -> list[Entry]:
-            rows = await retry_forever("rebuild history", lambda: xrange_entries(ctx.redis, key))
-            out: list[Entry] = []
-            for _, fields in rows:
-                try:
-                    out.append(decode_fields(fields))
-                except EntryError:
-                    continue
-            return out
+        async def walk_back(key: str, add: Callable[[list[Entry]], bool]) -> None:
+            upper = "+"
+            while True:
+                rows = await retry_forever("rebuild history", partial(
+                    xrange_entries, ctx.redis, key, max=upper, count=REBUILD_PAGE, reverse=True))
+                out: list[Entry] = []
+                for _, fields in rows:
+                    try:
+                        out.append(decode_fields(fields))
+                    except EntryError:
+                        continue
+                if add(out) or len(rows) < REBUILD_PAGE:
+                    return
+                upper = "(" + rows[-1][0].decode()
 
-        transcripts = await read(keys.transcripts(ctx.conversation_id))
-        responses = await read(keys.responses(ctx.conversation_id))
-        return rebuild(transcripts, responses, self.settings.history_max_turns)
+        await walk_back(keys.responses(ctx.conversation_id), collector.add_responses)
+        if collector.needs_transcripts:
+            await walk_back(keys.transcripts(ctx.conversation_id), collector.add_transcripts)
+        return collector.history()
 
     def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
         """A transcript that could not be answered still gets an answer: a failure."""

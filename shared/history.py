@@ -4,6 +4,7 @@ durable streams by a new owner after a takeover. Pure module.
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -66,3 +67,63 @@ def rebuild(
             if entry.utterance_id in answers:
                 turns.append(Turn(entry.utterance_id, entry.text, answers[entry.utterance_id]))
     return History(max_turns, turns, answered=answers.keys())
+
+
+class NewestTurns:
+    """The newest ``max_turns`` turns, rebuilt from the two streams read from
+    their newest end, page by page: the cost is that of the turns kept, not of
+    the streams' length (``rebuild`` needs the whole streams).
+
+    Feed ``add_responses`` pages of the responses stream, newest first, until it
+    returns True (it has ``max_turns`` answers, or was given one page when
+    ``max_turns`` is 0), or the stream ends; then ``add_transcripts`` pages of
+    the transcripts stream, newest first, until it returns True (it has the
+    final transcript of each of those answers) or the stream ends.
+    ``history()`` is then what ``rebuild`` gives for the whole streams, as long
+    as answers follow their transcripts' order (one turn at a time, as the
+    conversation owner answers) and an utterance's duplicate finals lie within
+    the pages read (the earliest one read is the turn, as ``rebuild`` keeps the
+    first). Every answer read counts as answered, so a replayed transcript of a
+    recent utterance is not answered twice.
+    """
+
+    def __init__(self, max_turns: int) -> None:
+        self.max_turns = max(0, max_turns)
+        #: utterance id -> answer, newest first (walking back, an earlier done of
+        #: the same utterance replaces the text: ``rebuild`` keeps the first).
+        self._answers: dict[str, str] = {}
+        #: utterance id -> (position, user text); positions fall as the walk goes back.
+        self._finals: dict[str, tuple[int, str]] = {}
+        self._position = 0
+
+    def add_responses(self, newest_first: Iterable[Entry]) -> bool:
+        """One page of the responses stream, newest first; True once that is enough."""
+        for entry in newest_first:
+            if isinstance(entry, ResponseDone):
+                self._answers[entry.utterance_id] = entry.text
+        return len(self._answers) >= self.max_turns
+
+    def add_transcripts(self, newest_first: Iterable[Entry]) -> bool:
+        """One page of the transcripts stream, newest first; True once every
+        wanted final was found."""
+        wanted = self._wanted_ids()
+        for entry in newest_first:
+            self._position -= 1
+            if isinstance(entry, TranscriptFinal) and entry.utterance_id in self._answers:
+                self._finals[entry.utterance_id] = (self._position, entry.text)
+        return wanted <= self._finals.keys()
+
+    @property
+    def needs_transcripts(self) -> bool:
+        """False when no final has to be looked for (no answers, or no turns kept)."""
+        return bool(self._wanted_ids())
+
+    def history(self) -> History:
+        found = sorted((pos, uid, text) for uid, (pos, text) in self._finals.items())
+        turns = [Turn(uid, text, self._answers[uid]) for _, uid, text in found]
+        return History(self.max_turns, turns[-self.max_turns:] if self.max_turns else (),
+                       answered=reversed(list(self._answers)))
+
+    def _wanted_ids(self) -> set[str]:
+        """The newest ``max_turns`` answers: their finals are the turns."""
+        return set(itertools.islice(self._answers, self.max_turns))

@@ -25,6 +25,10 @@ SCHEMA_VERSION = 1
 MAX_TEXT_CHARS = 8_000
 #: Largest decoded audio chunk: 2 s of PCM16 mono at 24 kHz.
 MAX_AUDIO_CHUNK_BYTES = 96_000
+#: Largest payload (``d`` field) of a valid entry written compactly, as ``encode``
+#: writes it: the base64 of the largest audio chunk, with 4 KiB for its other fields
+#: (measured: 128,232 bytes with 64-character ids). Reads are sized with it.
+MAX_ENTRY_BYTES = (MAX_AUDIO_CHUNK_BYTES * 4) // 3 + 4 + 4096
 #: Wire audio format, fixed by the Realtime API's `audio/pcm` input.
 AUDIO_SAMPLE_RATE_HZ = 24_000
 AUDIO_SAMPLE_WIDTH_BYTES = 2
@@ -304,9 +308,14 @@ class DeadLetter(BaseModel):
     worker_id: str
     reason: Annotated[str, Field(max_length=4000)]
     deliveries: int
-    #: The original entry's ``d`` field, as text (undecodable bytes replaced).
+    #: The original entry's ``d`` field, as text (undecodable bytes replaced): only its
+    #: first bytes when ``raw_truncated`` (a 96 KB audio chunk makes no 96 KB letter).
     raw: str
     dead_ms: int
+    #: ``raw`` holds only the start of the entry; the whole entry may still be on its stream.
+    raw_truncated: bool = False
+    #: The original entry's size in bytes (None in letters written before it was recorded).
+    raw_bytes: int | None = None
 
 
 DEAD_LETTER_ADAPTER: TypeAdapter[DeadLetter] = TypeAdapter(DeadLetter)

@@ -21,6 +21,11 @@ from shared.settings import CommonSettings
 
 log = logging.getLogger(__name__)
 
+#: Most bytes of the original entry a dead letter carries. A letter is for an operator
+#: to read and fix; the whole entry stays on its stream until the stream is trimmed or
+#: expires, and ``dead replay`` takes it from there when the letter's copy is truncated.
+DEAD_RAW_MAX_BYTES = 16 * 1024
+
 
 @dataclass
 class SessionContext:
@@ -89,6 +94,7 @@ def dead_letter(
     reason: str,
     deliveries: int = 1,
 ) -> None:
+    raw = raw or b""
     letter = DeadLetter(
         stream=stream,
         entry_id=entry_id,
@@ -96,8 +102,11 @@ def dead_letter(
         worker_id=worker_id,
         reason=scrub(reason)[:4000],  # an upstream error text may quote a credential
         deliveries=deliveries,
-        raw=(raw or b"").decode("utf-8", errors="replace"),
+        # A cut inside a UTF-8 sequence decodes to one replacement character.
+        raw=raw[:DEAD_RAW_MAX_BYTES].decode("utf-8", errors="replace"),
         dead_ms=now_ms(),
+        raw_truncated=len(raw) > DEAD_RAW_MAX_BYTES,
+        raw_bytes=len(raw),
     )
     log.warning("dead-lettered %s %s: %s", stream, entry_id, reason,
                 extra={"conversation_id": conversation_of_key(stream), "entry_id": entry_id})

@@ -22,6 +22,7 @@ from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_va
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.keys import Keys
+from shared.models import MAX_ENTRY_BYTES
 
 
 def default_worker_id() -> str:
@@ -62,6 +63,13 @@ class CommonSettings(ConnectionSettings):
     #: Most conversations claimed by one read: a burst of new conversations is
     #: spread over the workers instead of landing on whichever reads first.
     claim_batch: int = Field(2, ge=1)
+    #: Most entries a worker holds in memory for one conversation: one that far behind
+    #: is not read (its entries wait in Redis) until its queue drains to half.
+    queue_max_entries: int = Field(1000, ge=2)
+    #: Most payload bytes (the entries' ``d`` fields) held for one conversation, likewise;
+    #: a read of it takes what fits above half, counting each entry as the largest valid
+    #: one (MAX_ENTRY_BYTES), so the cap holds at least two of those.
+    queue_max_bytes: int = Field(4 * 1024 * 1024, ge=2 * MAX_ENTRY_BYTES)
     #: Deliveries of one entry before it goes to the dead-letter stream.
     max_deliveries: int = Field(3, ge=1)
     #: Approximate stream caps (XADD MAXLEN ~).

@@ -154,6 +154,8 @@ async def list_dead(redis: aioredis.Redis, keys: Keys, limit: int, out: TextIO =
         return 0
     for _, dead_id, letter in letters:
         raw = letter.raw if len(letter.raw) <= 160 else letter.raw[:157] + "..."
+        if letter.raw_truncated:
+            raw += f"  (the letter keeps the start of a {letter.raw_bytes}-byte entry)"
         out.write(f"{dead_id}  {_time(letter.dead_ms)}  from {letter.stream} ({letter.group}, "
                   f"{letter.deliveries} deliveries)\n    reason: {letter.reason}\n    entry:  {raw}\n")
     return 0
@@ -173,11 +175,14 @@ async def replay_dead(
         raise AdminError(f"no dead letter {dead_id} (already replayed, or trimmed)")
     dead_key, letter = found
     payload = raw if raw is not None else letter.raw
-    if not payload:
-        # Dead-lettered by an engine after it parsed fine: the entry is still on its stream.
+    if raw is None and (not payload or letter.raw_truncated):
+        # Dead-lettered by an engine after it parsed fine, or too big for the letter to
+        # carry whole: the entry is still on its stream (unless trimmed or expired).
         original = await xrange_entries(redis, letter.stream, letter.entry_id, letter.entry_id)
         if not original:
-            raise AdminError(f"the original entry {letter.entry_id} is gone from {letter.stream}; pass --raw")
+            what = "the letter keeps only its start" if letter.raw_truncated else "the letter has no copy"
+            raise AdminError(f"the original entry {letter.entry_id} is gone from {letter.stream} and {what}; "
+                             "pass --raw")
         payload = original[0][1].get(b"d", b"").decode("utf-8", errors="replace")
     try:
         decode(payload)

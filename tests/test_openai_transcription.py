@@ -26,6 +26,7 @@ class Sink:
         self.deltas: list[tuple[str, str]] = []
         self.finals: list[tuple[str, str, int, tuple[str, ...]]] = []
         self.skips: list[tuple[tuple[str, ...], str]] = []
+        self.dead_letters: list[tuple[tuple[str, ...], str]] = []
 
     def delta(self, utterance_id: str, text: str) -> None:
         self.deltas.append((utterance_id, text))
@@ -35,6 +36,9 @@ class Sink:
 
     def skip(self, consumed_ids: Sequence[str], reason: str) -> None:
         self.skips.append((tuple(consumed_ids), reason))
+
+    def dead(self, consumed_ids: Sequence[str], reason: str) -> None:
+        self.dead_letters.append((tuple(consumed_ids), reason))
 
 
 class Feeder:
@@ -120,6 +124,29 @@ async def test_short_audio_is_skipped_never_committed(fake: FakeRealtimeServer) 
     assert sink.finals == [("u2", "fine", sink.finals[0][2], tuple(good))]
     assert "input_audio_buffer.commit" in fake.sessions[0].received_types()
     assert fake.sessions[0].errors() == []  # never an empty commit
+
+
+async def test_an_utterance_over_the_audio_cap_is_dead_lettered_and_the_next_is_transcribed(
+    fake: FakeRealtimeServer,
+) -> None:
+    sink = Sink()
+    # A cap of 1 s (the real one is MAX_UTTERANCE_MS, two minutes): 2 s of speech in 100 ms chunks.
+    session = await transcription(fake, max_utterance_bytes=48_000).open_session("c1", sink)
+    feeder = Feeder(session)
+    try:
+        long = await feeder.say("u0", "a very long one", duration_ms=2000)
+        good = await feeder.say("u1", "fine")
+        await session.flush()
+    finally:
+        await session.close()
+    # The first 11 chunks (the 11th passes 1 s) at once, then each later entry up to the end.
+    assert sink.dead_letters[0] == (tuple(long[:11]), "utterance over 1 s of audio, the most one utterance may have")
+    assert [ids for ids, _ in sink.dead_letters[1:]] == [(i,) for i in long[11:]]
+    # The refused audio is not in the next commit (whether it had reached the server and
+    # was cleared, or was dropped before the connection was up): the transcript is u1's alone.
+    assert sink.finals == [("u1", "fine", sink.finals[0][2], tuple(good))]
+    assert fake.sessions[0].received_types().count("input_audio_buffer.commit") == 1
+    assert fake.sessions[0].errors() == []
 
 
 async def test_failed_transcription_is_skipped_and_order_continues(fake: FakeRealtimeServer) -> None:

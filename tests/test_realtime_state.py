@@ -14,7 +14,7 @@ from shared.realtime.conversation_state import ConversationState, Done, Failed, 
 from shared.realtime.retry_policy import classify_close, classify_handshake
 from shared.realtime.server_events import ResponseObject, ServerEvent, parse_server_event
 from shared.realtime.session_common import sent_events
-from shared.realtime.transcription_state import Delta, Final, Skip, TranscriptionState
+from shared.realtime.transcription_state import Delta, Final, Reject, Skip, TranscriptionState
 
 CHUNK = base64.b64encode(b"\x01\x00" * 2400).decode()  # 100 ms of PCM16 at 24 kHz
 CHUNK_BYTES = 4800
@@ -125,6 +125,37 @@ def test_a_refused_commit_skips_its_utterance() -> None:
     out = state.on_event(error, 0)
     assert isinstance(out[0], Skip) and out[0].failed and "input_audio_buffer_commit_empty" in out[0].reason
     assert state.outstanding == 0
+
+
+def test_an_utterance_over_the_audio_cap_is_refused_whole_up_to_its_end() -> None:
+    state = TranscriptionState("client", max_utterance_bytes=3 * CHUNK_BYTES)
+    actions: list = []
+    for k in range(3):
+        actions += state.chunk(f"{k + 1}-0", "u1", CHUNK, CHUNK_BYTES)
+    assert types(actions) == ["input_audio_buffer.append"] * 3
+    refused = state.chunk("4-0", "u1", CHUNK, CHUNK_BYTES)
+    assert types(refused) == ["input_audio_buffer.clear"]
+    (reject,) = [a for a in refused if isinstance(a, Reject)]
+    assert (reject.entry_ids, reject.utterance_id, reject.first) == (("1-0", "2-0", "3-0", "4-0"), "u1", True)
+    assert state.chunk("5-0", "u1", CHUNK, CHUNK_BYTES) == [Reject(("5-0",), reject.reason, "u1", first=False)]
+    assert state.end("6-0", "u1", 1000) == [Reject(("6-0",), reject.reason, "u1", first=False)]
+    assert not state.has_open_audio and state.outstanding == 0
+    # The next utterance is a new one, sent and committed as usual.
+    assert types(speak(state, "u2", 7)) == ["input_audio_buffer.append"] * 2 + ["input_audio_buffer.commit"]
+    # A reconnect re-sends the audio kept for the outstanding utterance only: none of the refused one.
+    assert types(state.on_reconnect()) == ["input_audio_buffer.append"] * 2 + ["input_audio_buffer.commit"]
+
+
+def test_server_vad_an_utterance_over_the_audio_cap_is_refused_and_the_next_chunk_starts_afresh() -> None:
+    state = TranscriptionState("server_vad", max_utterance_bytes=2 * CHUNK_BYTES)
+    state.chunk("1-0", None, CHUNK, CHUNK_BYTES)
+    state.chunk("2-0", None, CHUNK, CHUNK_BYTES)
+    refused = state.chunk("3-0", None, CHUNK, CHUNK_BYTES)
+    assert types(refused) == ["input_audio_buffer.clear"]
+    assert [a.entry_ids for a in refused if isinstance(a, Reject)] == [("1-0", "2-0", "3-0")]
+    assert types(state.chunk("4-0", None, CHUNK, CHUNK_BYTES)) == ["input_audio_buffer.append"]
+    assert state.on_event(committed("item_a", None), 0) == []
+    assert state.on_event(completed("item_a", "after"), 0) == [Final("item_a", "after", 0, ("4-0",))]
 
 
 def test_typed_utterance_keeps_its_place_behind_spoken_ones() -> None:

@@ -15,6 +15,13 @@ PCM_SAMPLE_BYTES = 2
 #: The API refuses to commit less than this much audio.
 MIN_COMMIT_MS = 100
 MIN_COMMIT_BYTES = PCM_RATE_HZ * PCM_SAMPLE_BYTES * MIN_COMMIT_MS // 1000  # 4800
+#: Most audio one utterance may have. A session keeps every utterance's audio (as
+#: base64, 4/3 of the PCM) until its transcript, to re-send it after a reconnect, so
+#: this bounds that buffer: 7.7 MB of base64 per utterance. Two minutes is far over a
+#: spoken turn to a voice assistant (the local engine cuts at 30 s); past it, a client
+#: has lost its audio.end or streams without turns, and the utterance is refused.
+MAX_UTTERANCE_MS = 120_000
+MAX_UTTERANCE_BYTES = PCM_RATE_HZ * PCM_SAMPLE_BYTES * MAX_UTTERANCE_MS // 1000  # 5,760,000
 
 Modality = Literal["text", "audio"]
 

@@ -28,7 +28,13 @@ from shared.realtime.server_events import (
     TranscriptionFailed,
 )
 from shared.realtime.session_common import EventIds, Send
-from shared.realtime.session_config import MIN_COMMIT_BYTES, MIN_COMMIT_MS
+from shared.realtime.session_config import (
+    MAX_UTTERANCE_BYTES,
+    MIN_COMMIT_BYTES,
+    MIN_COMMIT_MS,
+    PCM_RATE_HZ,
+    PCM_SAMPLE_BYTES,
+)
 
 TurnDetection = Literal["client", "server_vad"]
 
@@ -62,7 +68,19 @@ class Skip:
     failed: bool = False
 
 
-TranscriptionAction = Send | Delta | Final | Skip
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """Input entries refused (an utterance over MAX_UTTERANCE_MS of audio): they go
+    to the dead-letter stream with the reason. ``first``: the refusal of the
+    utterance, rather than one of its later entries (worth a warning once)."""
+
+    entry_ids: tuple[str, ...]
+    reason: str
+    utterance_id: str | None = None
+    first: bool = True
+
+
+TranscriptionAction = Send | Delta | Final | Skip | Reject
 
 
 @dataclass
@@ -77,6 +95,9 @@ class _Utterance:
     item_id: str | None = None
     commit_event_id: str | None = None
     result: tuple[Literal["final", "failed"], str] | None = None
+    #: Why this utterance was refused (its audio went over the cap): its later entries
+    #: are refused too, up to its ``audio.end``.
+    refused: str | None = None
 
     def name(self) -> str:
         if self.utterance_id:
@@ -102,6 +123,12 @@ class TranscriptionState:
     utterance with every input entry fed since the previous commit; an
     ``audio.end`` only gives it its ``sent_ms``.
 
+    Size: an utterance whose audio would pass ``max_utterance_bytes`` is
+    refused (:class:`Reject`: dead-lettered) with every entry it has so far, and
+    its audio is cleared upstream. In ``client`` mode its later entries are
+    refused as they come, up to its ``audio.end``; with ``server_vad`` the next
+    chunk starts afresh (the server's VAD makes the boundaries there).
+
     Ordering: results are released in commit order. Client mode: our own
     commit order (committed events are matched to commits first in, first
     out). Server VAD: an item is placed after its ``previous_item_id``. Text
@@ -109,9 +136,15 @@ class TranscriptionState:
     overtakes an earlier spoken one.
     """
 
-    def __init__(self, turn_detection: TurnDetection = "client", min_commit_bytes: int = MIN_COMMIT_BYTES) -> None:
+    def __init__(
+        self,
+        turn_detection: TurnDetection = "client",
+        min_commit_bytes: int = MIN_COMMIT_BYTES,
+        max_utterance_bytes: int = MAX_UTTERANCE_BYTES,
+    ) -> None:
         self.turn_detection: TurnDetection = turn_detection
         self.min_commit_bytes = min_commit_bytes
+        self.max_utterance_bytes = max_utterance_bytes
         self._open: _Utterance | None = None
         self._queue: list[_Utterance] = []
         self._by_item: dict[str, _Utterance] = {}
@@ -155,20 +188,40 @@ class TranscriptionState:
         u = self._open
         if u is None:
             u = self._open = _Utterance()
+        if u.refused is not None:
+            return [Reject((entry_id,), u.refused, u.name(), first=False)]
         u.entry_ids.append(entry_id)
         if utterance_id and not u.utterance_id:
             u.utterance_id = utterance_id
         if n_bytes <= 0:
             return []
+        if u.audio_bytes + n_bytes > self.max_utterance_bytes:
+            return self._refuse(u)
         u.chunks.append(audio_b64)
         u.audio_bytes += n_bytes
         return [Send(InputAudioBufferAppend(audio=audio_b64))]
+
+    def _refuse(self, u: _Utterance) -> list[TranscriptionAction]:
+        """``u``'s audio would pass the cap: refuse what it has, drop its audio here
+        and upstream. Client mode: it stays open, refusing its entries up to its end."""
+        seconds = self.max_utterance_bytes / (PCM_RATE_HZ * PCM_SAMPLE_BYTES)
+        reason = f"utterance over {seconds:g} s of audio, the most one utterance may have"
+        actions: list[TranscriptionAction] = [Send(InputAudioBufferClear())] if u.audio_bytes else []
+        actions.append(Reject(tuple(u.entry_ids), reason, u.name()))
+        if self.turn_detection == "server_vad":
+            self._open = None
+        else:
+            u.refused = reason
+            u.entry_ids, u.chunks, u.audio_bytes = [], [], 0
+        return actions
 
     def end(self, entry_id: str, utterance_id: str | None, sent_ms: int) -> list[TranscriptionAction]:
         if self.turn_detection == "server_vad":
             return self._end_server_vad(entry_id, utterance_id, sent_ms)
         u = self._open or _Utterance()
         self._open = None
+        if u.refused is not None:
+            return [Reject((*u.entry_ids, entry_id), u.refused, u.name(), first=False)]
         u.entry_ids.append(entry_id)
         u.sent_ms = sent_ms
         if utterance_id:

@@ -1,7 +1,13 @@
 """The per-conversation drain: each owned conversation's entries are handled
 one at a time, in stream order, by a task that exists only while the
 conversation has work. A failing entry is retried a few times, then
-dead-lettered: nothing is acked without a trace, and no entry stalls the others."""
+dead-lettered: nothing is acked without a trace, and no entry stalls the others.
+
+The queue is bounded (``QueueLimits``): the reader leaves a conversation whose
+queue is over the low-water mark out of its reads, and the drain asks for it to
+be read again (``on_room``) when its queue drains back to the mark. After a
+takeover the drain first claims the previous owner's pending entries, a page at
+a time as room allows (``refill``), before the conversation is read again."""
 
 from __future__ import annotations
 
@@ -18,10 +24,20 @@ log = logging.getLogger(__name__)
 
 
 class Drainer:
-    def __init__(self, w: WorkerContext, on_finished: Callable[[Live], Awaitable[None]]) -> None:
+    def __init__(
+        self,
+        w: WorkerContext,
+        on_finished: Callable[[Live], Awaitable[None]],
+        on_room: Callable[[Live], None],
+        refill: Callable[[Live], Awaitable[None]],
+    ) -> None:
         self._w = w
         #: Called once a conversation's session says it ended (release it).
         self._on_finished = on_finished
+        #: Called when a queue drains back to the low-water mark (read it again).
+        self._on_room = on_room
+        #: Claims the next page of a taken-over conversation's pending entries into its queue.
+        self._refill = refill
         #: Entries handled since start (published in the heartbeat; Prometheus has the rest).
         self.handled = 0
 
@@ -32,7 +48,7 @@ class Drainer:
             item = decode_fields(fields)
         except EntryError as exc:
             item = exc
-        live.queue.append((entry_id, item, fields.get(ENTRY_FIELD)))
+        live.push((entry_id, item, fields.get(ENTRY_FIELD)))
 
     def kick(self, live: Live) -> None:
         """Make sure the conversation's queue is being worked through."""
@@ -40,8 +56,14 @@ class Drainer:
             live.task = asyncio.create_task(self._drain(live), name=f"session:{live.conversation_id}")
 
     async def _drain(self, live: Live) -> None:
+        limits = self._w.owned.limits
         try:
-            while live.queue and not live.closed:
+            while not live.closed:
+                if live.replay is not None and live.has_room(limits) and not self._w.stopping.is_set():
+                    await self._replay_page(live)
+                    continue
+                if not live.queue:
+                    break
                 entry_id, item, raw = live.queue[0]
                 try:
                     finished = await self._process(live, entry_id, item, raw)
@@ -51,7 +73,10 @@ class Drainer:
                     if await self._failed(live, entry_id, item, raw, exc):
                         continue  # retry the same entry
                     finished = False
-                live.queue.popleft()
+                full = not live.has_room(limits)
+                live.pop()
+                if full and live.replay is None and live.has_room(limits):
+                    self._on_room(live)  # back to the low-water mark: read it again
                 self.handled += 1
                 if entry_id is not None:
                     self._w.meters.handled(item, entry_id)
@@ -62,8 +87,19 @@ class Drainer:
         finally:
             if live.task is asyncio.current_task():
                 live.task = None
-                if live.queue and not live.closed and not self._w.stopping.is_set():
+                if (live.queue or live.replay is not None) and not live.closed and not self._w.stopping.is_set():
                     self.kick(live)
+
+    async def _replay_page(self, live: Live) -> None:
+        try:
+            await self._refill(live)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            # Not a transient Redis error (those are retried inside): try again, slowly.
+            log.exception("claiming the pending entries of %s failed", live.conversation_id,
+                          extra={"conversation_id": live.conversation_id})
+            await asyncio.sleep(1.0)
 
     async def _process(self, live: Live, entry_id: str | None, item: Entry | EntryError, raw: bytes | None) -> bool:
         ctx = live.ctx

@@ -7,7 +7,8 @@
   those are dropped here, never stolen back).
 - Reap: control entries idle for longer than ``lease_s`` belong to a dead
   worker; XAUTOCLAIM takes them, and the new owner claims that conversation's
-  pending data entries and replays them first, in order.
+  pending data entries and replays them first, in order: a page at a time, as
+  its queue has room (the drain asks for each page), before it reads new ones.
 - Finish: the conversation ended; ack the control entry, let its keys expire.
 - Hand back (SIGTERM): set the idle time of every owned control entry past the
   lease, so a peer's reaper takes each on its next pass.
@@ -18,6 +19,7 @@ See docs/architecture.md ("Ownership and takeover").
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any, cast
 
@@ -39,6 +41,9 @@ log = logging.getLogger(__name__)
 #: Control entries re-claimed per refresh script call: each call holds Redis for
 #: its whole length (an XPENDING and an XCLAIM per entry), so keep calls short.
 REFRESH_CHUNK = 100
+#: Most pending data entries listed and claimed at once after a takeover (the queue's
+#: room may make a page smaller: QueueLimits.read_count).
+CLAIM_PAGE = 200
 
 
 class Leases:
@@ -86,48 +91,73 @@ class Leases:
             conversation_id=conversation_id, started=started, took_over=took_over, data_key=data_key,
             group=w.group, worker_id=w.worker_id, keys=w.keys, settings=w.settings, writer=w.writer, redis=w.redis,
         )
-        live = Live(ctx=ctx, claim=Claim(conversation_id, control_key, entry_id, took_over=took_over))
+        # Taken over: the previous owner's pending entries come first (the drain claims
+        # them page by page; meanwhile the stream is not read).
+        live = Live(ctx=ctx, claim=Claim(conversation_id, control_key, entry_id, took_over=took_over),
+                    replay="-" if took_over else None)
         w.owned.add(live)
         w.meters.owned.set(len(table.claims))
         if took_over:
             w.meters.takeovers.inc()
             log.info("took over conversation %s", conversation_id, extra={"conversation_id": conversation_id})
-            await self._claim_pending_data(live)
-        # Its stream may already hold entries (their rings came before we owned it).
-        self._read_soon(data_key)
+        else:
+            # Its stream may already hold entries (their rings came before we owned it).
+            self._read_soon(data_key)
         # Open the session inside its task so a slow upstream never stalls the read loop.
         self._drainer.kick(live)
 
-    async def _claim_pending_data(self, live: Live) -> None:
-        """Take a dead owner's unacked data entries and queue them first, in order."""
+    async def claim_pending_page(self, live: Live) -> None:
+        """Claim the next page of a taken-over conversation's pending entries (the
+        previous owner's, delivered and never acked) and queue them, in stream order:
+        XPENDING from where the last page ended, then XCLAIM. A page is at most what
+        the queue has room for; the drain asks for the next one as the queue drains.
+        Once a page comes back short, every pending entry was claimed and the stream
+        is read again from where the group is (``>``). Entries acked meanwhile (by a
+        zombie owner) are not returned by XCLAIM, and nothing past the last listed
+        id is skipped."""
         w = self._w
         key = live.ctx.data_key
+        start = live.replay or "-"
+        count = w.owned.limits.read_count(CLAIM_PAGE)
 
         async def pending() -> list[dict[str, Any]]:
-            rows = await w.redis.xpending_range(key, w.group, min="-", max="+", count=100_000)
+            try:
+                rows = await w.redis.xpending_range(key, w.group, min=start, max="+", count=count)
+            except ResponseError as exc:
+                if "NOGROUP" in str(exc):
+                    return []  # the stream lost its group (Redis restarted empty): nothing is pending
+                raise
             return cast(list[dict[str, Any]], rows)
 
         rows = await retry_forever("list pending", pending)
-        if not rows:
-            return
-        ids = [r["message_id"] for r in rows]
-        deliveries = {r["message_id"]: int(r["times_delivered"]) for r in rows}
-        async def claim() -> StreamEntries:
-            return cast(StreamEntries, await w.redis.xclaim(key, w.group, w.worker_id, 0, ids))
+        if rows:
+            ids = [r["message_id"] for r in rows]
+            deliveries = {r["message_id"]: int(r["times_delivered"]) for r in rows}
 
-        claimed = await retry_forever("claim pending", claim)
-        for entry_id_b, fields in claimed:
-            if fields is None:  # deleted by trimming while pending
-                continue
-            entry_id = entry_id_b.decode()
-            if deliveries.get(entry_id_b, 0) >= w.settings.max_deliveries:
-                live.queue.append((entry_id, EntryError(
-                    f"delivered {deliveries[entry_id_b]} times without being handled (poison entry?)"
-                ), fields.get(ENTRY_FIELD)))
-                continue
-            self._drainer.queue(live, entry_id, fields)
-        log.info("replaying %d pending entries of %s", len(claimed), live.conversation_id,
-                 extra={"conversation_id": live.conversation_id})
+            async def claim() -> StreamEntries:
+                return cast(StreamEntries, await w.redis.xclaim(key, w.group, w.worker_id, 0, ids))
+
+            claimed = await retry_forever("claim pending", claim)
+            for entry_id_b, fields in claimed:
+                if fields is None:  # deleted by trimming while pending
+                    continue
+                entry_id = entry_id_b.decode()
+                if deliveries.get(entry_id_b, 0) >= w.settings.max_deliveries:
+                    live.push((entry_id, EntryError(
+                        f"delivered {deliveries[entry_id_b]} times without being handled (poison entry?)"
+                    ), fields.get(ENTRY_FIELD)))
+                    continue
+                self._drainer.queue(live, entry_id, fields)
+            live.replayed += len(claimed)
+            live.last_seen_s = time.monotonic()
+            last = ids[-1]
+            live.replay = "(" + (last.decode() if isinstance(last, bytes) else str(last))
+        if len(rows) < count:
+            live.replay = None
+            if live.replayed:
+                log.info("replayed %d pending entries of %s", live.replayed, live.conversation_id,
+                         extra={"conversation_id": live.conversation_id})
+            self._read_soon(key)
 
     async def _relay_ended(self, control_key: str, entry_id: str, ended: ConversationEnded, raw: bytes | None) -> None:
         """A control-stream ``ended`` may overtake utterances still in flight, so it

@@ -98,13 +98,13 @@ class Chores:
         """Close conversations with no entry for ``idle_timeout_s``, as if they had ended."""
         now = time.monotonic()
         for live in list(self._w.owned.live.values()):
-            if live.closed or live.task is not None or live.queue:
+            if live.closed or live.task is not None or live.queue or live.replay is not None:
                 continue
             if now - live.last_seen_s > self._w.settings.idle_timeout_s:
                 cid = live.conversation_id
                 log.info("conversation %s idle for %.0fs: closing it", cid, now - live.last_seen_s,
                          extra={"conversation_id": cid})
-                live.queue.append((None, ConversationEnded(conversation_id=cid, reason="idle"), None))
+                live.push((None, ConversationEnded(conversation_id=cid, reason="idle"), None))
                 self._drainer.kick(live)
 
     # --- control-stream trimming ---------------------------------------------------------

@@ -10,6 +10,12 @@ ring costs a read that finds nothing. Every ``sweep_ms`` the loop also reads
 every owned stream (in SWEEP_SLICES slices), for writers that do not ring and
 for rings lost while Redis was away. Reading pauses while the writer's
 backlog is over its high-water mark (backpressure).
+
+Per conversation, backpressure is the queue's bound (``QueueLimits``): a
+conversation whose queue is over the low-water mark, or that is still claiming
+a previous owner's pending entries, is in no read (rung, swept or full); its
+entries wait in Redis, undelivered. The drain marks it to be read again once
+its queue is back at the mark. A data read's COUNT is the room above the mark.
 """
 
 from __future__ import annotations
@@ -81,6 +87,8 @@ class ReadScheduler:
         self._sweep_cursor = 0
         #: Writer backlog at which reading pauses.
         self._high_water = max(4 * w.settings.read_count, 1000)
+        #: COUNT of a data read: never more than a readable conversation's queue has room for.
+        self._data_count = w.owned.limits.read_count(w.settings.read_count)
 
     def read_soon(self, data_key: str) -> None:
         """Read this owned stream at the next step (e.g. just adopted: it may hold entries)."""
@@ -231,12 +239,15 @@ class ReadScheduler:
         return self._control_keys, min(self._w.settings.read_count, table.free_slots, self._w.settings.claim_batch)
 
     def _full_plan(self) -> tuple[object, ReadPlan]:
-        """A read of everything owned (and the control streams when a slot is free);
-        its packed commands are reused until the set of owned conversations changes."""
+        """A read of everything owned that has room (and the control streams when a
+        slot is free); its packed commands are reused until the set of owned
+        conversations changes, unless some are left out (packed for this read only)."""
         owned = self._w.owned
         control, control_count = self._control_part(True)
-        plan = ReadPlan(control, control_count, owned.data_keys(), self._w.settings.read_count)
-        return (owned.version, control_count), plan
+        keys = owned.data_keys()
+        data = [k for k in keys if owned.readable(k)]
+        plan = ReadPlan(control, control_count, data, self._data_count)
+        return ((owned.version, control_count) if len(data) == len(keys) else None), plan
 
     def _sweep_plan(self) -> ReadPlan:
         """A slice of the sweep: the next 1/SWEEP_SLICES of the owned streams, the
@@ -250,16 +261,17 @@ class ReadScheduler:
             chunk = owned[start : start + size]
             self._sweep_cursor = start + size
             seen = set(plan.data)
-            plan.data += [k for k in chunk if k not in seen]
+            plan.data += [k for k in chunk if k not in seen and self._w.owned.readable(k)]
         return plan
 
     def _rung_plan(self, control: bool = False) -> ReadPlan:
-        """The owned streams that rang since the last read (and the control streams
-        when they rang, or when ``control``)."""
+        """The owned streams that rang since the last read and have room (and the
+        control streams when they rang, or when ``control``). A ring for a stream
+        without room is dropped: the drain marks it again when there is room."""
         owned = self._w.owned
-        data = [k for k in self._dirty if owned.by_data_key(k.encode()) is not None]
+        data = [k for k in self._dirty if owned.readable(k)]
         control_keys, control_count = self._control_part(control or self._control_rung)
-        return ReadPlan(control_keys, control_count, data, self._w.settings.read_count)
+        return ReadPlan(control_keys, control_count, data, self._data_count)
 
     async def _reject_unreadable(self, streams: list[str]) -> bool:
         """A read failed with WRONGTYPE: give up the owned conversations whose stream's

@@ -22,7 +22,7 @@ from shared.bus.retry import is_transient, retry_forever
 from shared.bus.writer import BatchWriter
 from shared.metrics import stream_kind
 from shared.runtime.context import WorkerContext
-from shared.runtime.conversations import Live, Owned
+from shared.runtime.conversations import Live, Owned, QueueLimits
 from shared.runtime.drain import Drainer
 from shared.runtime.leases import Leases
 from shared.runtime.maintenance import Chores, periodic
@@ -47,8 +47,9 @@ class OwnershipRuntime:
         writer.on_suppressed = meters.suppressed.inc
         writer.on_gate_failed = self._gate_failed
         meters.capacity.set(settings.max_sessions)
-        self.w = WorkerContext(settings, service, redis, scripts, writer, Owned(settings.max_sessions), meters)
-        self.drainer = Drainer(self.w, on_finished=self._finished)
+        owned = Owned(settings.max_sessions, QueueLimits.from_settings(settings))
+        self.w = WorkerContext(settings, service, redis, scripts, writer, owned, meters)
+        self.drainer = Drainer(self.w, on_finished=self._finished, on_room=self._on_room, refill=self._refill)
         self.leases = Leases(self.w, self.drainer, read_soon=self._read_soon)
         self.reader = ReadScheduler(self.w, self.drainer, on_control=self.leases.on_control,
                                     on_unreadable=self.leases.reject)
@@ -129,6 +130,12 @@ class OwnershipRuntime:
             log.error("dead letter of %s %s could not be written: %s", src, entry_id, reason)
             return
         self.w.dead(src, entry_id, None, f"its effect could not be written to {dst}: {reason}")
+
+    def _on_room(self, live: Live) -> None:
+        self.reader.read_soon(live.ctx.data_key)
+
+    async def _refill(self, live: Live) -> None:
+        await self.leases.claim_pending_page(live)
 
     async def _shutdown(self) -> None:
         w = self.w

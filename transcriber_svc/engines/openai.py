@@ -10,7 +10,9 @@ once the entry is handed upstream; the transcript arrives later on the reader
 task, which calls ``sink.final`` in commit order with every input entry id of
 the utterance (the worker acks them with the transcript). An utterance keeps
 its audio until its final, so after a reconnect (transient close, expired
-session) its audio is re-sent and committed again on the new session.
+session) its audio is re-sent and committed again on the new session. That
+buffer is capped: an utterance over ``MAX_UTTERANCE_MS`` (two minutes) of audio
+is refused, its entries dead-lettered with the reason (``sink.dead``).
 
 Settings (``shared.settings.OpenAISettings``): OPENAI_API_KEY (required),
 OPENAI_TRANSCRIBE_MODEL, OPENAI_TURN_DETECTION (client | server_vad),
@@ -41,6 +43,7 @@ from shared.realtime.connection import RealtimeAuthError, RealtimeConnection, Re
 from shared.realtime.server_events import ErrorEvent, SessionUpdated, UnknownServerEvent
 from shared.realtime.session_common import Send
 from shared.realtime.session_config import (
+    MAX_UTTERANCE_BYTES,
     AudioConfig,
     AudioInput,
     ServerVad,
@@ -50,6 +53,7 @@ from shared.realtime.session_config import (
 from shared.realtime.transcription_state import (
     Delta,
     Final,
+    Reject,
     Skip,
     TranscriptionAction,
     TranscriptionState,
@@ -77,6 +81,7 @@ class OpenAITranscription(TranscriptionEngine):
         language: str | None = None,
         connector: Connector | None = None,
         delays: Callable[[], Iterator[float]] = backoff,
+        max_utterance_bytes: int = MAX_UTTERANCE_BYTES,
     ) -> None:
         self.endpoint = endpoint
         self.model = model
@@ -87,6 +92,8 @@ class OpenAITranscription(TranscriptionEngine):
             lambda ep: RealtimeConnection.open(ep, intent="transcription")
         )
         self.delays = delays
+        #: Most PCM bytes of one utterance (MAX_UTTERANCE_MS); tests may lower it.
+        self.max_utterance_bytes = max_utterance_bytes
 
     @classmethod
     def from_settings(cls, settings: OpenAISettings) -> OpenAITranscription:
@@ -119,7 +126,7 @@ class _Session(TranscriptionSession):
         self.engine = engine
         self.conversation_id = conversation_id
         self.sink = sink
-        self.state = TranscriptionState(engine.turn_detection)
+        self.state = TranscriptionState(engine.turn_detection, max_utterance_bytes=engine.max_utterance_bytes)
         self._lock = asyncio.Lock()
         self._conn: RealtimeConnection | None = None
         self._reader: asyncio.Task[None] | None = None
@@ -206,6 +213,12 @@ class _Session(TranscriptionSession):
                                 extra={**self._extra, "utterance_id": action.utterance_id})
                 self.sink.skip(action.entry_ids, action.reason)
                 self._progress.set()
+            elif isinstance(action, Reject):
+                if action.first:
+                    log.warning("utterance %s refused: %s; its entries go to the dead-letter stream",
+                                action.utterance_id, action.reason,
+                                extra={**self._extra, "utterance_id": action.utterance_id})
+                self.sink.dead(action.entry_ids, action.reason)
 
     # --- the connection
 
