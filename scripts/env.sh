@@ -4,20 +4,30 @@
 # llama-cpp-python compiles llama.cpp at install time. Its default, -march=native, uses
 # every instruction the CPU lists; some virtual machines list AMX without enabling it,
 # and the first matrix product then dies with SIGILL. So build for x86-64-v3
-# (AVX2/FMA/F16C) instead, once per machine, into a wheel folder keyed by these flags
-# (pip's own wheel cache ignores build flags, so it could hand back a native build).
-LLAMA_CPP_VERSION=0.3.36
+# (AVX2/FMA/F16C) instead, once per machine, into a wheel folder keyed by the version
+# and these flags (pip's own wheel cache ignores build flags, so it could hand back a
+# native build). The version, and the sdist's sha256 that pip checks before building,
+# come from the lock.
 LLAMA_CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON"
 
+# The llama-cpp-python requirement of a lock, with its --hash lines.
+llama_requirement() {
+  awk 'index($0, "llama_cpp_python==") == 1 {on = 1} on {print; if ($0 !~ /\\$/) exit}' "$1"
+}
+
 portable_llama_wheel() {
-  local pip="$1" key dir
-  key="$(printf '%s %s %s' "$LLAMA_CPP_VERSION" "$LLAMA_CMAKE_ARGS" "$(uname -m)" | sha256sum | cut -c1-16)"
+  local pip="$1" lock="$2" version key dir req
+  version="$(llama_requirement "$lock" | sed -n '1s/^llama_cpp_python==\([^ \\]*\).*/\1/p')"
+  key="$(printf '%s %s %s' "$version" "$LLAMA_CMAKE_ARGS" "$(uname -m)" | sha256sum | cut -c1-16)"
   dir="${XDG_CACHE_HOME:-$HOME/.cache}/vab-wheels/$key"
   if ! ls "$dir"/llama_cpp_python-*.whl >/dev/null 2>&1; then
-    echo "[setup] compiling llama.cpp (portable x86-64-v3 build, a few minutes, once per machine)" >&2
+    echo "[setup] compiling llama.cpp $version (portable x86-64-v3 build, a few minutes, once per machine)" >&2
     mkdir -p "$dir"
+    req="$(mktemp)"
+    llama_requirement "$lock" > "$req"
     CMAKE_ARGS="$LLAMA_CMAKE_ARGS" "$pip" wheel -q --disable-pip-version-check --no-deps --no-cache-dir \
-      --no-binary llama-cpp-python -w "$dir" "llama-cpp-python==$LLAMA_CPP_VERSION" >&2
+      --require-hashes --no-binary llama-cpp-python -w "$dir" -r "$req" >&2
+    rm -f "$req"
   fi
   ls "$dir"/llama_cpp_python-*.whl | head -n1
 }
@@ -55,14 +65,18 @@ ensure_venv() {
     for lock in "$@"; do
       reqs+=(-r "$root/$lock")
       if [ "$(uname -m)" = "x86_64" ] && grep -q "^llama_cpp_python==" "$root/$lock"; then
-        llama_wheel="$(portable_llama_wheel "$venv/bin/pip")"
+        llama_wheel="$(portable_llama_wheel "$venv/bin/pip" "$root/$lock")"
       fi
     done
     if [ -n "$llama_wheel" ]; then
-      # The portable build replaces whatever llama-cpp-python a cache or an earlier install left.
+      # The portable build replaces whatever llama-cpp-python a cache or an earlier install
+      # left. A local build has no published hash: its sdist's was checked before building.
       "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --force-reinstall "$llama_wheel"
     fi
-    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps "${reqs[@]}"
+    # Every file the locks bring must match one of their hashes; an installed release of
+    # the locked version (the portable llama-cpp-python) is kept as it is.
+    "$venv/bin/pip" install -q --disable-pip-version-check --no-deps --require-hashes "${reqs[@]}"
+    # The project itself, editable: a source tree has no hash, so in a call of its own.
     "$venv/bin/pip" install -q --disable-pip-version-check --no-deps -e "$root"
     echo "$want" > "$stamp"
   fi
