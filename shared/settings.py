@@ -56,7 +56,7 @@ class CommonSettings(ConnectionSettings):
     max_sessions: int = Field(500, ge=1)
     #: Longest a blocking read waits; also bounds how late a taken-over stream joins the read.
     read_block_ms: int = Field(1000, ge=1)
-    #: Most entries fetched by one read.
+    #: Most entries fetched per stream by one read (a data read also stops at its queue room).
     read_count: int = Field(1000, ge=1)
     #: Every owned stream is read this often even if it never rang (writers that do not ring).
     sweep_ms: int = Field(1000, ge=10)
