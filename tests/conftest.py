@@ -36,13 +36,17 @@ from tests.openai_engine_helpers import KEY
 ROOT = Path(__file__).resolve().parents[1]
 
 # Hypothesis profiles of the fuzz tests (tests/test_fuzz_*.py). `default`: quick, for
-# developers. `ci`: 10,000 cases per target, derandomized (a fixed seed: a CI failure
-# reproduces anywhere with HYPOTHESIS_PROFILE=ci), no deadline (a shared 2-core
-# machine has slow moments), no example database. HYPOTHESIS_PROFILE picks one;
-# else `ci` when CI=true (as CI sets it), else `default`.
-settings.register_profile("default", max_examples=200)
+# developers. `ci`: 10,000 cases per target (the slowest targets fewer, each saying why:
+# tests/fuzz_helpers.cases), derandomized (a fixed seed: a CI failure reproduces anywhere
+# with HYPOTHESIS_PROFILE=ci), no deadline (a shared 2-core machine has slow moments), no
+# example database. HYPOTHESIS_PROFILE picks one; else `ci` when CI=true (as CI sets it),
+# else `default`. Both derive from hypothesis's own defaults, not from the profile it
+# loads by itself under CI.
+_base = settings.get_profile("default")
+settings.register_profile("default", _base, max_examples=200)
 settings.register_profile(
     "ci",
+    _base,
     max_examples=10_000,
     derandomize=True,
     deadline=None,

@@ -160,8 +160,8 @@ def _decoded_or_reason(raw: bytes | str) -> None:
 # --- properties -----------------------------------------------------------------------
 
 
-# ci: 3,000 cases, not 10,000 (~120 s for all): ~1.8 ms a case (11 models built and encoded).
-@cases(3_000)
+# ci: 5,000 cases, not 10,000 (~120 s for all): ~2 ms a case (11 models built and encoded).
+@cases(5_000)
 @given(entries)
 def test_round_trip(entry: BaseModel) -> None:
     """One target for the union: its cases spread over the entry types (one_of)."""
@@ -184,7 +184,7 @@ def test_decode_anything(raw: bytes | str) -> None:
         _decoded_or_reason(raw.encode())
 
 
-# ci: 3,000 cases, not 10,000 (~120 s for all): ~3.4 ms a case (a dozen draws per edit).
+# ci: 3,000 cases, not 10,000 (~120 s for all): ~2.4 ms a case (a dozen draws per edit).
 @cases(3_000)
 @given(edited_entries)
 def test_decode_edited_entries(obj: Any) -> None:
@@ -197,7 +197,7 @@ VALID_RAW = [encode(UtteranceText(conversation_id="c", utterance_id="u", text="h
              encode(AudioChunk(conversation_id="c", seq=0, audio="AAA="))]
 
 
-# ci: 2,000 cases, not 10,000 (~120 s for all): ~2.5 ms a case (values: fuzzed above).
+# ci: 2,000 cases, not 10,000 (~120 s for all): ~2.2 ms a case (values: fuzzed above).
 @cases(2_000)
 @given(st.dictionaries(st.binary(max_size=4) | st.just(ENTRY_FIELD),
                        st.binary(max_size=64) | st.sampled_from(VALID_RAW), max_size=3))
@@ -225,8 +225,8 @@ def test_a_null_extra_usage_field_is_dropped_by_encode() -> None:
 # --- the hot-path encoders: the same entries as the models --------------------------
 
 
-# ci: 1,500 cases, not 10,000 (~120 s for all): ~3.4 ms a case (nine arguments, four encoders).
-@cases(1_500)
+# ci: 2,500 cases, not 10,000 (~120 s for all): ~2.1 ms a case (nine arguments, four encoders).
+@cases(2_500)
 @given(idents, idents, idents, st.text(), ints,
        ints, naturals, st.dictionaries(st.text(max_size=12), ints | st.text(max_size=5), max_size=3),
        st.none() | ints)
@@ -262,7 +262,7 @@ b64_payloads = st.one_of(
 )
 
 
-# ci: 2,000 cases, not 10,000 (~120 s for all): ~3.5 ms a case (up to 96 kB resampled and endpointed).
+# ci: 2,000 cases, not 10,000 (~120 s for all): ~2.1 ms a case (up to 96 kB resampled and endpointed).
 @cases(2_000)
 @given(b64_payloads, st.none() | idents, st.integers())
 @example("AAA=", None, 0)  # 2 bytes... of which one is padding: 1 byte, not a whole sample
@@ -294,7 +294,7 @@ def _pcm_helpers(data: bytes) -> None:
         assert event.start_ms >= 0
 
 
-# ci: 2,000 cases, not 10,000 (~120 s for all): ~2.4 ms a case (up to 12 kB through every PCM helper).
+# ci: 2,000 cases, not 10,000 (~120 s for all): ~1.5 ms a case (up to 12 kB through every PCM helper).
 @cases(2_000)
 @given(st.lists(st.binary(max_size=2_000), max_size=6))
 def test_pcm_helpers_take_any_bytes(parts: list[bytes]) -> None:
