@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 import redis as syncredis
 import redis.asyncio as aioredis
+from hypothesis import settings
 
 from shared.bus.writer import BatchWriter
 from shared.devstack import Stack, deterministic_env
@@ -33,6 +34,26 @@ from tests.fake_realtime import FakeRealtimeServer
 from tests.openai_engine_helpers import KEY
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Hypothesis profiles of the fuzz tests (tests/test_fuzz_*.py). `default`: quick, for
+# developers. `ci`: 10,000 cases per target (the slowest targets fewer, each saying why:
+# tests/fuzz_helpers.cases), derandomized (a fixed seed: a CI failure reproduces anywhere
+# with HYPOTHESIS_PROFILE=ci), no deadline (a shared 2-core machine has slow moments), no
+# example database. HYPOTHESIS_PROFILE picks one; else `ci` when CI=true (as CI sets it),
+# else `default`. Both derive from hypothesis's own defaults, not from the profile it
+# loads by itself under CI.
+_base = settings.get_profile("default")
+settings.register_profile("default", _base, max_examples=200)
+settings.register_profile(
+    "ci",
+    _base,
+    max_examples=10_000,
+    derandomize=True,
+    deadline=None,
+    database=None,
+    print_blob=True,
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") == "true" else "default"))
 
 
 @contextlib.asynccontextmanager

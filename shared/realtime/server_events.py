@@ -10,10 +10,10 @@ ignore. Server models allow extra fields for the same reason.
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, ValidationError
+from pydantic_core import from_json
 
 
 class _Server(BaseModel):
@@ -243,8 +243,11 @@ def parse_server_event(frame: str | bytes | dict[str, Any]) -> ServerEvent:
         data: Any = frame
     else:
         try:
-            data = json.loads(frame)
-        except (ValueError, UnicodeDecodeError) as exc:
+            # pydantic's JSON parser, not json.loads: it refuses nesting past a depth (json.loads
+            # raises RecursionError) and lone surrogate escapes ("\\ud800": text that could not
+            # be written as UTF-8 into a stream entry). A str is read as its UTF-8.
+            data = from_json(frame.encode() if isinstance(frame, str) else frame)
+        except ValueError as exc:
             text = frame.decode(errors="replace") if isinstance(frame, bytes) else frame
             return UnknownServerEvent(raw={"frame": text[:2000]}, problem=f"not JSON: {exc}")
     if not isinstance(data, dict):
