@@ -51,7 +51,8 @@ from shared.realtime.session_config import (
     TranscriptionConfig,
     TranscriptionSessionConfig,
 )
-from shared.realtime.transcription_state import Delta, Final, Skip, TranscriptionState
+from shared.realtime.transcription_actions import Delta, Final, Skip
+from shared.realtime.transcription_state import TranscriptionState
 from tests.fuzz_helpers import any_text, cases, deep_json, edited, finite, json_values, lone_surrogate_text, plain_json
 
 pytestmark = pytest.mark.fuzz

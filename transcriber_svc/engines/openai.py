@@ -50,15 +50,8 @@ from shared.realtime.session_config import (
     TranscriptionConfig,
     TranscriptionSessionConfig,
 )
-from shared.realtime.transcription_state import (
-    Delta,
-    Final,
-    Reject,
-    Skip,
-    TranscriptionAction,
-    TranscriptionState,
-    TurnDetection,
-)
+from shared.realtime.transcription_actions import Delta, Final, Reject, Skip, TranscriptionAction, TurnDetection
+from shared.realtime.transcription_state import TranscriptionState
 from shared.settings import OpenAISettings
 from shared.tasks import cancel_and_wait
 
