@@ -5,120 +5,51 @@ loop, so their state can be checked directly, not through logs."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import time
-from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from conversation_svc.engines import load_engine as load_conversation_engine
-from conversation_svc.worker import ConversationService
 from shared.bus.doorbell import add_with_rings
-from shared.bus.resp import connect
 from shared.keys import Keys
 from shared.models import (
     ConversationEnded,
     ConversationStarted,
-    Entry,
-    ResponseDone,
     TranscriptFinal,
     UtteranceText,
-    decode_fields,
     encode,
     now_ms,
 )
-from shared.runtime import OwnershipRuntime
-from shared.service import Service
 from shared.settings import (
-    CommonSettings,
-    ConversationSettings,
-    LocalEngineSettings,
-    OpenAISettings,
     TranscriberSettings,
 )
-from transcriber_svc.engines import load_engine as load_transcription_engine
-from transcriber_svc.worker import TranscriberService
-
-FAST = {"lease_s": 1.0, "read_block_ms": 100, "sweep_ms": 200, "drain_timeout_s": 2.0, "metrics_enabled": False}
-
-
-async def _transcriber(settings: TranscriberSettings) -> Service:
-    engine = load_transcription_engine(settings, OpenAISettings(api_key=None), LocalEngineSettings())
-    await engine.start()
-    return TranscriberService(settings, engine)
-
-
-async def _conversation(settings: ConversationSettings) -> Service:
-    engine = load_conversation_engine(settings, OpenAISettings(api_key=None), LocalEngineSettings())
-    await engine.start()
-    return ConversationService(settings, engine)
-
-
-@contextlib.asynccontextmanager
-async def _running(settings: CommonSettings, service: Service) -> AsyncIterator[OwnershipRuntime]:
-    redis = connect(settings.redis_url.get_secret_value())
-    runtime = OwnershipRuntime(settings, service, redis)
-    task = asyncio.create_task(runtime.run())
-    try:
-        await asyncio.wait_for(runtime.started.wait(), 10)
-        yield runtime
-    finally:
-        runtime.stop()
-        await asyncio.wait_for(task, 15)
-        await redis.aclose()
-
-
-@contextlib.asynccontextmanager
-async def _pipeline(
-    redis_url: str, prefix: str, **overrides: Any
-) -> AsyncIterator[tuple[OwnershipRuntime, OwnershipRuntime]]:
-    common: dict[str, Any] = {"redis_url": redis_url, "key_prefix": prefix, **FAST, **overrides}
-    t_settings = TranscriberSettings(transcriber_engine="simulated", **common)
-    c_settings = ConversationSettings(conversation_engine="echo", **common)
-    async with (
-        _running(t_settings, await _transcriber(t_settings)) as transcriber,
-        _running(c_settings, await _conversation(c_settings)) as conversation,
-    ):
-        yield transcriber, conversation
-
-
-async def _entries(redis: aioredis.Redis, key: str) -> list[Entry]:
-    return [decode_fields(fields) for _, fields in await redis.xrange(key)]
-
-
-async def _until(check: Callable[[], Any], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.02)
-
-
-async def _say(redis: aioredis.Redis, keys: Keys, cid: str, uid: str, text: str) -> None:
-    utterance = UtteranceText(conversation_id=cid, utterance_id=uid, text=text, sent_ms=now_ms())
-    await add_with_rings(redis, keys, [(keys.input(cid), encode(utterance), 1000)])
-
-
-async def _answered(redis: aioredis.Redis, keys: Keys, cid: str) -> list[str]:
-    return [e.utterance_id for e in await _entries(redis, keys.responses(cid)) if isinstance(e, ResponseDone)]
+from tests.runtime_helpers import (
+    FAST,
+    answered_ids,
+    entries,
+    pipeline,
+    running,
+    say,
+    transcriber_service,
+    until,
+)
 
 
 async def test_two_runtimes_answer_in_order_and_release_the_conversation(
     redis_url: str, redis: aioredis.Redis, prefix: str
 ) -> None:
     keys = Keys(prefix)
-    async with _pipeline(redis_url, prefix) as (transcriber, conversation):
+    async with pipeline(redis_url, prefix) as (transcriber, conversation):
         started = ConversationStarted(conversation_id="c")
         await add_with_rings(redis, keys, [(keys.control_for("c"), encode(started), None)])
         for i in range(5):
-            await _say(redis, keys, "c", f"u{i}", f"utterance number {i}")
+            await say(redis, keys, "c", f"u{i}", f"utterance number {i}")
 
         async def all_answered() -> bool:
-            return len(await _answered(redis, keys, "c")) == 5
+            return len(await answered_ids(redis, keys, "c")) == 5
 
-        await _until(all_answered)
-        assert await _answered(redis, keys, "c") == [f"u{i}" for i in range(5)]
+        await until(all_answered)
+        assert await answered_ids(redis, keys, "c") == [f"u{i}" for i in range(5)]
         assert set(transcriber.live) == set(conversation.live) == {"c"}
         ended = ConversationEnded(conversation_id="c")
         await add_with_rings(redis, keys, [(keys.control_for("c"), encode(ended), None)])
@@ -126,7 +57,7 @@ async def test_two_runtimes_answer_in_order_and_release_the_conversation(
         async def released() -> bool:
             return not transcriber.live and not conversation.live
 
-        await _until(released)
+        await until(released)
     for key in keys.conversation_keys("c"):
         assert 0 < await redis.ttl(key) <= 3600, key
     for key in (keys.input("c"), keys.transcripts("c")):
@@ -141,15 +72,15 @@ async def test_a_forged_doorbell_injects_nothing_and_moves_no_group(
     with an entry-like field (previous id 0-0, id far in the future, an utterance).
     A ring is only a hint now: it costs a read, and nothing else happens."""
     keys = Keys(prefix)
-    async with _pipeline(redis_url, prefix):
+    async with pipeline(redis_url, prefix):
         await add_with_rings(redis, keys, [(keys.control_for("c"), encode(ConversationStarted(conversation_id="c")),
                                             None)])
-        await _say(redis, keys, "c", "u1", "hello there")
+        await say(redis, keys, "c", "u1", "hello there")
 
         async def first_answered() -> bool:
-            return await _answered(redis, keys, "c") == ["u1"]
+            return await answered_ids(redis, keys, "c") == ["u1"]
 
-        await _until(first_answered)
+        await until(first_answered)
         (before,) = await redis.xinfo_groups(keys.input("c"))
         forged = UtteranceText(conversation_id="c", utterance_id="evil", text="pwned", sent_ms=now_ms())
         await redis.xadd(keys.bell(0, "input"), {"input": "c", "c 0-0 9999999999999-0 d": encode(forged)})
@@ -164,19 +95,19 @@ async def test_a_forged_doorbell_injects_nothing_and_moves_no_group(
         await redis.xadd(keys.bell(0, "input"), {"input": "c"})
 
         async def second_answered() -> bool:
-            return await _answered(redis, keys, "c") == ["u1", "u2"]
+            return await answered_ids(redis, keys, "c") == ["u1", "u2"]
 
-        await _until(second_answered)
-    finals = [e for e in await _entries(redis, keys.transcripts("c")) if isinstance(e, TranscriptFinal)]
+        await until(second_answered)
+    finals = [e for e in await entries(redis, keys.transcripts("c")) if isinstance(e, TranscriptFinal)]
     assert [(f.utterance_id, f.text) for f in finals] == [("u1", "hello there"), ("u2", "a real question")]
-    assert all("pwned" not in str(e) for e in await _entries(redis, keys.responses("c")))
+    assert all("pwned" not in str(e) for e in await entries(redis, keys.responses("c")))
 
 
 async def test_a_ring_for_a_conversation_this_worker_does_not_own_is_ignored(
     redis_url: str, redis: aioredis.Redis, prefix: str
 ) -> None:
     keys = Keys(prefix)
-    async with _pipeline(redis_url, prefix) as (transcriber, _conversation):
+    async with pipeline(redis_url, prefix) as (transcriber, conversation):
         await redis.xadd(keys.input("ghost"), {"d": b"not even an entry"})
         await redis.xadd(keys.bell(0, "input"), {"input": "ghost nobody \xff", "junk": "x" * 100})
         await asyncio.sleep(0.4)
@@ -192,29 +123,29 @@ async def test_a_stopping_worker_hands_its_conversation_to_a_peer_that_answers_n
     # A lease far longer than the test: the peer can only get the conversation by a hand-back.
     common: dict[str, Any] = {"redis_url": redis_url, "key_prefix": prefix, **FAST, "lease_s": 60.0}
     settings = TranscriberSettings(transcriber_engine="simulated", **common)
-    async with _pipeline(redis_url, prefix, lease_s=60.0) as (first, _conversation):
+    async with pipeline(redis_url, prefix, lease_s=60.0) as (first, conversation):
         await add_with_rings(redis, keys, [(keys.control_for("c"), encode(ConversationStarted(conversation_id="c")),
                                             None)])
-        await _say(redis, keys, "c", "u1", "before the hand-back")
+        await say(redis, keys, "c", "u1", "before the hand-back")
 
         async def first_answered() -> bool:
-            return await _answered(redis, keys, "c") == ["u1"]
+            return await answered_ids(redis, keys, "c") == ["u1"]
 
-        await _until(first_answered)
+        await until(first_answered)
         assert set(first.live) == {"c"}
-        async with _running(settings, await _transcriber(settings)) as peer:
-            first.stop()  # leaves _pipeline's exit a no-op stop
+        async with running(settings, await transcriber_service(settings)) as peer:
+            first.stop()  # leaves pipeline's exit a no-op stop
 
             async def moved() -> bool:
                 return set(peer.live) == {"c"}
 
-            await _until(moved, timeout_s=5.0)  # well inside the lease: handed back, not expired
-            await _say(redis, keys, "c", "u2", "after the hand-back")
+            await until(moved, timeout_s=5.0)  # well inside the lease: handed back, not expired
+            await say(redis, keys, "c", "u2", "after the hand-back")
 
             async def second_answered() -> bool:
-                return await _answered(redis, keys, "c") == ["u1", "u2"]
+                return await answered_ids(redis, keys, "c") == ["u1", "u2"]
 
-            await _until(second_answered)
+            await until(second_answered)
     (group,) = await redis.xinfo_groups(keys.input("c"))
     assert group["pending"] == 0
 
@@ -229,7 +160,7 @@ async def test_keys_of_the_wrong_type_go_to_the_dead_letters_and_no_worker_stops
     """Three places a key can hold another type than a stream: a new conversation's
     input (adopting it), an owned input (reading it), an effect's stream (a gate)."""
     keys = Keys(prefix)
-    async with _pipeline(redis_url, prefix) as (transcriber, conversation):
+    async with pipeline(redis_url, prefix) as (transcriber, conversation):
         await redis.set(keys.input("bad-start"), "not a stream")
         for cid in ("bad-start", "bad-read", "bad-gate", "good"):
             started = ConversationStarted(conversation_id=cid)
@@ -238,18 +169,18 @@ async def test_keys_of_the_wrong_type_go_to_the_dead_letters_and_no_worker_stops
         async def adopted() -> bool:
             return set(transcriber.live) == {"bad-read", "bad-gate", "good"}
 
-        await _until(adopted)
+        await until(adopted)
         await redis.delete(keys.input("bad-read"))
         await redis.set(keys.input("bad-read"), "replaced")
         await redis.xadd(keys.bell(0, "input"), {"input": "bad-read"})
         await redis.set(keys.transcripts("bad-gate"), "in the way")
-        await _say(redis, keys, "bad-gate", "u1", "this transcript has nowhere to go")
-        await _say(redis, keys, "good", "u1", "still answered")
+        await say(redis, keys, "bad-gate", "u1", "this transcript has nowhere to go")
+        await say(redis, keys, "good", "u1", "still answered")
 
         async def settled() -> bool:
-            return await _answered(redis, keys, "good") == ["u1"] and len(await _dead_reasons(redis, keys)) >= 3
+            return await answered_ids(redis, keys, "good") == ["u1"] and len(await _dead_reasons(redis, keys)) >= 3
 
-        await _until(settled)
+        await until(settled)
         assert set(transcriber.live) == {"bad-gate", "good"}
         reasons = await _dead_reasons(redis, keys)
         assert any(f"cannot own {keys.input('bad-start')}" in r for r in reasons), reasons
@@ -265,14 +196,14 @@ async def test_no_trim_removes_a_live_claim_under_a_flood_of_starts(
     redis_url: str, redis: aioredis.Redis, prefix: str
 ) -> None:
     keys = Keys(prefix)
-    async with _pipeline(redis_url, prefix, control_maxlen=1000, max_sessions=20) as (transcriber, conversation):
+    async with pipeline(redis_url, prefix, control_maxlen=1000, max_sessions=20) as (transcriber, conversation):
         live = ConversationStarted(conversation_id="live")
         await add_with_rings(redis, keys, [(keys.control_for("live"), encode(live), None)])
 
         async def adopted() -> bool:
             return "live" in transcriber.live and "live" in conversation.live
 
-        await _until(adopted)
+        await until(adopted)
         junk = [(keys.control_for(f"junk{i}"), encode(ConversationStarted(conversation_id=f"junk{i}")), None)
                 for i in range(3000)]
         for start in range(0, len(junk), 500):
@@ -283,10 +214,10 @@ async def test_no_trim_removes_a_live_claim_under_a_flood_of_starts(
         assert await redis.xrange(keys.control(0), claim_id, claim_id) != []  # the claim's entry is still there
         await asyncio.sleep(2.5)  # refreshes of a trimmed claim would have lost it by now (lease 1 s)
         assert "live" in transcriber.live and "live" in conversation.live
-        await _say(redis, keys, "live", "u1", "still mine after the flood")
+        await say(redis, keys, "live", "u1", "still mine after the flood")
 
         async def answered() -> bool:
-            return await _answered(redis, keys, "live") == ["u1"]
+            return await answered_ids(redis, keys, "live") == ["u1"]
 
-        await _until(answered)
+        await until(answered)
         assert await redis.xlen(keys.control(0)) > 1000  # reported, not cut
