@@ -42,7 +42,8 @@ async def test_full_memory_flips_readiness_both_ways_and_loses_nothing(own_redis
                 await say(redis, keys, "c", f"u{sent}", f"utterance {sent}")
                 await redis.config_set("maxmemory", str(used - 1024))
                 await asyncio.sleep(0.05)
-            assert "redis unreachable" in (transcriber.not_ready_reason(), conversation.not_ready_reason())
+            reasons = {transcriber.not_ready_reason(), conversation.not_ready_reason()}
+            assert "redis refuses writes (OutOfMemoryError)" in reasons, reasons
             await asyncio.sleep(0.5)
             await redis.config_set("maxmemory", "0")
 

@@ -32,7 +32,7 @@ from redis.exceptions import NoScriptError
 from shared.backoff import backoff
 from shared.bus.program import ACK, ADD, EXPIRE, GATE, Program, QueuedOp, Scripts
 from shared.bus.resp import RawConnection, pack_command
-from shared.bus.retry import is_transient
+from shared.bus.retry import TRANSIENT_ERRORS, is_transient
 from shared.keys import hash_tag
 from shared.models import ENTRY_FIELD
 
@@ -87,6 +87,8 @@ class BatchWriter:
         #: nothing of it was written and its source entry is still pending.
         self.on_gate_failed: Callable[[QueuedOp, str], None] | None = None
         self.redis_ok = True
+        #: While not ``redis_ok``: why, for readiness ("redis unreachable", or the refusal).
+        self.failing_with = ""
 
     # --- queueing (sync, called from sessions) ---------------------------
 
@@ -210,6 +212,8 @@ class BatchWriter:
                     log.exception("dropping a write batch after a non-transient error")
                     return
                 self.redis_ok = False
+                self.failing_with = "redis unreachable" if isinstance(exc, TRANSIENT_ERRORS) else (
+                    f"redis refuses writes ({type(exc).__name__})")
                 self.stats.retries += 1
                 delay = next(delays)
                 log.warning("redis write failed (%s); retrying in %.2fs", type(exc).__name__, delay)

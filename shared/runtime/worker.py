@@ -93,8 +93,10 @@ class OwnershipRuntime:
             return "connecting to redis"
         if self.w.owned.table.draining:
             return "draining"
-        if not (self.w.redis_ok and self.w.writer.redis_ok):
+        if not self.w.redis_ok:
             return "redis unreachable"
+        if not self.w.writer.redis_ok:
+            return self.w.writer.failing_with or "redis unreachable"
         return None
 
     def stop(self) -> None:
