@@ -31,7 +31,7 @@ from shared.models import (
 )
 from shared.runtime.conversations import Live, QueueLimits
 from shared.settings import CommonSettings, ConversationSettings, TranscriberSettings
-from tests.test_runtime import FAST, _answered, _conversation, _running, _say, _until
+from tests.runtime_helpers import FAST, answered_ids, conversation_service, running, say, until
 from transcriber_svc.worker import TranscriberService
 
 # --- dead letters -----------------------------------------------------------------------------
@@ -180,13 +180,13 @@ async def test_a_conversation_behind_is_not_read_until_its_queue_drains_and_othe
     t_settings = TranscriberSettings(**common)
     c_settings = ConversationSettings(conversation_engine="echo", **common)
     async with (
-        _running(t_settings, TranscriberService(t_settings, engine)) as transcriber,
-        _running(c_settings, await _conversation(c_settings)),
+        running(t_settings, TranscriberService(t_settings, engine)) as transcriber,
+        running(c_settings, await conversation_service(c_settings)),
     ):
         await _start(redis, keys, "behind")
         await _start(redis, keys, "other")
         for i in range(200):
-            await _say(redis, keys, "behind", f"b{i}", f"utterance {i}")
+            await say(redis, keys, "behind", f"b{i}", f"utterance {i}")
         await asyncio.sleep(0.5)  # rings and a few sweeps: the stuck conversation is read as far as it may be
         held = await _group(redis, keys.input("behind"))
         assert held["lag"] >= 200 - 20  # left in Redis, undelivered (not pending)
@@ -194,19 +194,19 @@ async def test_a_conversation_behind_is_not_read_until_its_queue_drains_and_othe
         assert len(transcriber.live["behind"].queue) <= 20
         # The other conversation on the same worker is answered meanwhile.
         for i in range(3):
-            await _say(redis, keys, "other", f"o{i}", f"question {i}")
+            await say(redis, keys, "other", f"o{i}", f"question {i}")
 
         async def others_answered() -> bool:
-            return await _answered(redis, keys, "other") == ["o0", "o1", "o2"]
+            return await answered_ids(redis, keys, "other") == ["o0", "o1", "o2"]
 
-        await _until(others_answered)
+        await until(others_answered)
         gate.set()  # the engine catches up: the conversation is read again as its queue drains
 
         async def all_answered() -> bool:
-            return len(await _answered(redis, keys, "behind")) == 200
+            return len(await answered_ids(redis, keys, "behind")) == 200
 
-        await _until(all_answered, timeout_s=30)
-    assert await _answered(redis, keys, "behind") == [f"b{i}" for i in range(200)]
+        await until(all_answered, timeout_s=30)
+    assert await answered_ids(redis, keys, "behind") == [f"b{i}" for i in range(200)]
     ids = [entry_id.decode() for entry_id, _ in await redis.xrange(keys.input("behind"))]
     assert engine.fed["behind"] == ids  # each once, in stream order
     assert peak.entries["behind"] <= 20
@@ -238,7 +238,7 @@ async def test_a_takeover_claims_the_pending_entries_page_by_page_in_order_as_th
     await redis.xadd(control, {"d": encode(ConversationStarted(conversation_id="c"))})
     await redis.xreadgroup(group, "dead-worker", {control: ">"}, count=1)
     for i in range(100):
-        await _say(redis, keys, "c", f"u{i}", f"utterance {i}")
+        await say(redis, keys, "c", f"u{i}", f"utterance {i}")
     delivered = await redis.xreadgroup(group, "dead-worker", {data: ">"}, count=70)
     ids = [entry_id.decode() for entry_id, _ in await redis.xrange(data)]
     assert len(delivered[0][1]) == 70
@@ -250,12 +250,12 @@ async def test_a_takeover_claims_the_pending_entries_page_by_page_in_order_as_th
     await redis.xclaim(control, group, "dead-worker", 0, [control_id], idle=60_000, justid=True)
     engine = _SlowTranscription(set())
     settings = TranscriberSettings(redis_url=redis_url, key_prefix=prefix, **FAST, queue_max_entries=10)
-    async with _running(settings, TranscriberService(settings, engine)) as runtime:
+    async with running(settings, TranscriberService(settings, engine)) as runtime:
 
         async def all_fed() -> bool:
             return len(engine.fed.get("c", [])) == 99
 
-        await _until(all_fed)
+        await until(all_fed)
         assert runtime.live["c"].replay is None
     assert engine.fed["c"] == [i for i in ids if i != poison]
     assert peak.entries["c"] <= 10
@@ -341,18 +341,18 @@ async def _flood_behind_a_slow_engine(
         await _start(redis, keys, other)
         # Another conversation on the same worker is answered while the flood is handled.
         for i in range(3):
-            await _say(redis, keys, other, f"o{i}", f"question {i}")
+            await say(redis, keys, other, f"o{i}", f"question {i}")
 
             async def answered(count: int = i + 1) -> bool:
-                return len(await _answered(redis, keys, other)) == count
+                return len(await answered_ids(redis, keys, other)) == count
 
-            await _until(answered, timeout_s=5)
+            await until(answered, timeout_s=5)
         assert len(engine.fed.get(flood, [])) < chunks  # still behind meanwhile
 
         async def flood_handled() -> bool:
             return len(engine.fed.get(flood, [])) == chunks
 
-        await _until(flood_handled, timeout_s=60)
+        await until(flood_handled, timeout_s=60)
     assert engine.fed[flood] == ids  # every chunk once, in stream order
     return rss.growth_mb
 
@@ -369,8 +369,8 @@ async def test_a_conversation_thousands_of_chunks_behind_a_slow_engine_stays_wit
     t_settings = TranscriberSettings(**common)
     c_settings = ConversationSettings(conversation_engine="echo", **common)
     async with (
-        _running(t_settings, TranscriberService(t_settings, engine)),
-        _running(c_settings, await _conversation(c_settings)),
+        running(t_settings, TranscriberService(t_settings, engine)),
+        running(c_settings, await conversation_service(c_settings)),
     ):
         for n in FLOODS:
             flood = f"flood{n}"
