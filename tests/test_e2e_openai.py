@@ -135,3 +135,44 @@ def _audio_conversation(client: syncredis.Redis, keys: Keys, fake: FakeRealtimeS
     while time.monotonic() < deadline and client.xpending(input_key, "transcriber")["pending"]:
         time.sleep(0.1)
     assert client.xpending(input_key, "transcriber")["pending"] == 0
+
+
+def _everything_written(client: syncredis.Redis, prefix: str) -> str:
+    """Every field of every stream entry and every hash under ``prefix``, as text."""
+    parts: list[str] = []
+    for key in client.scan_iter(match=f"{prefix}:*"):
+        kind = client.type(key)
+        if kind == b"stream":
+            for _id, fields in client.xrange(key, "-", "+"):
+                parts += [f"{k!r}={v!r}" for k, v in fields.items()]
+        elif kind == b"hash":
+            parts += [f"{k!r}={v!r}" for k, v in client.hgetall(key).items()]
+    return "\n".join(parts)
+
+
+def test_a_rejected_key_fails_each_answer_cleanly_and_leaks_nowhere(
+    stack: Stack, redis_url: str, prefix: str
+) -> None:
+    """The upstream refuses our key (HTTP 401 at the handshake): every utterance gets
+    a response.failed, and the key appears in no log line and no stream entry."""
+    wrong = "sk-e2e-wrong-KEY-9876543210fedcba"
+    fake = FakeRealtimeServer(api_key=KEY)
+    with ThreadedFakeServer(fake) as server:
+        env = {**_openai_env(server.url), "OPENAI_API_KEY": wrong, "TRANSCRIBER_ENGINE": "simulated"}
+        stack.start("transcriber_svc", extra_env=env)
+        stack.start("conversation_svc", extra_env=env)
+        wait_for_workers(redis_url, prefix, 2)
+        rc, summary, _stderr = run_simulator(base_env(redis_url, prefix), "--conversations", "2",
+                                             "--utterances", "2", "--no-greeting", "--timeout", "60")
+        # Every utterance ends, in a failure: none answered, none twice, none left hanging.
+        assert rc == 1 and summary["duplicates"] == 0, summary
+        assert summary["responses_failed"] == 4 and summary["responses_done"] == 0, summary
+        client = syncredis.Redis.from_url(redis_url)
+        try:
+            written = _everything_written(client, prefix)
+        finally:
+            client.close()
+        assert "response.failed" in written and "refused the API key (HTTP 401)" in written, written[-2000:]
+        assert wrong not in written
+        for proc in stack.procs:
+            assert wrong not in proc.log_text()
