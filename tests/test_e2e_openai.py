@@ -83,6 +83,7 @@ def test_pipeline_with_openai_engines_survives_expiry_and_a_drop(
             assert fake.kind_sessions("transcription") == []
 
             _audio_conversation(client, keys, fake)
+            assert KEY not in _everything_written(client, prefix)
         finally:
             client.close()
 
