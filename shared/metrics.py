@@ -40,6 +40,8 @@ TAKEOVERS = Counter("vab_takeovers_total", "Conversations taken over from a dead
 HANDBACKS = Counter("vab_handbacks_total", "Conversations handed back on shutdown", ["service"], registry=REGISTRY)
 LOST_CLAIMS = Counter("vab_claims_lost_total", "Conversations a peer took while this worker missed its lease",
                       ["service"], registry=REGISTRY)
+RECLAIMED = Counter("vab_entries_reclaimed_total", "Entries left pending past STUCK_AFTER_S, claimed and handled again",
+                    ["service"], registry=REGISTRY)
 REDIS_ERRORS = Counter("vab_redis_errors_total", "Transient Redis errors (reads, writes)", ["service", "op"],
                        registry=REGISTRY)
 UPSTREAM_RECONNECTS = Counter("vab_upstream_reconnects_total", "Upstream (engine) reconnects", ["engine"],

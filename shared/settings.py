@@ -84,6 +84,9 @@ class CommonSettings(ConnectionSettings):
     conversation_ttl_s: int = Field(3600, ge=1)
     #: A conversation with no entry for this long is closed as if it had ended.
     idle_timeout_s: float = Field(900.0, gt=0)
+    #: An owned conversation's entry delivered and left pending this long, with nothing of that
+    #: conversation in flight, is claimed and handled again (the gate keeps it exactly-once).
+    stuck_after_s: float = Field(30.0, ge=0.5)
     #: On SIGTERM, in-flight work gets this long before its conversations are handed back.
     drain_timeout_s: float = Field(10.0, ge=0)
 

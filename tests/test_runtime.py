@@ -221,3 +221,35 @@ async def test_no_trim_removes_a_live_claim_under_a_flood_of_starts(
 
         await until(answered)
         assert await redis.xlen(keys.control(0)) > 1000  # reported, not cut
+
+
+async def test_an_entry_left_pending_is_claimed_and_answered_once(
+    redis_url: str, redis: aioredis.Redis, prefix: str
+) -> None:
+    """An utterance delivered to a consumer that never gates it (here: a zombie's read
+    after a takeover) is not lost until the next takeover: the owner claims it once it
+    has sat pending past STUCK_AFTER_S, and it is answered exactly once."""
+    keys = Keys(prefix)
+    async with pipeline(redis_url, prefix, stuck_after_s=1.0) as (transcriber, _conversation):
+        await add_with_rings(redis, keys, [(keys.control_for("c"), encode(ConversationStarted(conversation_id="c")),
+                                            None)])
+        await say(redis, keys, "c", "u0", "first")
+
+        async def first() -> bool:
+            return await answered_ids(redis, keys, "c") == ["u0"]
+
+        await until(first)
+        stuck = UtteranceText(conversation_id="c", utterance_id="u1", text="read by a zombie", sent_ms=now_ms())
+        await redis.xadd(keys.input("c"), {"d": encode(stuck)})
+        await redis.xreadgroup("transcriber", "zombie", {keys.input("c"): ">"})  # delivered, never gated
+        await asyncio.sleep(0.3)
+        assert await answered_ids(redis, keys, "c") == ["u0"]
+
+        async def recovered() -> bool:
+            return await answered_ids(redis, keys, "c") == ["u0", "u1"]
+
+        await until(recovered, timeout_s=10.0)
+        (group,) = await redis.xinfo_groups(keys.input("c"))
+        assert group["pending"] == 0
+        await asyncio.sleep(1.5)  # a later pass finds nothing more to claim
+    assert await answered_ids(redis, keys, "c") == ["u0", "u1"]

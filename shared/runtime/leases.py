@@ -138,16 +138,7 @@ class Leases:
                 return cast(StreamEntries, await w.redis.xclaim(key, w.group, w.worker_id, 0, ids))
 
             claimed = await retry_forever("claim pending", claim)
-            for entry_id_b, fields in claimed:
-                if fields is None:  # deleted by trimming while pending
-                    continue
-                entry_id = entry_id_b.decode()
-                if deliveries.get(entry_id_b, 0) >= w.settings.max_deliveries:
-                    live.push((entry_id, EntryError(
-                        f"delivered {deliveries[entry_id_b]} times without being handled (poison entry?)"
-                    ), fields.get(ENTRY_FIELD)))
-                    continue
-                self._drainer.queue(live, entry_id, fields)
+            self._queue_claimed(live, claimed, deliveries)
             live.replayed += len(claimed)
             live.last_seen_s = time.monotonic()
             last = ids[-1]
@@ -158,6 +149,50 @@ class Leases:
                 log.info("replayed %d pending entries of %s", live.replayed, live.conversation_id,
                          extra={"conversation_id": live.conversation_id})
             self._read_soon(key)
+
+    def _queue_claimed(self, live: Live, claimed: StreamEntries, deliveries: dict[bytes, int]) -> None:
+        """Queue claimed entries in order; one delivered ``max_deliveries`` times already
+        is queued as a poison entry (dead-lettered when its turn comes)."""
+        for entry_id_b, fields in claimed:
+            if fields is None:  # deleted by trimming while pending
+                continue
+            entry_id = entry_id_b.decode()
+            if deliveries.get(entry_id_b, 0) >= self._w.settings.max_deliveries:
+                live.push((entry_id, EntryError(
+                    f"delivered {deliveries[entry_id_b]} times without being handled (poison entry?)"
+                ), fields.get(ENTRY_FIELD)))
+                continue
+            self._drainer.queue(live, entry_id, fields)
+
+    async def reclaim_stuck_once(self) -> None:
+        """Entries delivered and never gated, left pending: a batch dropped after an
+        error, an ack lost with a Redis crash, or what a zombie owner read after a
+        takeover. For each owned conversation with nothing queued or running, and
+        only while the writer has nothing unwritten (so no gate of ours is on its
+        way), claim the entries of its stream pending for longer than
+        ``stuck_after_s`` (any consumer's; XCLAIM's min-idle guards a race with a
+        fresh read) and handle them again: the gate keeps their effects exactly-once."""
+        w = self._w
+        if w.writer.backlog or not w.writer.redis_ok:
+            return
+        idle_ms = int(w.settings.stuck_after_s * 1000)
+        for live in list(w.owned.live.values()):
+            if live.closed or live.task is not None or live.queue or live.replay is not None:
+                continue
+            key = live.ctx.data_key
+            rows = cast(list[dict[str, Any]], await w.redis.xpending_range(
+                key, w.group, min="-", max="+", count=w.owned.limits.read_count(CLAIM_PAGE), idle=idle_ms))
+            if not rows or live.closed or live.task is not None or live.queue:
+                continue
+            ids = [r["message_id"] for r in rows]
+            claimed = cast(StreamEntries, await w.redis.xclaim(key, w.group, w.worker_id, idle_ms, ids))
+            if not claimed:
+                continue
+            log.warning("re-claimed %d entries of %s pending for over %.0fs", len(claimed), live.conversation_id,
+                        w.settings.stuck_after_s, extra={"conversation_id": live.conversation_id})
+            w.meters.reclaimed.inc(len(claimed))
+            self._queue_claimed(live, claimed, {r["message_id"]: int(r["times_delivered"]) + 1 for r in rows})
+            self._drainer.kick(live)
 
     async def _relay_ended(self, control_key: str, entry_id: str, ended: ConversationEnded, raw: bytes | None) -> None:
         """A control-stream ``ended`` may overtake utterances still in flight, so it

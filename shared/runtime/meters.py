@@ -26,6 +26,7 @@ class RuntimeMeters:
         self.takeovers = metrics.TAKEOVERS.labels(service)
         self.handbacks = metrics.HANDBACKS.labels(service)
         self.lost = metrics.LOST_CLAIMS.labels(service)
+        self.reclaimed = metrics.RECLAIMED.labels(service)
         self.suppressed = metrics.DUPLICATES_SUPPRESSED.labels(service)
         self.redis_errors_read = metrics.REDIS_ERRORS.labels(service, "read")
         self._cache: dict[tuple[str, ...], Any] = {}
