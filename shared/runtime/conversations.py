@@ -112,9 +112,6 @@ class Owned:
         self._data_keys: list[str] | None = None
         self.version = 0
 
-    def __len__(self) -> int:
-        return len(self.live)
-
     def add(self, live: Live) -> None:
         self.table.add(live.claim)
         self.live[live.conversation_id] = live

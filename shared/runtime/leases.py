@@ -119,29 +119,12 @@ class Leases:
         key = live.ctx.data_key
         start = live.replay or "-"
         count = w.owned.limits.read_count(CLAIM_PAGE)
-
-        async def pending() -> list[dict[str, Any]]:
-            try:
-                rows = await w.redis.xpending_range(key, w.group, min=start, max="+", count=count)
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
-                    return []  # the stream lost its group (Redis restarted empty): nothing is pending
-                raise
-            return cast(list[dict[str, Any]], rows)
-
-        rows = await retry_forever("list pending", pending)
+        rows = await retry_forever("list pending", lambda: self._pending(key, start, count))
         if rows:
-            ids = [r["message_id"] for r in rows]
-            deliveries = {r["message_id"]: int(r["times_delivered"]) for r in rows}
-
-            async def claim() -> StreamEntries:
-                return cast(StreamEntries, await w.redis.xclaim(key, w.group, w.worker_id, 0, ids))
-
-            claimed = await retry_forever("claim pending", claim)
-            self._queue_claimed(live, claimed, deliveries)
-            live.replayed += len(claimed)
+            claimed = await retry_forever("claim pending", lambda: self._claim_into(live, rows, min_idle_ms=0))
+            live.replayed += claimed
             live.last_seen_s = time.monotonic()
-            last = ids[-1]
+            last = rows[-1]["message_id"]
             live.replay = "(" + (last.decode() if isinstance(last, bytes) else str(last))
         if len(rows) < count:
             live.replay = None
@@ -150,19 +133,37 @@ class Leases:
                          extra={"conversation_id": live.conversation_id})
             self._read_soon(key)
 
-    def _queue_claimed(self, live: Live, claimed: StreamEntries, deliveries: dict[bytes, int]) -> None:
-        """Queue claimed entries in order; one delivered ``max_deliveries`` times already
-        is queued as a poison entry (dead-lettered when its turn comes)."""
+    async def _pending(self, key: str, start: str, count: int, idle_ms: int | None = None) -> list[dict[str, Any]]:
+        """XPENDING rows of ``key`` from ``start`` (any consumer; ``idle_ms``: only those
+        idle that long). [] when the stream lost its group (Redis restarted empty)."""
+        try:
+            rows = await self._w.redis.xpending_range(key, self._w.group, min=start, max="+", count=count,
+                                                      idle=idle_ms)
+        except ResponseError as exc:
+            if "NOGROUP" in str(exc):
+                return []
+            raise
+        return cast(list[dict[str, Any]], rows)
+
+    async def _claim_into(self, live: Live, rows: list[dict[str, Any]], min_idle_ms: int) -> int:
+        """XCLAIM the listed entries (those still idle ``min_idle_ms``; acked ones are not
+        returned) and queue them in order; one delivered ``max_deliveries`` times already
+        is queued as a poison entry (dead-lettered when its turn comes). How many came."""
+        w = self._w
+        ids = [r["message_id"] for r in rows]
+        deliveries = {r["message_id"]: int(r["times_delivered"]) for r in rows}
+        claimed = cast(StreamEntries, await w.redis.xclaim(live.ctx.data_key, w.group, w.worker_id, min_idle_ms, ids))
         for entry_id_b, fields in claimed:
             if fields is None:  # deleted by trimming while pending
                 continue
             entry_id = entry_id_b.decode()
-            if deliveries.get(entry_id_b, 0) >= self._w.settings.max_deliveries:
+            if deliveries.get(entry_id_b, 0) >= w.settings.max_deliveries:
                 live.push((entry_id, EntryError(
                     f"delivered {deliveries[entry_id_b]} times without being handled (poison entry?)"
                 ), fields.get(ENTRY_FIELD)))
                 continue
             self._drainer.queue(live, entry_id, fields)
+        return len(claimed)
 
     async def reclaim_stuck_once(self) -> None:
         """Entries delivered and never gated, left pending: a batch dropped after an
@@ -179,19 +180,15 @@ class Leases:
         for live in list(w.owned.live.values()):
             if live.closed or live.task is not None or live.queue or live.replay is not None:
                 continue
-            key = live.ctx.data_key
-            rows = cast(list[dict[str, Any]], await w.redis.xpending_range(
-                key, w.group, min="-", max="+", count=w.owned.limits.read_count(CLAIM_PAGE), idle=idle_ms))
+            rows = await self._pending(live.ctx.data_key, "-", w.owned.limits.read_count(CLAIM_PAGE), idle_ms)
             if not rows or live.closed or live.task is not None or live.queue:
                 continue
-            ids = [r["message_id"] for r in rows]
-            claimed = cast(StreamEntries, await w.redis.xclaim(key, w.group, w.worker_id, idle_ms, ids))
+            claimed = await self._claim_into(live, rows, min_idle_ms=idle_ms)
             if not claimed:
                 continue
-            log.warning("re-claimed %d entries of %s pending for over %.0fs", len(claimed), live.conversation_id,
+            log.warning("re-claimed %d entries of %s pending for over %.0fs", claimed, live.conversation_id,
                         w.settings.stuck_after_s, extra={"conversation_id": live.conversation_id})
-            w.meters.reclaimed.inc(len(claimed))
-            self._queue_claimed(live, claimed, {r["message_id"]: int(r["times_delivered"]) + 1 for r in rows})
+            w.meters.reclaimed.inc(claimed)
             self._drainer.kick(live)
 
     async def _relay_ended(self, control_key: str, entry_id: str, ended: ConversationEnded, raw: bytes | None) -> None:
