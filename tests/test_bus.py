@@ -106,7 +106,7 @@ async def test_writer_rings_one_bell_per_kind_naming_each_conversation_once(
     redis: aioredis.Redis, prefix: str
 ) -> None:
     keys = Keys(prefix)
-    async with running(BatchWriter(redis, Scripts(), bell_key=keys.bell_for_key)) as writer:
+    async with running(BatchWriter(redis, Scripts(), bells=keys)) as writer:
         for cid in ("a", "b", "a"):
             writer.add(keys.transcripts(cid), b"t", 1000)
         writer.add(keys.responses("b"), b"r", 1000)
@@ -181,7 +181,7 @@ async def test_gate_never_consumes_an_entry_its_group_did_not_deliver(redis: aio
 
 async def test_a_ring_names_each_conversation_of_a_big_batch_once(redis: aioredis.Redis, prefix: str) -> None:
     keys = Keys(prefix)
-    async with running(BatchWriter(redis, Scripts(), bell_key=keys.bell_for_key)) as writer:
+    async with running(BatchWriter(redis, Scripts(), bells=keys)) as writer:
         for i in range(100):
             writer.add(keys.transcripts(f"c{i % 40}"), b"t", 1000)
         await writer.flushed()

@@ -45,7 +45,7 @@ async def test_follower_reads_only_what_rang_and_shows_only_entries_read_from_th
     follower = StreamFollower(redis, keys, sweep_s=60.0, kinds=("responses",))
     follower.follow(key)
     follower.follow(other)
-    async with running(BatchWriter(redis, Scripts(), bell_key=keys.bell_for_key)) as writer:
+    async with running(BatchWriter(redis, Scripts(), bells=keys)) as writer:
         try:
             await _write(writer, key, b"r0")
             assert _texts(await follower.read(100)) == [b"r0"]  # the first read sweeps

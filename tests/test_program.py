@@ -43,7 +43,7 @@ def test_rings_name_the_conversations_written_once_per_kind() -> None:
     for cid in ("a", "b", "a"):
         prog.add(QueuedOp(ADD.code, (keys.transcripts(cid),), (100, b"d", b"t")))
     prog.add(QueuedOp(ADD.code, (keys.dead(0),), (100, b"d", b"x")))
-    prog.add_rings(keys.bell_for_key, 1000)
+    prog.add_rings(keys, 1000)
     rings = [item for item in prog.items if item.spec is RING]
     assert [(prog.keys[r.key_idxs[0] - 1], r.args) for r in rings] == [
         (keys.bell(0, "transcripts"), [1000, "transcripts", "a b"])

@@ -21,7 +21,8 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
-from shared.keys import CONTROL_KIND, ring_target
+from shared.bus.doorbell import ring_ops
+from shared.keys import Keys
 
 log = logging.getLogger(__name__)
 
@@ -151,31 +152,15 @@ class Program:
             return
         self.items.append(_Item(ADD, idxs, [maxlen, fld, value], [op]))
 
-    def add_rings(self, bell_key: Callable[[str], str], maxlen: int, controls: frozenset[str] = frozenset()) -> None:
-        """Ring the doorbells for what this program writes: one ring per stream kind
-        naming the conversations written to (a program is one partition, so its
-        bells share its slot), and one ``control`` ring per stream of ``controls`` written."""
-        rings: dict[str, tuple[str, dict[str, None]]] = {}  # kind -> (a key of that kind, {conversation id})
-        control_bells: set[str] = set()
-        for item in self.items:
-            if item.spec not in (ADD, ADD_MANY, GATE):
-                continue
-            key = self.keys[item.key_idxs[-1] - 1]  # the stream written to (a gate's dst)
-            if key in controls:
-                control_bells.add(bell_key(key))
-                continue
-            target = ring_target(key)
-            if target is None:
-                continue
-            _tag, kind, cid = target
-            ring = rings.get(kind)
-            if ring is None:
-                ring = rings[kind] = (key, {})
-            ring[1][cid] = None
-        for kind, (key, cids) in rings.items():
-            self.items.append(_Item(RING, [self._key(bell_key(key))], [maxlen, kind, " ".join(cids)], []))
-        for bell in sorted(control_bells):
-            self.items.append(_Item(ADD, [self._key(bell)], [maxlen, CONTROL_KIND, b"1"], []))
+    def add_rings(self, keys: Keys, maxlen: int) -> None:
+        """Ring the doorbells for the conversation streams this program writes (a
+        gate's effect included): one ring per stream kind naming the conversations
+        written to (a program is one partition, so its bells share its slot)."""
+        written = [self.keys[item.key_idxs[-1] - 1] for item in self.items if item.spec in (ADD, ADD_MANY, GATE)]
+        for tag, kinds in ring_ops(written).items():
+            for kind, cids in kinds.items():
+                bell = self._key(keys.bell(int(tag), kind))
+                self.items.append(_Item(RING, [bell], [maxlen, kind, " ".join(cids)], []))
 
     def argv(self) -> list[Any]:
         out: list[Any] = []

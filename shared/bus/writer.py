@@ -33,7 +33,7 @@ from shared.backoff import backoff
 from shared.bus.program import ACK, ADD, EXPIRE, GATE, Program, QueuedOp, Scripts
 from shared.bus.resp import RawConnection, pack_command
 from shared.bus.retry import TRANSIENT_ERRORS, is_transient
-from shared.keys import hash_tag
+from shared.keys import Keys, hash_tag
 from shared.models import ENTRY_FIELD
 
 log = logging.getLogger(__name__)
@@ -64,13 +64,13 @@ class BatchWriter:
         redis: aioredis.Redis,
         scripts: Scripts,
         max_batch: int = 1000,
-        bell_key: Callable[[str], str] | None = None,
+        bells: Keys | None = None,
         bell_maxlen: int = 10_000,
     ) -> None:
         self._redis = redis
         self._conn = RawConnection(redis)
-        #: Maps a written stream to its partition's doorbell (None: ring nothing).
-        self._bell_key = bell_key
+        #: Names the doorbells each flush rings for the streams it wrote (None: ring nothing).
+        self._bells = bells
         self._bell_maxlen = bell_maxlen
         self._scripts = scripts
         self._max_batch = max_batch
@@ -230,9 +230,9 @@ class BatchWriter:
             if prog is None:
                 prog = programs[tag] = Program()
             prog.add(op)
-        if self._bell_key is not None:
+        if self._bells is not None:
             for prog in programs.values():
-                prog.add_rings(self._bell_key, self._bell_maxlen)
+                prog.add_rings(self._bells, self._bell_maxlen)
         sha = self._scripts.sha["batch"]
         packed = b"".join(pack_command(("EVALSHA", sha, len(p.keys), *p.keys, *p.argv())) for p in programs.values())
         replies = await self._conn.roundtrip(packed, len(programs))

@@ -43,7 +43,7 @@ class OwnershipRuntime:
     ) -> None:
         scripts = Scripts()
         meters = RuntimeMeters(service.name, stream_kind(service.data_key(settings.keys, "x")))
-        writer = BatchWriter(redis, scripts, bell_key=settings.keys.bell_for_key)
+        writer = BatchWriter(redis, scripts, bells=settings.keys)
         writer.on_suppressed = meters.suppressed.inc
         writer.on_gate_failed = self._gate_failed
         meters.capacity.set(settings.max_sessions)
