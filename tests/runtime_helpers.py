@@ -5,6 +5,7 @@ and small helpers to drive and observe a conversation."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,8 @@ from shared.bus.doorbell import add_with_rings
 from shared.bus.resp import connect
 from shared.keys import Keys
 from shared.models import (
+    MAX_AUDIO_CHUNK_BYTES,
+    AudioChunk,
     Entry,
     ResponseDone,
     UtteranceText,
@@ -100,3 +103,9 @@ async def answered_ids(redis: aioredis.Redis, keys: Keys, cid: str) -> list[str]
     return [e.utterance_id for e in await entries(redis, keys.responses(cid)) if isinstance(e, ResponseDone)]
 
 
+
+
+def audio_chunk_entry(cid: str, seq: int, n_bytes: int = MAX_AUDIO_CHUNK_BYTES) -> bytes:
+    """An encoded ``audio.chunk`` of ``n_bytes`` of silence (the largest valid one by default)."""
+    audio = base64.b64encode(bytes(n_bytes)).decode()
+    return encode(AudioChunk(conversation_id=cid, utterance_id="u1", seq=seq, audio=audio))

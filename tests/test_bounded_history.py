@@ -5,7 +5,6 @@ a big entry yet still replay it whole."""
 
 from __future__ import annotations
 
-import base64
 import io
 import random
 from types import SimpleNamespace
@@ -21,8 +20,6 @@ from shared.bus.writer import BatchWriter
 from shared.history import NewestTurns, Turn, rebuild
 from shared.keys import Keys
 from shared.models import (
-    MAX_AUDIO_CHUNK_BYTES,
-    AudioChunk,
     DeadLetter,
     Entry,
     ResponseDelta,
@@ -38,13 +35,9 @@ from shared.service import DEAD_RAW_MAX_BYTES, dead_letter
 from shared.settings import CommonSettings, ConversationSettings
 from simulator_svc import admin
 from tests.conftest import running
+from tests.runtime_helpers import audio_chunk_entry
 
 # --- dead letters -----------------------------------------------------------------------------
-
-
-def _chunk(cid: str, seq: int, n_bytes: int = MAX_AUDIO_CHUNK_BYTES) -> bytes:
-    audio = base64.b64encode(bytes(n_bytes)).decode()
-    return encode(AudioChunk(conversation_id=cid, utterance_id="u1", seq=seq, audio=audio))
 
 
 async def _dead_letter_of(redis: aioredis.Redis, prefix: str, raw: bytes) -> tuple[str, DeadLetter]:
@@ -64,7 +57,7 @@ async def _dead_letter_of(redis: aioredis.Redis, prefix: str, raw: bytes) -> tup
 async def test_a_big_entry_makes_a_small_dead_letter_that_still_replays_whole(
     redis: aioredis.Redis, prefix: str
 ) -> None:
-    raw = _chunk("c", 1)
+    raw = audio_chunk_entry("c", 1)
     assert len(raw) > 128_000
     dead_id, letter = await _dead_letter_of(redis, prefix, raw)
     assert letter.raw_truncated and letter.raw_bytes == len(raw)
@@ -81,7 +74,7 @@ async def test_a_big_entry_makes_a_small_dead_letter_that_still_replays_whole(
 
 
 async def test_a_small_entry_is_dead_lettered_whole(redis: aioredis.Redis, prefix: str) -> None:
-    raw = _chunk("c", 1, n_bytes=4800)
+    raw = audio_chunk_entry("c", 1, n_bytes=4800)
     _, letter = await _dead_letter_of(redis, prefix, raw)
     assert not letter.raw_truncated and letter.raw_bytes == len(raw) and letter.raw.encode() == raw
 

@@ -23,7 +23,6 @@ from shared.keys import Keys
 from shared.models import (
     MAX_AUDIO_CHUNK_BYTES,
     MAX_ENTRY_BYTES,
-    AudioChunk,
     ConversationStarted,
     DeadLetter,
     UtteranceText,
@@ -31,17 +30,10 @@ from shared.models import (
 )
 from shared.runtime.conversations import Live, QueueLimits
 from shared.settings import CommonSettings, ConversationSettings, TranscriberSettings
-from tests.runtime_helpers import FAST, answered_ids, conversation_service, running, say, until
+from tests.runtime_helpers import FAST, answered_ids, audio_chunk_entry, conversation_service, running, say, until
 from transcriber_svc.worker import TranscriberService
 
-# --- dead letters -----------------------------------------------------------------------------
-
-
-def _chunk(cid: str, seq: int, n_bytes: int = MAX_AUDIO_CHUNK_BYTES) -> bytes:
-    audio = base64.b64encode(bytes(n_bytes)).decode()
-    return encode(AudioChunk(conversation_id=cid, utterance_id="u1", seq=seq, audio=audio))
-
-
+# --- the queue's limits ------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(("max_entries", "max_bytes"), [
@@ -62,7 +54,7 @@ def test_the_default_limits() -> None:
     limits = QueueLimits.from_settings(CommonSettings())
     assert (limits.max_entries, limits.max_bytes) == (1000, 4 * 1024 * 1024)
     assert limits.read_count(1000) == 15  # as the README says
-    assert len(_chunk("c" * 64, 2**62)) <= MAX_ENTRY_BYTES
+    assert len(audio_chunk_entry("c" * 64, 2**62)) <= MAX_ENTRY_BYTES
 
 
 @pytest.mark.parametrize("seed", range(20))
