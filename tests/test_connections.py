@@ -46,6 +46,7 @@ def test_replies_of_a_redis_that_cannot_serve_for_now_are_transient(reply: str) 
 
 @pytest.mark.parametrize("reply", [
     "WRONGTYPE Operation against a key holding the wrong kind of value",
+    "BUSYGROUP Consumer Group name already exists",
     "NOPERM User has no permissions to run the 'xadd' command",
     "ERR unknown command",
 ])

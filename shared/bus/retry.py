@@ -50,7 +50,8 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 TRANSIENT_REPLY_CLASSES: tuple[type[BaseException], ...] = (
     BusyLoadingError, OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError, MasterDownError,
 )
-TRANSIENT_REPLIES = ("LOADING", "OOM", "MISCONF", "READONLY", "BUSY", "MASTERDOWN", "TRYAGAIN", "CLUSTERDOWN")
+#: The codes redis-py leaves in a plain ResponseError (with their space: BUSYGROUP is no BUSY).
+TRANSIENT_REPLIES = ("MISCONF ", "BUSY ")
 
 
 def is_transient(exc: BaseException) -> bool:
