@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from shared.audio import float32_to_pcm16, pcm16_to_float32, resample
+from shared.engines.choice import LOCAL_INSTALL_HINT
 from shared.models import AUDIO_SAMPLE_RATE_HZ
 
 #: espeak_AUDIO_OUTPUT: AUDIO_OUTPUT_SYNCHRONOUS (samples go to the callback, espeak_Synth blocks).
@@ -55,7 +56,7 @@ class _Espeak:
             import espeakng_loader
         except ImportError as exc:
             raise TTSError(
-                "speech synthesis needs espeakng-loader: pip install -r requirements/local.lock"
+                f"speech synthesis needs espeakng-loader: {LOCAL_INSTALL_HINT}"
             ) from exc
         try:
             lib = ctypes.CDLL(espeakng_loader.get_library_path())

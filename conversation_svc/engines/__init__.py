@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.engines.base import ConversationEngine, EngineUnavailable
-from shared.engines.choice import LOCAL_REQUIREMENTS, choose, missing_modules
+from shared.engines.choice import LOCAL_INSTALL_HINT, LOCAL_REQUIREMENTS, choose, missing_modules
 from shared.settings import ConversationSettings, LocalEngineSettings, OpenAISettings
 
 
@@ -25,7 +25,7 @@ def load_engine(
         if missing:
             raise EngineUnavailable(
                 f"CONVERSATION_ENGINE=local needs {', '.join(missing)}: "
-                "pip install -r requirements/local.lock"
+                f"{LOCAL_INSTALL_HINT}"
             )
         from conversation_svc.engines.local import LocalConversation  # type: ignore[import-not-found,unused-ignore]
 

