@@ -32,14 +32,16 @@ from shared.bus.resp import xrange_entries
 from shared.bus.retry import retry_forever
 from shared.bus.writer import BatchWriter
 from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
-from shared.history import History, NewestTurns, Turn
+from shared.history import MAX_UNANSWERED, History, NewestTurns, Turn, UnansweredTail
 from shared.keys import Keys
 from shared.logs import scrub
 from shared.models import (
     ConversationEnded,
     Entry,
     EntryError,
+    MAX_TEXT_CHARS,
     ResponseFailed,
+    ResponseRequest,
     TranscriptDelta,
     TranscriptFinal,
     decode_fields,
@@ -94,6 +96,23 @@ def next_response_id() -> str:
     return f"{_RESPONSE_ID_PREFIX}{next(_response_ids):x}"
 
 
+async def walk_back(redis: Any, key: str, add: Callable[[list[Entry]], bool]) -> None:
+    """Feed ``add`` pages of a stream, newest first, until it returns True or the stream ends."""
+    upper = "+"
+    while True:
+        rows = await retry_forever("rebuild history", partial(
+            xrange_entries, redis, key, max=upper, count=REBUILD_PAGE, reverse=True))
+        out: list[Entry] = []
+        for _, fields in rows:
+            try:
+                out.append(decode_fields(fields))
+            except EntryError:
+                continue
+        if add(out) or len(rows) < REBUILD_PAGE:
+            return
+        upper = "(" + rows[-1][0].decode()
+
+
 class ConversationWorkerSession:
     def __init__(
         self,
@@ -103,8 +122,12 @@ class ConversationWorkerSession:
         history: History,
         engine_name: str,
         stats: StatsBuffer,
+        unanswered: list[tuple[str, str]] | None = None,
     ) -> None:
         self.ctx = ctx
+        #: (utterance id, text) of user turns that wait for a ``response.request``:
+        #: the next answer hears them all (oldest first, at most MAX_UNANSWERED).
+        self.unanswered: dict[str, str] = dict(unanswered or ())
         self.settings = settings
         self.engine_session = engine_session
         self.history = history
@@ -127,15 +150,43 @@ class ConversationWorkerSession:
             if entry_id is not None:
                 writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
             return False
+        if isinstance(entry, ResponseRequest):
+            assert entry_id is not None
+            if self.history.is_answered(entry.request_id):
+                writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
+                return False
+            await self._answer(entry_id, TranscriptFinal(
+                conversation_id=entry.conversation_id, utterance_id=entry.request_id, text="",
+                sent_ms=entry.sent_ms, final_ms=now_ms()))
+            return False
         assert isinstance(entry, TranscriptFinal) and entry_id is not None
         if self.history.is_answered(entry.utterance_id):
+            writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
+            return False
+        if not entry.respond:  # a turn that waits for a response.request
+            self.unanswered[entry.utterance_id] = entry.text
+            if len(self.unanswered) > MAX_UNANSWERED:
+                del self.unanswered[next(iter(self.unanswered))]
             writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
             return False
         await self._answer(entry_id, entry)
         return False
 
+    def _take_prompt(self, final: TranscriptFinal) -> tuple[TranscriptFinal, str | None]:
+        """The user text to answer: the waiting turns, then this one's. The second
+        value is that text when it is not the final's own (the done records it)."""
+        if not self.unanswered:
+            return final, None
+        texts = [*self.unanswered.values(), final.text] if final.text else list(self.unanswered.values())
+        self.unanswered.clear()
+        prompt = "\n".join(texts)[-MAX_TEXT_CHARS:]
+        return final.model_copy(update={"text": prompt}), prompt
+
     async def _answer(self, entry_id: str, final: TranscriptFinal) -> None:
         ctx = self.ctx
+        final, prompt = self._take_prompt(final)
+        if prompt is None and not final.text:
+            prompt = ""  # a request with nothing new to answer: the done says so
         cid, uid = ctx.conversation_id, final.utterance_id
         response_id = next_response_id()
         maxlen = self.settings.responses_maxlen
@@ -164,7 +215,7 @@ class ConversationWorkerSession:
         if first_delta_ms is None and text:
             first_delta_ms, first_delta_s = done_ms, time.perf_counter()
         done = encode_response_done(cid, uid, response_id, text, usage, final.sent_ms, final.final_ms,
-                                    first_delta_ms, done_ms)
+                                    first_delta_ms, done_ms, prompt)
         writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, done, maxlen, supersedes=streamed)
         self.history.add(Turn(uid, final.text, text))
         if log.isEnabledFor(logging.DEBUG):
@@ -224,7 +275,8 @@ class ConversationWorkerSession:
 class ConversationService:
     name = "conversation"
     group = keynames.CONVERSATION_GROUP
-    data_types: tuple[type[BaseModel], ...] = (TranscriptDelta, TranscriptFinal, ConversationEnded)
+    data_types: tuple[type[BaseModel], ...] = (TranscriptDelta, TranscriptFinal, ResponseRequest,
+                                               ConversationEnded)
 
     def __init__(self, settings: ConversationSettings, engine: ConversationEngine) -> None:
         self.settings = settings
@@ -242,13 +294,16 @@ class ConversationService:
 
     async def open_session(self, ctx: SessionContext) -> ConversationWorkerSession:
         history = History(self.settings.history_max_turns)
+        unanswered: list[tuple[str, str]] = []
         if ctx.took_over:
             history = await self._rebuild(ctx)
-            log.info("rebuilt %d turns of history after takeover", len(history.turns),
-                     extra={"conversation_id": ctx.conversation_id})
+            unanswered = await self._rebuild_unanswered(ctx, history)
+            log.info("rebuilt %d turns of history (%d waiting) after takeover", len(history.turns),
+                     len(unanswered), extra={"conversation_id": ctx.conversation_id})
         instructions = ctx.started.instructions or self.settings.system_prompt
         engine_session = await self.engine.open_session(ctx.conversation_id, instructions, list(history.turns))
-        return ConversationWorkerSession(ctx, self.settings, engine_session, history, self.engine.name, self.stats)
+        return ConversationWorkerSession(ctx, self.settings, engine_session, history, self.engine.name, self.stats,
+                                         unanswered)
 
     async def _rebuild(self, ctx: SessionContext) -> History:
         """Read the durable log from its newest end: the done responses back to
@@ -257,31 +312,22 @@ class ConversationService:
         turns kept, not by the streams' length."""
         keys = ctx.keys
         collector = NewestTurns(self.settings.history_max_turns)
-
-        async def walk_back(key: str, add: Callable[[list[Entry]], bool]) -> None:
-            upper = "+"
-            while True:
-                rows = await retry_forever("rebuild history", partial(
-                    xrange_entries, ctx.redis, key, max=upper, count=REBUILD_PAGE, reverse=True))
-                out: list[Entry] = []
-                for _, fields in rows:
-                    try:
-                        out.append(decode_fields(fields))
-                    except EntryError:
-                        continue
-                if add(out) or len(rows) < REBUILD_PAGE:
-                    return
-                upper = "(" + rows[-1][0].decode()
-
-        await walk_back(keys.responses(ctx.conversation_id), collector.add_responses)
+        await walk_back(ctx.redis, keys.responses(ctx.conversation_id), collector.add_responses)
         if collector.needs_transcripts:
-            await walk_back(keys.transcripts(ctx.conversation_id), collector.add_transcripts)
+            await walk_back(ctx.redis, keys.transcripts(ctx.conversation_id), collector.add_transcripts)
         return collector.history()
 
+    async def _rebuild_unanswered(self, ctx: SessionContext, history: History) -> list[tuple[str, str]]:
+        """The user turns since the last answer that wait for a ``response.request``."""
+        tail = UnansweredTail(history)
+        await walk_back(ctx.redis, ctx.keys.transcripts(ctx.conversation_id), tail.add)
+        return tail.turns()
+
     def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
-        """A transcript that could not be answered still gets an answer: a failure."""
-        if isinstance(entry, TranscriptFinal):
-            failed = ResponseFailed(conversation_id=ctx.conversation_id, utterance_id=entry.utterance_id,
+        """A transcript or request that could not be answered still gets an answer: a failure."""
+        if isinstance(entry, TranscriptFinal | ResponseRequest):
+            uid = entry.utterance_id if isinstance(entry, TranscriptFinal) else entry.request_id
+            failed = ResponseFailed(conversation_id=ctx.conversation_id, utterance_id=uid,
                                     response_id=f"r{uuid.uuid4().hex[:12]}", code="dead_lettered",
                                     reason=scrub(reason)[:2000])
             ctx.writer.add(ctx.keys.responses(ctx.conversation_id), encode(failed), self.settings.responses_maxlen)

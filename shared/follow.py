@@ -43,12 +43,22 @@ class StreamFollower:
         self._dirty: set[str] = set()
         self._next_sweep = 0.0
 
-    def follow(self, key: str) -> None:
-        self._last.setdefault(key, "0-0")
+    def follow(self, key: str, since: str | None = None) -> None:
+        """Read ``key`` from after ``since`` (default: where it was left, else its start)."""
+        if since is not None:
+            self._last[key] = since
+        else:
+            self._last.setdefault(key, "0-0")
         self._followed.add(key)
+        self._dirty.add(key)  # read it next: what it already holds is not announced by a ring
 
-    def unfollow(self, key: str) -> None:
+    def unfollow(self, key: str, forget: bool = False) -> None:
+        """Stop reading ``key``; ``forget`` also drops its last id (a long-lived
+        follower of short-lived streams, like a gateway, keeps no memory of them)."""
         self._followed.discard(key)
+        self._dirty.discard(key)
+        if forget:
+            self._last.pop(key, None)
 
     def resync(self) -> None:
         """Rings may have been missed (Redis was away): sweep on the next read."""

@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shared.models import Entry, ResponseDone, TranscriptFinal
+from shared.models import Entry, ResponseDone, ResponseRequest, TranscriptFinal
 
 
 @dataclass(frozen=True, slots=True)
@@ -18,6 +18,10 @@ class Turn:
     user_text: str
     assistant_text: str
 
+
+#: User turns kept while they wait for a ``response.request`` (older ones are dropped):
+#: a client that sends messages and never asks for an answer cannot grow a worker.
+MAX_UNANSWERED = 64
 
 #: Answered utterance ids remembered per conversation. A replay (after a takeover,
 #: or a client's retried write) concerns recent utterances; memory stays bounded.
@@ -94,6 +98,8 @@ class NewestTurns:
         self._answers: dict[str, str] = {}
         #: utterance id -> (position, user text); positions fall as the walk goes back.
         self._finals: dict[str, tuple[int, str]] = {}
+        #: utterance id -> the user text of an answer that carried it (``response.done.prompt``).
+        self._prompts: dict[str, str] = {}
         self._position = 0
 
     def add_responses(self, newest_first: Iterable[Entry]) -> bool:
@@ -101,6 +107,8 @@ class NewestTurns:
         for entry in newest_first:
             if isinstance(entry, ResponseDone):
                 self._answers[entry.utterance_id] = entry.text
+                if entry.prompt is not None:  # the answer of a request: its turn needs no final
+                    self._prompts[entry.utterance_id] = entry.prompt
         return len(self._answers) >= self.max_turns
 
     def add_transcripts(self, newest_first: Iterable[Entry]) -> bool:
@@ -109,8 +117,11 @@ class NewestTurns:
         wanted = self._wanted_ids()
         for entry in newest_first:
             self._position -= 1
-            if isinstance(entry, TranscriptFinal) and entry.utterance_id in self._answers:
-                self._finals[entry.utterance_id] = (self._position, entry.text)
+            if isinstance(entry, TranscriptFinal | ResponseRequest):
+                uid = entry.utterance_id if isinstance(entry, TranscriptFinal) else entry.request_id
+                if uid in self._answers:
+                    text = self._prompts.get(uid, entry.text if isinstance(entry, TranscriptFinal) else "")
+                    self._finals[uid] = (self._position, text)
         return wanted <= self._finals.keys()
 
     @property
@@ -125,5 +136,37 @@ class NewestTurns:
                        answered=reversed(list(self._answers)))
 
     def _wanted_ids(self) -> set[str]:
-        """The newest ``max_turns`` answers: their finals are the turns."""
+        """The newest ``max_turns`` answers: their finals (or requests) are the turns."""
         return set(itertools.islice(self._answers, self.max_turns))
+
+
+class UnansweredTail:
+    """The user turns that wait for an answer (``respond: false`` finals since the
+    last answered turn), rebuilt after a takeover from the transcripts stream read
+    from its newest end, page by page.
+
+    Feed ``add`` pages, newest first, until it returns True (it reached a final or
+    request that was answered: everything older was answered with it) or the
+    stream ends; ``turns()`` are then (utterance id, text), oldest first. Entries
+    still pending in the group are in it too: the session drops their replay by id.
+    """
+
+    def __init__(self, answered: History) -> None:
+        self._answered = answered
+        self._newest_first: list[tuple[str, str]] = []
+
+    def add(self, newest_first: Iterable[Entry]) -> bool:
+        for entry in newest_first:
+            if isinstance(entry, TranscriptFinal):
+                if not entry.respond:
+                    self._newest_first.append((entry.utterance_id, entry.text))
+                    if len(self._newest_first) >= MAX_UNANSWERED:
+                        return True
+                elif self._answered.is_answered(entry.utterance_id):
+                    return True
+            elif isinstance(entry, ResponseRequest) and self._answered.is_answered(entry.request_id):
+                return True
+        return False
+
+    def turns(self) -> list[tuple[str, str]]:
+        return list(reversed(self._newest_first))

@@ -92,6 +92,11 @@ class Keys:
     def stats_keys(self) -> list[str]:
         return [self.stats(p) for p in range(self.partitions)]
 
+    def gateway_conversation(self, conversation_id: str) -> str:
+        """A gateway conversation's hash: its API key's fingerprint, its session
+        settings and the stream ids its client has received (for a resume)."""
+        return self._conv(conversation_id).replace(":conv:", ":gw:", 1)
+
     def worker(self, service: str, worker_id: str) -> str:
         """A worker's heartbeat hash (expires when the worker stops refreshing it)."""
         return f"{self.prefix}:worker:{service}:{worker_id}"

@@ -81,6 +81,9 @@ class UtteranceText(_Entry):
     text: Text
     #: Client wall clock when the utterance ended (ms since epoch).
     sent_ms: int
+    #: Answer this turn on its own (false: the text joins the conversation and an answer
+    #: waits for a ``response.request``: the Realtime API's "send, then response.create").
+    respond: bool = True
 
 
 class AudioChunk(_Entry):
@@ -118,6 +121,23 @@ class AudioEnd(_Entry):
     sent_ms: int
     #: What the client meant to say, when it knows (the simulator does): for WER.
     reference_text: Text | None = None
+    #: As :attr:`UtteranceText.respond`: false waits for a ``response.request``.
+    respond: bool = True
+
+
+class ResponseRequest(_Entry):
+    """Answer now, from the conversation so far (the Realtime API's ``response.create``).
+
+    Written to the input stream behind the turns it answers; the transcription owner
+    relays it, in order, to the transcripts stream, where the conversation owner answers
+    every user turn since the last answer. Its ``request_id`` is the answer's
+    ``utterance_id``, so a replayed request is not answered twice.
+    """
+
+    type: Literal["response.request"] = "response.request"
+    request_id: Ident
+    #: Client wall clock when the answer was asked for (ms since epoch).
+    sent_ms: int
 
 
 # --- transcripts stream (transcription owner -> conversation owner) -------
@@ -137,6 +157,8 @@ class TranscriptFinal(_Entry):
     sent_ms: int
     #: When the transcriber produced the final (ms since epoch).
     final_ms: int
+    #: Copied from the utterance: false means no answer until a ``response.request``.
+    respond: bool = True
 
 
 # --- responses stream (conversation owner -> clients) ---------------------
@@ -183,6 +205,10 @@ class ResponseDone(_Entry):
     text: Text
     usage: Usage = Usage()
     timings: Timings
+    #: The user text answered, when it is not one final transcript's (an answer to a
+    #: ``response.request`` joins every user turn since the previous answer): the
+    #: history rebuilt after a takeover takes the turn from here.
+    prompt: Text | None = None
 
 
 class ResponseFailed(_Entry):
@@ -199,6 +225,7 @@ Entry = Annotated[
     | UtteranceText
     | AudioChunk
     | AudioEnd
+    | ResponseRequest
     | TranscriptDelta
     | TranscriptFinal
     | ResponseStarted
@@ -209,8 +236,8 @@ Entry = Annotated[
 ]
 
 ControlEntry = ConversationStarted | ConversationEnded
-InputEntry = UtteranceText | AudioChunk | AudioEnd
-TranscriptEntry = TranscriptDelta | TranscriptFinal
+InputEntry = UtteranceText | AudioChunk | AudioEnd | ResponseRequest
+TranscriptEntry = TranscriptDelta | TranscriptFinal | ResponseRequest
 ResponseEntry = ResponseStarted | ResponseDelta | ResponseDone | ResponseFailed
 
 _ENTRY_ADAPTER: TypeAdapter[Entry] = TypeAdapter(Entry)
@@ -231,11 +258,14 @@ def now_ms() -> int:
 
 
 def encode_transcript_final(
-    conversation_id: str, utterance_id: str, text: str, sent_ms: int, final_ms: int
+    conversation_id: str, utterance_id: str, text: str, sent_ms: int, final_ms: int, respond: bool = True
 ) -> bytes:
-    return to_json({"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "transcript.final",
-                    "utterance_id": utterance_id, "text": text[:MAX_TEXT_CHARS], "sent_ms": sent_ms,
-                    "final_ms": final_ms})
+    entry = {"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "transcript.final",
+             "utterance_id": utterance_id, "text": text[:MAX_TEXT_CHARS], "sent_ms": sent_ms,
+             "final_ms": final_ms}
+    if not respond:
+        entry["respond"] = False
+    return to_json(entry)
 
 
 def encode_response_started(conversation_id: str, utterance_id: str, response_id: str) -> bytes:
@@ -252,15 +282,18 @@ def encode_response_delta(conversation_id: str, utterance_id: str, response_id: 
 def encode_response_done(
     conversation_id: str, utterance_id: str, response_id: str, text: str, usage: dict[str, int],
     sent_ms: int, transcript_final_ms: int, first_delta_ms: int | None, done_ms: int,
+    prompt: str | None = None,
 ) -> bytes:
     """A ``response.done`` entry (the :class:`Timings` fields as plain ints: no model per answer)."""
     timings = {"sent_ms": sent_ms, "transcript_final_ms": transcript_final_ms, "done_ms": done_ms}
     if first_delta_ms is not None:
         timings["first_delta_ms"] = first_delta_ms
-    return to_json({"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "response.done",
-                    "utterance_id": utterance_id, "response_id": response_id, "text": text[:MAX_TEXT_CHARS],
-                    "usage": {k: v for k, v in usage.items() if isinstance(v, int)},
-                    "timings": timings})
+    entry = {"v": SCHEMA_VERSION, "conversation_id": conversation_id, "type": "response.done",
+             "utterance_id": utterance_id, "response_id": response_id, "text": text[:MAX_TEXT_CHARS],
+             "usage": {k: v for k, v in usage.items() if isinstance(v, int)}, "timings": timings}
+    if prompt is not None:
+        entry["prompt"] = prompt[:MAX_TEXT_CHARS]
+    return to_json(entry)
 
 
 def decode(raw: bytes | str) -> Entry:

@@ -21,6 +21,7 @@ from shared.models import (
     AudioEnd,
     ConversationEnded,
     Entry,
+    ResponseRequest,
     TranscriptDelta,
     UtteranceText,
     encode,
@@ -41,14 +42,19 @@ class _Sink:
         self.transcripts_key = ctx.keys.transcripts(ctx.conversation_id)
         self.maxlen = ctx.settings.transcripts_maxlen
         self.finals = 0
+        #: Utterances whose client asked for no answer of their own (``respond: false``):
+        #: their finals say so. Entries leave when their final is written.
+        self.no_reply: set[str] = set()
 
     def delta(self, utterance_id: str, text: str) -> None:
         entry = TranscriptDelta(conversation_id=self.ctx.conversation_id, utterance_id=utterance_id, text=text)
         self.ctx.writer.add(self.transcripts_key, encode(entry), self.maxlen)
 
     def final(self, utterance_id: str, text: str, sent_ms: int, consumed_ids: Sequence[str]) -> None:
+        respond = utterance_id not in self.no_reply
+        self.no_reply.discard(utterance_id)
         entry = encode_transcript_final(self.ctx.conversation_id, utterance_id, text, sent_ms,
-                                        now_ms())
+                                        now_ms(), respond)
         self.finals += 1
         if log.isEnabledFor(logging.DEBUG):
             log.debug("transcribed (%d input entries)", len(consumed_ids),
@@ -73,8 +79,11 @@ class _Sink:
 
 
 class TranscriberSession:
-    def __init__(self, ctx: SessionContext, engine_session: TranscriptionSession, engine_name: str) -> None:
+    def __init__(
+        self, ctx: SessionContext, sink: _Sink, engine_session: TranscriptionSession, engine_name: str
+    ) -> None:
         self.ctx = ctx
+        self.sink = sink
         self.engine_session = engine_session
         self._engine_time = {
             kind: metrics.ENGINE_TIME.labels(engine_name, kind)
@@ -85,19 +94,30 @@ class TranscriberSession:
         if isinstance(entry, ConversationEnded):
             await self.engine_session.flush()
             # Forward the end in-band so the conversation owner sees it after the last transcript.
-            transcripts = self.ctx.keys.transcripts(self.ctx.conversation_id)
-            payload = encode(entry)
-            if entry_id is None:
-                self.ctx.writer.add(transcripts, payload, self.ctx.settings.transcripts_maxlen)
-            else:
-                self.ctx.writer.gate(self.ctx.data_key, self.ctx.group, entry_id, transcripts, payload,
-                                     self.ctx.settings.transcripts_maxlen)
+            self._relay(entry_id, entry)
             return True
+        if isinstance(entry, ResponseRequest):
+            # Behind the transcripts of every turn before it, so the answer hears them all.
+            await self.engine_session.settle()
+            self._relay(entry_id, entry)
+            return False
         assert isinstance(entry, UtteranceText | AudioChunk | AudioEnd) and entry_id is not None
+        if isinstance(entry, UtteranceText | AudioEnd) and not entry.respond and entry.utterance_id:
+            self.sink.no_reply.add(entry.utterance_id)
         started_s = time.perf_counter()
         await self.engine_session.feed(entry_id, entry)
         self._engine_time[entry.type].observe(time.perf_counter() - started_s)
         return False
+
+    def _relay(self, entry_id: str | None, entry: ConversationEnded | ResponseRequest) -> None:
+        """Copy an input entry to the transcripts stream, acked with it (one gated op)."""
+        transcripts = self.ctx.keys.transcripts(self.ctx.conversation_id)
+        payload = encode(entry)
+        if entry_id is None:
+            self.ctx.writer.add(transcripts, payload, self.ctx.settings.transcripts_maxlen)
+        else:
+            self.ctx.writer.gate(self.ctx.data_key, self.ctx.group, entry_id, transcripts, payload,
+                                 self.ctx.settings.transcripts_maxlen)
 
     async def close(self) -> None:
         await self.engine_session.close()
@@ -106,7 +126,8 @@ class TranscriberSession:
 class TranscriberService:
     name = "transcriber"
     group = keynames.TRANSCRIBER_GROUP
-    data_types: tuple[type[BaseModel], ...] = (UtteranceText, AudioChunk, AudioEnd, ConversationEnded)
+    data_types: tuple[type[BaseModel], ...] = (UtteranceText, AudioChunk, AudioEnd, ResponseRequest,
+                                               ConversationEnded)
 
     def __init__(self, settings: TranscriberSettings, engine: TranscriptionEngine) -> None:
         self.settings = settings
@@ -122,8 +143,9 @@ class TranscriberService:
         return [keys.input(conversation_id)]
 
     async def open_session(self, ctx: SessionContext) -> TranscriberSession:
-        engine_session = await self.engine.open_session(ctx.conversation_id, _Sink(ctx))
-        return TranscriberSession(ctx, engine_session, self.engine.name)
+        sink = _Sink(ctx)
+        engine_session = await self.engine.open_session(ctx.conversation_id, sink)
+        return TranscriberSession(ctx, sink, engine_session, self.engine.name)
 
     def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
         return None

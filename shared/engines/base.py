@@ -71,6 +71,12 @@ class TranscriptionSession(ABC):
     async def flush(self) -> None:
         """The conversation is ending: finish (or skip) whatever is buffered."""
 
+    async def settle(self) -> None:  # noqa: B027 - optional hook
+        """Return once every utterance fed so far has had its final, skip or dead
+        (or a timeout passed): a ``response.request`` is relayed behind them. The
+        default suits engines whose ``feed`` reports a finished utterance before
+        it returns."""
+
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release upstream resources."""
 

@@ -154,6 +154,17 @@ class _Session(TranscriptionSession):
             if any(isinstance(a, Send) for a in actions):
                 self._ensure_reader()
             await self._perform(actions)
+        await self.settle()
+        if self.state.outstanding:
+            n = self.state.outstanding
+            log.warning("%d utterances got no transcript within %.0fs; skipping them", n,
+                        self.engine.endpoint.timeout_s, extra=self._extra)
+            async with self._lock:
+                await self._perform(self.state.abandon("no transcript before the conversation ended"))
+
+    async def settle(self) -> None:
+        """Wait up to the timeout for every outstanding transcript (they arrive on
+        the reader task); what is still missing then stays outstanding."""
         deadline = time.monotonic() + self.engine.endpoint.timeout_s
         while self.state.outstanding and self._fatal is None:
             remaining = deadline - time.monotonic()
@@ -167,12 +178,6 @@ class _Session(TranscriptionSession):
                 await asyncio.wait_for(self._progress.wait(), timeout=min(remaining, 1.0))
             except TimeoutError:
                 continue
-        if self.state.outstanding:
-            n = self.state.outstanding
-            log.warning("%d utterances got no transcript within %.0fs; skipping them", n,
-                        self.engine.endpoint.timeout_s, extra=self._extra)
-            async with self._lock:
-                await self._perform(self.state.abandon("no transcript before the conversation ended"))
 
     async def close(self) -> None:
         self._closed = True
