@@ -198,10 +198,40 @@ class LocalEngineSettings(_EngineSettings):
         return value
 
 
+class GatewaySettings(BaseSettings):
+    """The front door (``GATEWAY_*``): the Realtime-compatible WebSocket gateway. Where
+    Redis is comes from :class:`ConnectionSettings`, as for every service."""
+
+    model_config = SettingsConfigDict(env_prefix="GATEWAY_", extra="ignore", frozen=True,
+                                      env_ignore_empty=True)
+
+    host: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535)
+    #: Comma-separated API keys (at least 16 characters each); or one per line in the file.
+    api_keys: SecretStr | None = None
+    api_keys_file: str | None = None
+    #: With no keys: serve anyone (a local demo only; the gateway refuses to start otherwise).
+    allow_anonymous: bool = False
+    #: Let clients replace the deployment's system prompt (session or response ``instructions``).
+    allow_client_instructions: bool = False
+    #: Per API key: concurrent sessions (across every gateway), client events per second,
+    #: seconds of input audio per minute, and the largest client event.
+    max_sessions_per_key: int = Field(20, ge=1)
+    events_per_s: float = Field(100.0, gt=0)
+    audio_s_per_min: float = Field(180.0, gt=0)
+    max_event_bytes: int = Field(1_048_576, ge=1024)
+    #: A dropped client may resume its conversation (``?conversation_id=``) for this long.
+    resume_ttl_s: int = Field(900, ge=10)
+    #: Ephemeral keys (``POST /v1/realtime/client_secrets``) live this long unless asked otherwise.
+    client_secret_ttl_s: int = Field(600, ge=10, le=7200)
+    #: The model name the gateway reports in sessions (the pipeline's engines do the work).
+    model_name: str = "local"
+
+
 #: Every settings class whose fields are environment variables (the README's table lists them all).
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     ConnectionSettings, CommonSettings, TranscriberSettings, ConversationSettings, OpenAISettings,
-    LocalEngineSettings,
+    LocalEngineSettings, GatewaySettings,
 )
 
 S = TypeVar("S", bound=BaseSettings)

@@ -1,0 +1,259 @@
+"""The gateway's HTTP side (aiohttp): the Realtime WebSocket at ``/v1/realtime``,
+ephemeral keys at ``POST /v1/realtime/client_secrets``, the browser page at
+``/``, and ``/healthz`` / ``/readyz``.
+
+A socket's life: authenticate at the handshake (401 before any upgrade), take a
+session slot of its key (429 when the key has its maximum), start or resume a
+conversation, then two tasks: the receive loop (client events, rate-limited per
+key) and the outbox's sender. The gateway keeps no state but its sockets: a
+resumed conversation's settings and delivery marks are in Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from gateway_svc import events
+from gateway_svc.auth import KeyRing, Principal
+from gateway_svc.outbox import Mark, Outbox, SlowClient
+from gateway_svc.pipeline import PipelineReader, PipelineUnavailable, PipelineWriter
+from gateway_svc.quotas import KeyQuotas, Limits, SessionSlots
+from gateway_svc.resume import ResumeStore
+from gateway_svc.session import RealtimeSession
+from gateway_svc.session_config import SessionConfig
+from shared.keys import Keys
+from shared.settings import GatewaySettings
+
+log = logging.getLogger(__name__)
+
+STATIC_DIR = Path(__file__).parent / "static"
+#: Refused events in a row after which a socket is closed as abusive (1008).
+MAX_REFUSED_IN_A_ROW = 200
+SLOT_REFRESH_S = 10.0
+ANONYMOUS = Principal(key_id="anonymous", ephemeral=False)
+
+
+@dataclass
+class Gateway:
+    settings: GatewaySettings
+    redis: aioredis.Redis
+    keys: Keys
+    keyring: KeyRing | None
+    #: What the deployment's workers use when a conversation brings no instructions (shown to clients).
+    system_prompt: str
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.limits = Limits(max_sessions=s.max_sessions_per_key, events_per_s=s.events_per_s,
+                             audio_s_per_min=s.audio_s_per_min, max_event_bytes=s.max_event_bytes)
+        self.quotas = KeyQuotas(self.limits)
+        self.slots = SessionSlots(self.redis, self.keys, self.limits, ttl_s=int(SLOT_REFRESH_S * 3))
+        self.store = ResumeStore(self.redis, self.keys, s.resume_ttl_s)
+        self.reader = PipelineReader(self.redis, self.keys)
+        self.writer = PipelineWriter(self.redis, self.keys)
+        self.sessions = 0
+
+    # --- auth -----------------------------------------------------------------------------------
+
+    def authenticate(self, request: web.Request) -> Principal | None:
+        if self.keyring is None:
+            return ANONYMOUS
+        now = time.time()
+        principal = self.keyring.from_bearer(request.headers.get("Authorization"), now)
+        if principal is None:
+            offered = [p.strip() for p in request.headers.get("Sec-WebSocket-Protocol", "").split(",") if p.strip()]
+            principal = self.keyring.from_subprotocols(offered, now)
+        return principal
+
+    # --- routes ---------------------------------------------------------------------------------
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024)
+        app.router.add_get("/v1/realtime", self.realtime)
+        app.router.add_post("/v1/realtime/client_secrets", self.client_secrets)
+        app.router.add_get("/healthz", self.healthz)
+        app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/", self.page)
+        if STATIC_DIR.is_dir():
+            app.router.add_static("/static/", STATIC_DIR)
+        app.on_shutdown.append(self._shutdown)
+        return app
+
+    async def _shutdown(self, app: web.Application) -> None:
+        await self.reader.aclose()
+
+    async def page(self, request: web.Request) -> web.StreamResponse:
+        index = STATIC_DIR / "index.html"
+        if not index.is_file():
+            raise web.HTTPNotFound(text="the page is not installed")
+        return web.FileResponse(index)
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        try:
+            await asyncio.wait_for(self.redis.ping(), timeout=2)
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with the reason
+            return web.Response(status=503, text=f"redis: {type(exc).__name__}\n")
+        return web.Response(text="ready\n")
+
+    async def client_secrets(self, request: web.Request) -> web.Response:
+        if self.keyring is None:
+            return _http_error(400, "no API keys are configured: connect without a key", "no_keys_configured")
+        principal = self.keyring.from_bearer(request.headers.get("Authorization"), time.time())
+        if principal is None or principal.ephemeral:
+            return _http_error(401, "Incorrect API key provided.", "invalid_api_key", "authentication_error")
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return _http_error(400, "the body is not valid JSON", "invalid_json")
+        if not isinstance(body, dict):
+            return _http_error(400, "the body must be a JSON object", "invalid_value")
+        ttl = self.settings.client_secret_ttl_s
+        expires_after = body.get("expires_after")
+        if isinstance(expires_after, dict) and "seconds" in expires_after:
+            seconds = expires_after["seconds"]
+            if not isinstance(seconds, int) or not 10 <= seconds <= 7200:
+                return _http_error(400, "expires_after.seconds must be between 10 and 7200",
+                                   "invalid_value", param="expires_after.seconds")
+            ttl = seconds
+        value, expires_at = self.keyring.mint_ephemeral(principal, ttl, time.time())
+        session = body.get("session") if isinstance(body.get("session"), dict) else {"type": "realtime"}
+        return web.json_response({"value": value, "expires_at": expires_at, "session": session})
+
+    # --- the socket -------------------------------------------------------------------------------
+
+    async def realtime(self, request: web.Request) -> web.StreamResponse:
+        principal = self.authenticate(request)
+        if principal is None:
+            return _http_error(401, "Incorrect API key provided.", "invalid_api_key", "authentication_error")
+        query = request.query
+        session_type = "transcription" if query.get("intent") == "transcription" else "realtime"
+        resume_id = query.get("conversation_id")
+        if resume_id is not None:
+            resumable = await self.store.load(resume_id) if _valid_id(resume_id) else None
+            if resumable is None or resumable.owner != principal.key_id:
+                return _http_error(404, "no conversation with that id to resume", "conversation_not_found")
+            conversation_id = resume_id
+            config = SessionConfig.from_json(resumable.session)
+            since = (resumable.transcripts_since, resumable.responses_since)
+        else:
+            conversation_id = f"conv_{uuid.uuid4().hex[:24]}"
+            config = SessionConfig.default(session_type, query.get("model") or self.settings.model_name,
+                                           self.system_prompt)
+            since = ("0-0", "0-0")
+        slot = uuid.uuid4().hex
+        if not await self.slots.acquire(principal.key_id, slot):
+            return _http_error(429, f"this key already has {self.limits.max_sessions} sessions open",
+                               "session_limit_reached", "rate_limit_exceeded")
+        try:
+            if resume_id is None:
+                await self.store.create(conversation_id, principal.key_id, config.to_json())
+            return await self._serve_socket(request, principal, conversation_id, config, since,
+                                            resumed=resume_id is not None)
+        finally:
+            await self.slots.release(principal.key_id, slot)
+
+    async def _serve_socket(self, request: web.Request, principal: Principal, conversation_id: str,
+                            config: SessionConfig, since: tuple[str, str], resumed: bool) -> web.StreamResponse:
+        ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=self.settings.max_event_bytes,
+                                   heartbeat=30.0)
+        await ws.prepare(request)
+        extra = {"conversation_id": conversation_id}
+
+        async def mark(m: Mark) -> None:
+            await self.store.delivered(conversation_id, m.stream_kind, m.entry_id)
+
+        outbox = Outbox(ws.send_str, mark)
+        session = RealtimeSession(
+            conversation_id=conversation_id, config=config, outbox=outbox, writer=self.writer, store=self.store,
+            allow_instructions=self.settings.allow_client_instructions,
+            allow_audio=lambda seconds: self.quotas.allow_audio(principal.key_id, seconds, time.monotonic()).error,
+            started=resumed)
+        session.hello()
+
+        def on_entry(kind: str, entry_id: str, entry: Any) -> None:
+            try:
+                session.view.handle(kind, entry_id, entry)
+            except SlowClient as exc:
+                log.warning("closing a slow client: %s", exc, extra=extra)
+                asyncio.get_running_loop().create_task(ws.close(code=WSCloseCode.TRY_AGAIN_LATER))
+
+        self.reader.subscribe(conversation_id, on_entry, *since)
+        sender = asyncio.create_task(self._send_all(outbox, ws, extra))
+        self.sessions += 1
+        log.info("session open (%s)", "resumed" if resumed else "new", extra=extra)
+        try:
+            await self._receive_all(ws, session, principal)
+        finally:
+            self.sessions -= 1
+            self.reader.unsubscribe(conversation_id)
+            sender.cancel()
+            await asyncio.gather(sender, return_exceptions=True)
+            clean = ws.close_code == WSCloseCode.OK
+            try:
+                await session.close(clean)
+            except PipelineUnavailable as exc:
+                log.warning("could not end the conversation: %s", exc, extra=extra)
+            log.info("session closed (code %s)", ws.close_code, extra=extra)
+        return ws
+
+    async def _send_all(self, outbox: Outbox, ws: web.WebSocketResponse, extra: dict[str, str]) -> None:
+        try:
+            await outbox.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - the socket broke: end the receive loop too
+            log.info("sending stopped: %s", exc, extra=extra)
+            await ws.close(code=WSCloseCode.GOING_AWAY)
+
+    async def _receive_all(self, ws: web.WebSocketResponse, session: RealtimeSession, principal: Principal) -> None:
+        refused_in_a_row = 0
+        async for msg in ws:
+            if msg.type == WSMsgType.TEXT:
+                data: str = msg.data
+                verdict = self.quotas.allow_event(principal.key_id, len(data.encode()), time.monotonic())
+                if verdict.error is not None:
+                    refused_in_a_row += 1
+                    if refused_in_a_row > MAX_REFUSED_IN_A_ROW:
+                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many refused events")
+                        return
+                    session.outbox.put(events.error(verdict.error, type_=verdict.type or "invalid_request_error",
+                                                    code=verdict.code))
+                    continue
+                refused_in_a_row = 0
+                try:
+                    message = json.loads(data)
+                except json.JSONDecodeError as exc:
+                    session.outbox.put(events.error(f"the event is not valid JSON: {exc.msg}", code="invalid_json"))
+                    continue
+                try:
+                    await session.handle(message)
+                except PipelineUnavailable as exc:
+                    session.outbox.put(events.error(str(exc), type_="server_error", code="pipeline_unavailable"))
+            elif msg.type == WSMsgType.BINARY:
+                session.outbox.put(events.error("binary frames are not supported: send JSON text events",
+                                                code="invalid_event"))
+            elif msg.type == WSMsgType.ERROR:
+                return
+
+
+def _valid_id(value: str) -> bool:
+    return 0 < len(value) <= 64 and all(c.isalnum() or c in "_.-" for c in value)
+
+
+def _http_error(status: int, message: str, code: str, type_: str = "invalid_request_error",
+                param: str | None = None) -> web.Response:
+    return web.json_response({"error": {"type": type_, "code": code, "message": message, "param": param}},
+                             status=status)

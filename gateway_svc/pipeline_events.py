@@ -1,0 +1,205 @@
+"""Pipeline entries -> Realtime server events, for one session.
+
+The transcripts stream gives the input-transcription events of audio turns; the
+responses stream gives each answer's frame (``response.created`` ... deltas ...
+``response.done``). An answer's text may come as deltas, as a ``response.done``
+that carries all of it (the worker coalesces what it had not sent), or as a
+mix: what the deltas did not give is sent as one last delta. With audio out,
+complete sentences are spoken as they arrive, so the first audio does not wait
+for the whole answer.
+
+Ids: an audio turn's item id starts with ``item_a``, a text turn's with
+``item_t`` (the pipeline's utterance id is the item id, so this survives a
+resume); a response's id is ``resp_<pipeline response id>`` and its item's
+``item_r<pipeline response id>``.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from gateway_svc import events
+from gateway_svc.outbox import Mark, Outbox, Speech
+from gateway_svc.speech_out import SentenceSplitter
+from shared.models import (
+    Entry,
+    ResponseDelta,
+    ResponseDone,
+    ResponseFailed,
+    ResponseStarted,
+    TranscriptDelta,
+    TranscriptFinal,
+)
+
+AUDIO_ITEM_PREFIX = "item_a"
+TEXT_ITEM_PREFIX = "item_t"
+REQUEST_PREFIX = "req_"
+#: Per-request output modalities remembered (``response.create`` overrides).
+_MAX_REMEMBERED = 256
+
+
+@dataclass
+class LiveResponse:
+    """An answer being relayed to the client."""
+
+    response_id: str
+    item_id: str
+    utterance_id: str
+    audio: bool
+    voice: str
+    text: str = ""
+    next_index: int = 0
+    cancelled: bool = False
+    splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
+
+    @property
+    def modalities(self) -> list[str]:
+        return ["audio"] if self.audio else ["text"]
+
+
+class PipelineEvents:
+    """Turns the entries of one conversation into server events on ``outbox``."""
+
+    def __init__(self, outbox: Outbox, conversation_id: str, audio_out: Callable[[], bool],
+                 voice: Callable[[], str]) -> None:
+        self.outbox = outbox
+        self.conversation_id = conversation_id
+        self._audio_out = audio_out
+        self._voice = voice
+        self.live: LiveResponse | None = None
+        #: Responses whose frame has ended (done, failed or cancelled): later entries
+        #: of theirs (a cancelled answer's deltas and done) send nothing.
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        #: request id -> its ``response.create`` output modalities.
+        self.requested: OrderedDict[str, list[str]] = OrderedDict()
+
+    def remember_request(self, request_id: str, modalities: list[str]) -> None:
+        self.requested[request_id] = modalities
+        while len(self.requested) > _MAX_REMEMBERED:
+            self.requested.popitem(last=False)
+
+    def handle(self, kind: str, entry_id: str, entry: Entry) -> None:
+        if kind == "transcripts":
+            self._transcript(entry_id, entry)
+        else:
+            self._response(entry_id, entry)
+
+    # --- transcripts ---------------------------------------------------------------------
+
+    def _transcript(self, entry_id: str, entry: Entry) -> None:
+        out = self.outbox
+        if isinstance(entry, TranscriptDelta) and entry.utterance_id.startswith(AUDIO_ITEM_PREFIX):
+            out.event("conversation.item.input_audio_transcription.delta", item_id=entry.utterance_id,
+                      content_index=0, delta=entry.text)
+        elif isinstance(entry, TranscriptFinal):
+            if entry.utterance_id.startswith(AUDIO_ITEM_PREFIX):
+                out.event("conversation.item.input_audio_transcription.completed", item_id=entry.utterance_id,
+                          content_index=0, transcript=entry.text,
+                          usage={"type": "duration", "seconds": 0})
+                out.event("conversation.item.done", item=events.user_audio_item(entry.utterance_id, entry.text))
+            out.put(Mark("transcripts", entry_id))
+
+    # --- responses -----------------------------------------------------------------------
+
+    def _response(self, entry_id: str, entry: Entry) -> None:
+        if isinstance(entry, ResponseStarted):
+            self._open(entry.utterance_id, entry.response_id)
+        elif isinstance(entry, ResponseDelta):
+            live = self._open(entry.utterance_id, entry.response_id)
+            if entry.index >= live.next_index:  # deltas are at-least-once: drop a repeat
+                live.next_index = entry.index + 1
+                self._text(live, entry.delta)
+        elif isinstance(entry, ResponseDone):
+            live = self._open(entry.utterance_id, entry.response_id)
+            if entry.text.startswith(live.text) and len(entry.text) > len(live.text):
+                self._text(live, entry.text[len(live.text):])
+            self._close(live, "completed", entry.usage.model_dump(), None)
+            self.outbox.put(Mark("responses", entry_id))
+        elif isinstance(entry, ResponseFailed):
+            live = self._open(entry.utterance_id, entry.response_id)
+            details = {"type": "failed", "reason": None,
+                       "error": {"type": "server_error", "code": entry.code, "message": entry.reason}}
+            self._close(live, "failed", None, details)
+            self.outbox.put(Mark("responses", entry_id))
+
+    def _open(self, utterance_id: str, pipeline_response_id: str) -> LiveResponse:
+        live = self.live
+        response_id = f"resp_{pipeline_response_id}"
+        if live is not None and live.response_id == response_id:
+            return live
+        if response_id in self._ended:  # detached: what comes for it is dropped
+            return LiveResponse(response_id, "", utterance_id, False, "", cancelled=True)
+        if live is not None:  # a new answer while one was open (cannot happen in order): close it
+            self._close(live, "incomplete", None, {"type": "incomplete", "reason": "interrupted"})
+        modalities = self.requested.pop(utterance_id, None)
+        audio = modalities == ["audio"] if modalities is not None else self._audio_out()
+        live = self.live = LiveResponse(response_id=response_id,
+                                        item_id=f"item_r{pipeline_response_id}"[:64],
+                                        utterance_id=utterance_id, audio=audio, voice=self._voice())
+        out = self.outbox
+        out.event("response.created", response=events.response_object(
+            live.response_id, self.conversation_id, "in_progress", live.modalities, []))
+        item = events.assistant_item(live.item_id, live.audio, None, "in_progress")
+        out.event("response.output_item.added", response_id=live.response_id, output_index=0, item=item)
+        out.event("conversation.item.added", item=item, previous_item_id=None)
+        part = {"type": "audio", "transcript": ""} if live.audio else {"type": "text", "text": ""}
+        out.event("response.content_part.added", response_id=live.response_id, item_id=live.item_id,
+                  output_index=0, content_index=0, part=part)
+        return live
+
+    def _text(self, live: LiveResponse, delta: str) -> None:
+        live.text += delta
+        if live.cancelled:
+            return
+        ids = {"response_id": live.response_id, "item_id": live.item_id, "output_index": 0, "content_index": 0}
+        if live.audio:
+            self.outbox.event("response.output_audio_transcript.delta", delta=delta, **ids)
+            for sentence in live.splitter.feed(delta):
+                self._speak(live, sentence)
+        else:
+            self.outbox.event("response.output_text.delta", delta=delta, **ids)
+
+    def _speak(self, live: LiveResponse, sentence: str) -> None:
+        if sentence.strip():
+            self.outbox.put(Speech(sentence, live.voice, live.response_id, live.item_id, lambda: live.cancelled))
+
+    def cancel(self) -> bool:
+        """``response.cancel``: end the live answer now as ``cancelled``; False when none is live."""
+        live = self.live
+        if live is None or live.cancelled:
+            return False
+        self._close(live, "cancelled", None, {"type": "cancelled", "reason": "client_cancelled"})
+        return True
+
+    def _close(self, live: LiveResponse, status: str, usage: dict[str, int] | None,
+               details: dict[str, object] | None) -> None:
+        """Send the end of the answer's frame (once; a cancelled answer's later done is silent)."""
+        if self.live is live:
+            self.live = None
+        if live.cancelled:
+            return
+        self._ended[live.response_id] = None
+        while len(self._ended) > _MAX_REMEMBERED:
+            self._ended.popitem(last=False)
+        if live.audio and status == "completed":
+            self._speak(live, live.splitter.flush())
+        live.cancelled = status != "completed"
+        out = self.outbox
+        ids = {"response_id": live.response_id, "item_id": live.item_id, "output_index": 0, "content_index": 0}
+        item_status = "completed" if status == "completed" else "incomplete"
+        if live.audio:
+            out.event("response.output_audio.done", **ids)
+            out.event("response.output_audio_transcript.done", transcript=live.text, **ids)
+            part = {"type": "audio", "transcript": live.text}
+        else:
+            out.event("response.output_text.done", text=live.text, **ids)
+            part = {"type": "text", "text": live.text}
+        out.event("response.content_part.done", part=part, **ids)
+        item = events.assistant_item(live.item_id, live.audio, live.text, item_status)
+        out.event("response.output_item.done", response_id=live.response_id, output_index=0, item=item)
+        out.event("conversation.item.done", item=item)
+        out.event("response.done", response=events.response_object(
+            live.response_id, self.conversation_id, status, live.modalities, [item],
+            usage=events.usage_object(usage or {}), status_details=details))

@@ -1,0 +1,56 @@
+"""Voice through the gateway with the official openai SDK: speech appended as a
+microphone would send it (100 ms pieces), turns found by the server VAD,
+transcribed by the bundled local recogniser, answered, and spoken back as
+PCM16 audio deltas."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from shared.audio import silence_pcm
+from shared.devstack import Stack
+from shared.models import AUDIO_SAMPLE_RATE_HZ
+from shared.tts import synthesize
+from tests.conftest import wait_for_workers
+from tests.gateway_helpers import client, collect_until, of_type, start_gateway
+
+pytestmark = [pytest.mark.slow, pytest.mark.local_models]
+
+PIECE_BYTES = 4800  # 100 ms
+
+
+async def _speak(conn: Any, text: str) -> None:
+    pcm = silence_pcm(300, AUDIO_SAMPLE_RATE_HZ) + synthesize(text) + silence_pcm(1200, AUDIO_SAMPLE_RATE_HZ)
+    for start in range(0, len(pcm), PIECE_BYTES):
+        await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[start : start + PIECE_BYTES]).decode())
+
+
+async def test_spoken_turn_with_server_vad_and_audio_out(stack: Stack, redis_url: str, prefix: str) -> None:
+    stack.start("transcriber_svc", {"TRANSCRIBER_ENGINE": "local"})
+    stack.start("conversation_svc")  # echo: the answer repeats what was heard
+    wait_for_workers(redis_url, prefix, 2, timeout_s=90)
+    _, base = start_gateway(stack)
+    async with client(base).realtime.connect(model="local") as conn:
+        session = (await collect_until(conn, lambda e: e.type == "session.created"))[-1].session
+        assert session.audio.input.turn_detection.type == "server_vad"  # the API's default
+        await _speak(conn, "What is the weather like today?")
+        seen = await collect_until(conn, lambda e: e.type == "response.done", timeout_s=120)
+    types = [e.type for e in seen]
+    started, stopped, committed = (of_type(seen, t)[0] for t in (
+        "input_audio_buffer.speech_started", "input_audio_buffer.speech_stopped", "input_audio_buffer.committed"))
+    assert started.item_id == stopped.item_id == committed.item_id
+    assert 0 <= started.audio_start_ms < stopped.audio_end_ms
+    assert types.index("input_audio_buffer.speech_started") < types.index("input_audio_buffer.committed")
+    transcript = of_type(seen, "conversation.item.input_audio_transcription.completed")[0]
+    assert transcript.item_id == committed.item_id
+    assert "weather" in transcript.transcript.lower()
+    done = seen[-1].response
+    assert done.status == "completed" and done.output_modalities == ["audio"]
+    spoken = of_type(seen, "response.output_audio_transcript.done")[0].transcript
+    assert "weather" in spoken.lower() and done.output[0].content[0].transcript == spoken
+    audio = b"".join(base64.b64decode(e.delta) for e in of_type(seen, "response.output_audio.delta"))
+    assert len(audio) % 2 == 0 and len(audio) / 48_000 > 1.0  # over a second of 24 kHz PCM16 speech
+    assert types.index("response.output_audio.delta") < types.index("response.output_audio.done")
