@@ -26,9 +26,9 @@ from conversation_svc.engines.local import LocalConversation  # noqa: E402
 from shared.audio import pcm_duration_ms, silence_pcm  # noqa: E402
 from shared.engines.base import Completed, TextDelta  # noqa: E402
 from shared.models import AUDIO_SAMPLE_RATE_HZ  # noqa: E402
+from shared.tts import DEFAULT_VOICE, synthesize  # noqa: E402
 from shared.wer import word_errors  # noqa: E402
 from simulator_svc.simulator import DEFAULT_UTTERANCES  # noqa: E402
-from simulator_svc.tts import DEFAULT_VOICE, synthesize  # noqa: E402
 from transcriber_svc.engines.local import LocalTranscription  # noqa: E402
 
 PROMPTS = [

@@ -34,7 +34,7 @@ from shared.models import (
     encode,
     now_ms,
 )
-from simulator_svc.tts import synthesize
+from shared.tts import synthesize
 
 DEFAULT_CHUNK_MS = 100
 #: Chunks due within this much of each other go out in one write (fewer round trips).

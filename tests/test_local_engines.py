@@ -21,8 +21,8 @@ from shared.audio import chunk_pcm, silence_pcm
 from shared.engines.base import Completed, EngineError, TextDelta, TranscriptionSession
 from shared.history import Turn
 from shared.models import AUDIO_SAMPLE_RATE_HZ, AudioChunk, AudioEnd, UtteranceText
+from shared.tts import synthesize
 from shared.wer import normalize_words, word_errors
-from simulator_svc.tts import synthesize
 from transcriber_svc.engines.local import LocalTranscription
 
 CID = "c1"

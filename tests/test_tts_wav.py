@@ -14,8 +14,8 @@ import redis.asyncio as aioredis
 from shared.audio import float32_to_pcm16, pcm16_to_float32, pcm_duration_ms, rms_dbfs
 from shared.keys import Keys
 from shared.models import AUDIO_SAMPLE_RATE_HZ, AudioChunk, AudioEnd, decode_fields
+from shared.tts import native_sample_rate_hz, synthesize
 from simulator_svc.audio_mode import publish_audio_utterance, speech_pcm
-from simulator_svc.tts import native_sample_rate_hz, synthesize
 from simulator_svc.wav import WavError, read_wav
 
 SENTENCE = "This is a test of the transcription system."

@@ -1,6 +1,7 @@
-"""Text to speech for the simulator: a small ctypes wrapper around the
-libespeak-ng that ``espeakng-loader`` bundles (with its voice data), so no
-system package and no network are needed.
+"""Text to speech for the simulator (its phrases) and the gateway (its spoken
+answers): a small ctypes wrapper around the libespeak-ng that
+``espeakng-loader`` bundles (with its voice data), so no system package and
+no network are needed.
 
 :func:`synthesize` returns PCM16 LE mono at 24 kHz (the wire format). The
 library is initialised once per process, on first use; espeak-ng keeps global
