@@ -30,7 +30,7 @@ from gateway_svc.pipeline import PipelineReader, PipelineUnavailable, PipelineWr
 from gateway_svc.quotas import KeyQuotas, Limits, SessionSlots
 from gateway_svc.resume import ResumeStore
 from gateway_svc.session import RealtimeSession
-from gateway_svc.session_config import SessionConfig
+from gateway_svc.session_config import SessionConfig, SessionType
 from shared.keys import Keys
 from shared.settings import GatewaySettings
 
@@ -139,7 +139,7 @@ class Gateway:
         if principal is None:
             return _http_error(401, "Incorrect API key provided.", "invalid_api_key", "authentication_error")
         query = request.query
-        session_type = "transcription" if query.get("intent") == "transcription" else "realtime"
+        session_type: SessionType = "transcription" if query.get("intent") == "transcription" else "realtime"
         resume_id = query.get("conversation_id")
         if resume_id is not None:
             resumable = await self.store.load(resume_id) if _valid_id(resume_id) else None

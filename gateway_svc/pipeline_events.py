@@ -17,7 +17,7 @@ resume); a response's id is ``resp_<pipeline response id>`` and its item's
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from gateway_svc import events
@@ -174,7 +174,7 @@ class PipelineEvents:
         return True
 
     def _close(self, live: LiveResponse, status: str, usage: dict[str, int] | None,
-               details: dict[str, object] | None) -> None:
+               details: Mapping[str, object] | None) -> None:
         """Send the end of the answer's frame (once; a cancelled answer's later done is silent)."""
         if self.live is live:
             self.live = None
@@ -202,4 +202,4 @@ class PipelineEvents:
         out.event("conversation.item.done", item=item)
         out.event("response.done", response=events.response_object(
             live.response_id, self.conversation_id, status, live.modalities, [item],
-            usage=events.usage_object(usage or {}), status_details=details))
+            usage=events.usage_object(usage or {}), status_details=dict(details) if details else None))

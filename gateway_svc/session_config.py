@@ -12,6 +12,8 @@ import copy
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from gateway_svc.vad import ServerVadConfig, TurnDetectionError
+
 SessionType = Literal["realtime", "transcription"]
 
 PCM_FORMAT = {"type": "audio/pcm", "rate": 24000}
@@ -179,11 +181,9 @@ def _turn_detection(value: Any) -> dict[str, Any] | None:
     merged = {**DEFAULT_TURN_DETECTION, **value}
     # semantic_vad has no local model here: it runs as server_vad with its defaults.
     merged["type"] = "server_vad"
-    for key in ("threshold",):
-        if not isinstance(merged[key], int | float) or not 0 <= merged[key] <= 1:
-            raise ConfigError("threshold must be between 0 and 1", param=f"session.audio.input.turn_detection.{key}")
-    for key in ("prefix_padding_ms", "silence_duration_ms"):
-        if not isinstance(merged[key], int) or not 0 <= merged[key] <= 10_000:
-            raise ConfigError(f"{key} must be an integer of ms (0-10000)",
-                              param=f"session.audio.input.turn_detection.{key}")
+    merged.pop("eagerness", None)
+    try:
+        ServerVadConfig.from_turn_detection(merged)
+    except TurnDetectionError as exc:
+        raise ConfigError(str(exc), param=f"session.audio.input.turn_detection.{exc.param}") from None
     return merged
