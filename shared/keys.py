@@ -104,6 +104,12 @@ class Keys:
     def worker_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
 
+    def gateway_sessions(self, key_id: str) -> str:
+        """An API key's open gateway sessions across all gateway instances (sorted
+        set: session id scored by its expiry, ms). ``key_id`` is the key's
+        fingerprint, never the key."""
+        return f"{self.prefix}:gateway:sessions:{key_id}"
+
     def partition_of_key(self, key: str) -> int:
         start = key.index("{") + 1
         return int(key[start : key.index("}", start)])
