@@ -24,10 +24,10 @@ import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway_svc import events
-from gateway_svc.auth import KeyRing, Principal
+from gateway_svc.auth import KeyRing, MintRefused, Principal, requested_ttl_s
 from gateway_svc.outbox import Mark, Outbox, SlowClient
 from gateway_svc.pipeline import PipelineReader, PipelineUnavailable, PipelineWriter
-from gateway_svc.quotas import KeyQuotas, Limits, SessionSlots
+from gateway_svc.quotas import KeyQuotas, Limits, QuotaVerdict, SessionSlots
 from gateway_svc.resume import ResumeStore
 from gateway_svc.session import RealtimeSession
 from gateway_svc.session_config import SessionConfig, SessionType
@@ -120,15 +120,15 @@ class Gateway:
             return _http_error(400, "the body is not valid JSON", "invalid_json")
         if not isinstance(body, dict):
             return _http_error(400, "the body must be a JSON object", "invalid_value")
-        ttl = self.settings.client_secret_ttl_s
         expires_after = body.get("expires_after")
-        if isinstance(expires_after, dict) and "seconds" in expires_after:
-            seconds = expires_after["seconds"]
-            if not isinstance(seconds, int) or not 10 <= seconds <= 7200:
-                return _http_error(400, "expires_after.seconds must be between 10 and 7200",
-                                   "invalid_value", param="expires_after.seconds")
-            ttl = seconds
-        value, expires_at = self.keyring.mint_ephemeral(principal, ttl, time.time())
+        try:
+            ttl = requested_ttl_s(expires_after) if expires_after is not None else self.settings.client_secret_ttl_s
+        except ValueError as exc:
+            return _http_error(400, str(exc), "invalid_value", param="expires_after")
+        try:
+            value, expires_at = self.keyring.mint_ephemeral(principal, ttl, time.time())
+        except MintRefused as exc:
+            return _http_error(401, str(exc), "invalid_api_key", "authentication_error")
         session = body.get("session") if isinstance(body.get("session"), dict) else {"type": "realtime"}
         return web.json_response({"value": value, "expires_at": expires_at, "session": session})
 
@@ -161,12 +161,13 @@ class Gateway:
             if resume_id is None:
                 await self.store.create(conversation_id, principal.key_id, config.to_json())
             return await self._serve_socket(request, principal, conversation_id, config, since,
-                                            resumed=resume_id is not None)
+                                            resumed=resume_id is not None, slot=slot)
         finally:
             await self.slots.release(principal.key_id, slot)
 
     async def _serve_socket(self, request: web.Request, principal: Principal, conversation_id: str,
-                            config: SessionConfig, since: tuple[str, str], resumed: bool) -> web.StreamResponse:
+                            config: SessionConfig, since: tuple[str, str], resumed: bool,
+                            slot: str) -> web.StreamResponse:
         ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=self.settings.max_event_bytes,
                                    heartbeat=30.0)
         await ws.prepare(request)
@@ -179,7 +180,7 @@ class Gateway:
         session = RealtimeSession(
             conversation_id=conversation_id, config=config, outbox=outbox, writer=self.writer, store=self.store,
             allow_instructions=self.settings.allow_client_instructions,
-            allow_audio=lambda seconds: self.quotas.allow_audio(principal.key_id, seconds, time.monotonic()).error,
+            allow_audio=lambda seconds: _refusal(self.quotas.allow_audio(principal.key_id, seconds, time.monotonic())),
             started=resumed)
         session.hello()
 
@@ -192,6 +193,7 @@ class Gateway:
 
         self.reader.subscribe(conversation_id, on_entry, *since)
         sender = asyncio.create_task(self._send_all(outbox, ws, extra))
+        keeper = asyncio.create_task(self._keep_slot(principal.key_id, slot))
         self.sessions += 1
         log.info("session open (%s)", "resumed" if resumed else "new", extra=extra)
         try:
@@ -200,7 +202,8 @@ class Gateway:
             self.sessions -= 1
             self.reader.unsubscribe(conversation_id)
             sender.cancel()
-            await asyncio.gather(sender, return_exceptions=True)
+            keeper.cancel()
+            await asyncio.gather(sender, keeper, return_exceptions=True)
             clean = ws.close_code == WSCloseCode.OK
             try:
                 await session.close(clean)
@@ -208,6 +211,15 @@ class Gateway:
                 log.warning("could not end the conversation: %s", exc, extra=extra)
             log.info("session closed (code %s)", ws.close_code, extra=extra)
         return ws
+
+    async def _keep_slot(self, key_id: str, slot: str) -> None:
+        """Refresh this socket's session slot while it lives (a dead gateway's slots expire)."""
+        while True:
+            await asyncio.sleep(SLOT_REFRESH_S)
+            try:
+                await self.slots.refresh(key_id, slot)
+            except Exception as exc:  # noqa: BLE001 - Redis away: the next refresh tries again
+                log.warning("could not refresh a session slot: %s", exc)
 
     async def _send_all(self, outbox: Outbox, ws: web.WebSocketResponse, extra: dict[str, str]) -> None:
         try:
@@ -224,13 +236,12 @@ class Gateway:
             if msg.type == WSMsgType.TEXT:
                 data: str = msg.data
                 verdict = self.quotas.allow_event(principal.key_id, len(data.encode()), time.monotonic())
-                if verdict.error is not None:
+                if not verdict.ok:
                     refused_in_a_row += 1
                     if refused_in_a_row > MAX_REFUSED_IN_A_ROW:
                         await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many refused events")
                         return
-                    session.outbox.put(events.error(verdict.error, type_=verdict.type or "invalid_request_error",
-                                                    code=verdict.code))
+                    session.outbox.put(events.error(verdict.message, type_=verdict.type, code=verdict.code))
                     continue
                 refused_in_a_row = 0
                 try:
@@ -247,6 +258,10 @@ class Gateway:
                                                 code="invalid_event"))
             elif msg.type == WSMsgType.ERROR:
                 return
+
+
+def _refusal(verdict: QuotaVerdict) -> str | None:
+    return None if verdict.ok else verdict.message
 
 
 def _valid_id(value: str) -> bool:

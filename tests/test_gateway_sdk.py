@@ -10,15 +10,15 @@ import signal
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 from openai import AsyncOpenAI
 from websockets.exceptions import InvalidStatus
-
-import redis.asyncio as aioredis
 
 from shared.devstack import ServiceProcess, Stack
 from shared.keys import Keys
 from tests.conftest import wait_for_workers
 from tests.gateway_helpers import KEY_B, client, collect_until, of_type, start_gateway
+from tests.runtime_helpers import until
 
 
 def _pipeline(stack: Stack, redis_url: str, prefix: str) -> ServiceProcess:
@@ -34,10 +34,10 @@ async def _wait_for_request(redis_url: str, prefix: str, conversation_id: str) -
     keys = Keys(prefix=prefix)
     client_ = aioredis.Redis.from_url(redis_url)
     try:
-        async with asyncio.timeout(15):
-            while not any(b"response.request" in f[b"d"]
-                          for _, f in await client_.xrange(keys.input(conversation_id))):
-                await asyncio.sleep(0.05)
+        async def written() -> bool:
+            return any(b"response.request" in f[b"d"] for _, f in await client_.xrange(keys.input(conversation_id)))
+
+        await until(written, timeout_s=15)
     finally:
         await client_.aclose()
 
