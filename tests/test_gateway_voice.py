@@ -54,3 +54,28 @@ async def test_spoken_turn_with_server_vad_and_audio_out(stack: Stack, redis_url
     audio = b"".join(base64.b64decode(e.delta) for e in of_type(seen, "response.output_audio.delta"))
     assert len(audio) % 2 == 0 and len(audio) / 48_000 > 1.0  # over a second of 24 kHz PCM16 speech
     assert types.index("response.output_audio.delta") < types.index("response.output_audio.done")
+
+
+async def test_a_transcription_session_gives_transcripts_and_no_answers(stack: Stack, redis_url: str,
+                                                                        prefix: str) -> None:
+    stack.start("transcriber_svc", {"TRANSCRIBER_ENGINE": "local"})
+    stack.start("conversation_svc")
+    wait_for_workers(redis_url, prefix, 2, timeout_s=90)
+    _, base = start_gateway(stack)
+    async with client(base).realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        session = (await collect_until(conn, lambda e: e.type == "session.created"))[-1].session
+        assert session.type == "transcription"
+        await conn.session.update(session={"type": "transcription", "audio": {"input": {
+            "transcription": {"model": "local", "language": "en"}, "turn_detection": None}}})
+        await collect_until(conn, lambda e: e.type == "session.updated")
+        pcm = synthesize("Please turn on the lights.")
+        for start in range(0, len(pcm), PIECE_BYTES):
+            await conn.input_audio_buffer.append(audio=base64.b64encode(pcm[start : start + PIECE_BYTES]).decode())
+        await conn.input_audio_buffer.commit()
+        seen = await collect_until(
+            conn, lambda e: e.type == "conversation.item.input_audio_transcription.completed", timeout_s=120)
+        assert "lights" in seen[-1].transcript.lower()
+        assert of_type(seen, "input_audio_buffer.committed")[0].item_id == seen[-1].item_id
+        # A transcription session gets transcripts only: no response follows.
+        with pytest.raises(TimeoutError):
+            await collect_until(conn, lambda e: e.type.startswith("response."), timeout_s=2)
