@@ -23,28 +23,26 @@ from functools import partial
 from typing import Any
 
 from pydantic import BaseModel
-from pydantic_core import to_json
 
+from conversation_svc.rebuild import rebuild_history, rebuild_unanswered
+from conversation_svc.stats import StatsBuffer
 from shared import keys as keynames
 from shared import metrics
 from shared.bus.program import QueuedOp
-from shared.bus.resp import xrange_entries
-from shared.bus.retry import retry_forever
-from shared.bus.writer import BatchWriter
 from shared.engines.base import Completed, ConversationEngine, ConversationSession, EngineError
-from shared.history import MAX_UNANSWERED, History, NewestTurns, Turn, UnansweredTail
+from shared.history import MAX_UNANSWERED, History, Turn
 from shared.keys import Keys
 from shared.logs import scrub
 from shared.models import (
+    MAX_TEXT_CHARS,
     ConversationEnded,
     Entry,
-    EntryError,
-    MAX_TEXT_CHARS,
+    ResponseCancel,
     ResponseFailed,
     ResponseRequest,
+    ResponseTruncate,
     TranscriptDelta,
     TranscriptFinal,
-    decode_fields,
     encode,
     encode_response_delta,
     encode_response_done,
@@ -57,36 +55,6 @@ from shared.settings import ConversationSettings
 log = logging.getLogger(__name__)
 
 
-#: Entries read per XREVRANGE when a new owner rebuilds a conversation's history.
-REBUILD_PAGE = 200
-
-#: Entries of the monitor's stats stream: each holds up to a second of answers.
-STATS_MAXLEN = 5_000
-STATS_FLUSH_S = 1.0
-
-
-class StatsBuffer:
-    """The answers' timings for the monitor, written as one stats entry per
-    second (per partition) instead of one per answer: off the hot path."""
-
-    def __init__(self) -> None:
-        self._pending: dict[str, list[dict[str, Any]]] = {}
-        self._writer: BatchWriter | None = None
-
-    def add(self, writer: BatchWriter, key: str, record: dict[str, Any]) -> None:
-        self._writer = writer
-        records = self._pending.get(key)
-        if records is None:
-            records = self._pending[key] = []
-            asyncio.get_running_loop().call_later(STATS_FLUSH_S, self._flush, key)
-        records.append(record)
-
-    def _flush(self, key: str) -> None:
-        records = self._pending.pop(key, None)
-        if records and self._writer is not None:
-            self._writer.add(key, to_json(records), STATS_MAXLEN)
-
-
 _RESPONSE_ID_PREFIX = f"r{uuid.uuid4().hex[:8]}"
 _response_ids = itertools.count()
 
@@ -94,23 +62,6 @@ _response_ids = itertools.count()
 def next_response_id() -> str:
     """Unique across processes (a random per-process prefix) without a uuid per answer."""
     return f"{_RESPONSE_ID_PREFIX}{next(_response_ids):x}"
-
-
-async def walk_back(redis: Any, key: str, add: Callable[[list[Entry]], bool]) -> None:
-    """Feed ``add`` pages of a stream, newest first, until it returns True or the stream ends."""
-    upper = "+"
-    while True:
-        rows = await retry_forever("rebuild history", partial(
-            xrange_entries, redis, key, max=upper, count=REBUILD_PAGE, reverse=True))
-        out: list[Entry] = []
-        for _, fields in rows:
-            try:
-                out.append(decode_fields(fields))
-            except EntryError:
-                continue
-        if add(out) or len(rows) < REBUILD_PAGE:
-            return
-        upper = "(" + rows[-1][0].decode()
 
 
 class ConversationWorkerSession:
@@ -123,8 +74,17 @@ class ConversationWorkerSession:
         engine_name: str,
         stats: StatsBuffer,
         unanswered: list[tuple[str, str]] | None = None,
+        cancels: set[str] | None = None,
+        on_close: Callable[[], object] | None = None,
     ) -> None:
         self.ctx = ctx
+        self._on_close = on_close
+        #: Targets of cancels read but not yet handled in order (see ConversationService.on_queued).
+        self.cancels: set[str] = cancels if cancels is not None else set()
+        #: The answer under way: its utterance id and task (a cancel stops the task).
+        self._answering: tuple[str, asyncio.Task[Any]] | None = None
+        #: Text streamed so far by the answer under way (what a cancelled done carries).
+        self._streamed_parts: list[str] = []
         #: (utterance id, text) of user turns that wait for a ``response.request``:
         #: the next answer hears them all (oldest first, at most MAX_UNANSWERED).
         self.unanswered: dict[str, str] = dict(unanswered or ())
@@ -150,6 +110,19 @@ class ConversationWorkerSession:
             if entry_id is not None:
                 writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
             return False
+        if isinstance(entry, ResponseCancel):
+            # Its target came first (relayed in order) and was stopped, skipped or already done.
+            self.cancels.discard(entry.target_id)
+            if entry_id is not None:
+                writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
+            return False
+        if isinstance(entry, ResponseTruncate):
+            amended = self.history.amend(entry.target_id, entry.text)
+            if amended and self.history.turns[-1].utterance_id == entry.target_id:
+                await self.engine_session.amend_last_answer(entry.text)
+            if entry_id is not None:
+                writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
+            return False
         if isinstance(entry, ResponseRequest):
             assert entry_id is not None
             if self.history.is_answered(entry.request_id):
@@ -171,6 +144,13 @@ class ConversationWorkerSession:
             return False
         await self._answer(entry_id, entry)
         return False
+
+    def cancel(self, target_id: str) -> None:
+        """A cancel was read: stop that answer if it is under way (else it is skipped
+        when its turn comes, or was already done)."""
+        self.cancels.add(target_id)
+        if self._answering is not None and self._answering[0] == target_id:
+            self._answering[1].cancel()
 
     def _take_prompt(self, final: TranscriptFinal) -> tuple[TranscriptFinal, str | None]:
         """The user text to answer: the waiting turns, then this one's. The second
@@ -194,10 +174,29 @@ class ConversationWorkerSession:
         #: Started and delta entries queued so far: the done supersedes those not yet sent.
         streamed: list[QueuedOp] = []
         asked_s = time.perf_counter()
+        if uid in self.cancels:  # cancelled before it started: a cancelled done, no engine run
+            self._write_done(entry_id, final, response_id, "", {}, None, prompt, streamed, cancelled=True)
+            return
         try:
             answer = self.engine_session.answer_now(final.text)
             if answer is None:
-                text, usage, first_delta_ms, first_delta_s, deltas = await self._stream(final, response_id, streamed)
+                streaming = asyncio.ensure_future(self._stream(final, response_id, streamed))
+                self._answering = (uid, streaming)
+                try:
+                    text, usage, first_delta_ms, first_delta_s, deltas = await streaming
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if uid not in self.cancels or (current is not None and current.cancelling()):
+                        raise  # the worker is stopping: not a cancel of this answer
+                    partial = "".join(self._streamed_parts)
+                    log.info("answer cancelled after %d characters", len(partial),
+                             extra={"conversation_id": cid, "utterance_id": uid})
+                    self.engine_session.remember(Turn(uid, final.text, partial))
+                    self._write_done(entry_id, final, response_id, partial, {}, None, prompt, streamed,
+                                     cancelled=True)
+                    return
+                finally:
+                    self._answering = None
             else:  # whole at once: the done is the first (and only) text
                 text, usage, first_delta_ms, first_delta_s, deltas = answer.text, answer.usage, None, 0.0, 1
         except EngineError as exc:
@@ -214,10 +213,7 @@ class ConversationWorkerSession:
         done_ms = now_ms()
         if first_delta_ms is None and text:
             first_delta_ms, first_delta_s = done_ms, time.perf_counter()
-        done = encode_response_done(cid, uid, response_id, text, usage, final.sent_ms, final.final_ms,
-                                    first_delta_ms, done_ms, prompt)
-        writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, done, maxlen, supersedes=streamed)
-        self.history.add(Turn(uid, final.text, text))
+        self._write_done(entry_id, final, response_id, text, usage, first_delta_ms, prompt, streamed)
         if log.isEnabledFor(logging.DEBUG):
             log.debug("answered in %d deltas", deltas, extra={"conversation_id": cid, "utterance_id": uid})
         self._observe(final, first_delta_ms, done_ms, asked_s, first_delta_s, deltas)
@@ -225,6 +221,18 @@ class ConversationWorkerSession:
             "c": cid, "w": ctx.worker_id, "sent": final.sent_ms, "tf": final.final_ms,
             "fd": first_delta_ms, "done": done_ms,
         })
+
+    def _write_done(self, entry_id: str, final: TranscriptFinal, response_id: str, text: str,
+                    usage: dict[str, int], first_delta_ms: int | None, prompt: str | None,
+                    streamed: list[QueuedOp], cancelled: bool = False) -> None:
+        """The answer's one ``response.done``, gated with the ack of what it answers;
+        the turn joins the history (a cancelled one with the text produced by then)."""
+        ctx, uid = self.ctx, final.utterance_id
+        done = encode_response_done(ctx.conversation_id, uid, response_id, text, usage, final.sent_ms,
+                                    final.final_ms, first_delta_ms, now_ms(), prompt, cancelled)
+        ctx.writer.gate(ctx.data_key, ctx.group, entry_id, self.responses_key, done, self.settings.responses_maxlen,
+                        supersedes=streamed)
+        self.history.add(Turn(uid, final.text, text))
 
     async def _stream(
         self, final: TranscriptFinal, response_id: str, streamed: list[QueuedOp]
@@ -237,6 +245,7 @@ class ConversationWorkerSession:
         writer = self.ctx.writer
         streamed.append(writer.add(self.responses_key, partial(encode_response_started, cid, uid, response_id), maxlen))
         parts: list[str] = []
+        self._streamed_parts = parts
         first_delta_ms: int | None = None
         first_delta_s = 0.0
         usage: dict[str, int] = {}
@@ -269,6 +278,8 @@ class ConversationWorkerSession:
                 self._m_rate.observe((deltas - 1) / (end_s - first_delta_s))
 
     async def close(self) -> None:
+        if self._on_close is not None:
+            self._on_close()
         await self.engine_session.close()
 
 
@@ -276,12 +287,27 @@ class ConversationService:
     name = "conversation"
     group = keynames.CONVERSATION_GROUP
     data_types: tuple[type[BaseModel], ...] = (TranscriptDelta, TranscriptFinal, ResponseRequest,
-                                               ConversationEnded)
+                                               ResponseCancel, ResponseTruncate, ConversationEnded)
 
     def __init__(self, settings: ConversationSettings, engine: ConversationEngine) -> None:
         self.settings = settings
         self.engine = engine
         self.stats = StatsBuffer()
+        #: Open sessions by conversation, and cancels read for conversations whose
+        #: session is not open yet (a takeover's replay reads target and cancel together).
+        self._sessions: dict[str, ConversationWorkerSession] = {}
+        self._early_cancels: dict[str, set[str]] = {}
+
+    def on_queued(self, ctx: SessionContext, entry: Entry) -> None:
+        """A cancel acts as soon as it is read, not when its turn comes: the answer it
+        names may be under way right now."""
+        if not isinstance(entry, ResponseCancel):
+            return
+        session = self._sessions.get(ctx.conversation_id)
+        if session is not None:
+            session.cancel(entry.target_id)
+        else:
+            self._early_cancels.setdefault(ctx.conversation_id, set()).add(entry.target_id)
 
     def data_key(self, keys: Keys, conversation_id: str) -> str:
         return keys.transcripts(conversation_id)
@@ -296,32 +322,17 @@ class ConversationService:
         history = History(self.settings.history_max_turns)
         unanswered: list[tuple[str, str]] = []
         if ctx.took_over:
-            history = await self._rebuild(ctx)
-            unanswered = await self._rebuild_unanswered(ctx, history)
+            history = await rebuild_history(ctx, self.settings.history_max_turns)
+            unanswered = await rebuild_unanswered(ctx, history)
             log.info("rebuilt %d turns of history (%d waiting) after takeover", len(history.turns),
                      len(unanswered), extra={"conversation_id": ctx.conversation_id})
         instructions = ctx.started.instructions or self.settings.system_prompt
         engine_session = await self.engine.open_session(ctx.conversation_id, instructions, list(history.turns))
-        return ConversationWorkerSession(ctx, self.settings, engine_session, history, self.engine.name, self.stats,
-                                         unanswered)
-
-    async def _rebuild(self, ctx: SessionContext) -> History:
-        """Read the durable log from its newest end: the done responses back to
-        the newest ``history_max_turns`` answers, then the final transcripts back
-        to theirs (``NewestTurns``), a page at a time. The cost is bounded by the
-        turns kept, not by the streams' length."""
-        keys = ctx.keys
-        collector = NewestTurns(self.settings.history_max_turns)
-        await walk_back(ctx.redis, keys.responses(ctx.conversation_id), collector.add_responses)
-        if collector.needs_transcripts:
-            await walk_back(ctx.redis, keys.transcripts(ctx.conversation_id), collector.add_transcripts)
-        return collector.history()
-
-    async def _rebuild_unanswered(self, ctx: SessionContext, history: History) -> list[tuple[str, str]]:
-        """The user turns since the last answer that wait for a ``response.request``."""
-        tail = UnansweredTail(history)
-        await walk_back(ctx.redis, ctx.keys.transcripts(ctx.conversation_id), tail.add)
-        return tail.turns()
+        session = ConversationWorkerSession(ctx, self.settings, engine_session, history, self.engine.name,
+                                            self.stats, unanswered, self._early_cancels.pop(ctx.conversation_id, None),
+                                            on_close=lambda: self._sessions.pop(ctx.conversation_id, None))
+        self._sessions[ctx.conversation_id] = session
+        return session
 
     def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
         """A transcript or request that could not be answered still gets an answer: a failure."""

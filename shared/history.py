@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from shared.models import Entry, ResponseDone, ResponseRequest, TranscriptFinal
+from shared.models import Entry, ResponseDone, ResponseRequest, ResponseTruncate, TranscriptFinal
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +41,15 @@ class History:
     def add(self, turn: Turn) -> None:
         self.turns.append(turn)
         self.mark_answered(turn.utterance_id)
+
+    def amend(self, utterance_id: str, assistant_text: str) -> bool:
+        """Only ``assistant_text`` of that turn's answer was heard (a truncation);
+        False when the turn is no longer kept."""
+        for i, turn in enumerate(self.turns):
+            if turn.utterance_id == utterance_id:
+                self.turns[i] = Turn(utterance_id, turn.user_text, assistant_text)
+                return True
+        return False
 
     def mark_answered(self, utterance_id: str) -> None:
         self._answered[utterance_id] = None
@@ -100,6 +109,8 @@ class NewestTurns:
         self._finals: dict[str, tuple[int, str]] = {}
         #: utterance id -> the user text of an answer that carried it (``response.done.prompt``).
         self._prompts: dict[str, str] = {}
+        #: utterance id -> the part of its answer that was heard (the newest truncation).
+        self._heard: dict[str, str] = {}
         self._position = 0
 
     def add_responses(self, newest_first: Iterable[Entry]) -> bool:
@@ -117,6 +128,8 @@ class NewestTurns:
         wanted = self._wanted_ids()
         for entry in newest_first:
             self._position -= 1
+            if isinstance(entry, ResponseTruncate):
+                self._heard.setdefault(entry.target_id, entry.text)
             if isinstance(entry, TranscriptFinal | ResponseRequest):
                 uid = entry.utterance_id if isinstance(entry, TranscriptFinal) else entry.request_id
                 if uid in self._answers:
@@ -131,7 +144,7 @@ class NewestTurns:
 
     def history(self) -> History:
         found = sorted((pos, uid, text) for uid, (pos, text) in self._finals.items())
-        turns = [Turn(uid, text, self._answers[uid]) for _, uid, text in found]
+        turns = [Turn(uid, text, self._heard.get(uid, self._answers[uid])) for _, uid, text in found]
         return History(self.max_turns, turns[-self.max_turns:] if self.max_turns else (),
                        answered=reversed(list(self._answers)))
 

@@ -140,6 +140,28 @@ class ResponseRequest(_Entry):
     sent_ms: int
 
 
+class ResponseCancel(_Entry):
+    """Stop the answer to ``target_id`` (the Realtime API's ``response.cancel``, or the
+    user speaking over it). Relayed in order like ``response.request``, so it always
+    follows its target: the conversation owner stops the engine when the answer is
+    under way, answers a target not yet started with a cancelled done, and does
+    nothing when the answer is already done."""
+
+    type: Literal["response.cancel"] = "response.cancel"
+    #: The ``utterance_id`` of the answer to stop (an item id, or a request id).
+    target_id: Ident
+    sent_ms: int
+
+
+class ResponseTruncate(_Entry):
+    """Only ``text`` of the answer to ``target_id`` was heard (the Realtime API's
+    ``conversation.item.truncate``): the history keeps that, also after a takeover."""
+
+    type: Literal["response.truncate"] = "response.truncate"
+    target_id: Ident
+    text: Text
+
+
 # --- transcripts stream (transcription owner -> conversation owner) -------
 
 
@@ -209,6 +231,8 @@ class ResponseDone(_Entry):
     #: ``response.request`` joins every user turn since the previous answer): the
     #: history rebuilt after a takeover takes the turn from here.
     prompt: Text | None = None
+    #: ``cancelled``: stopped by a ``response.cancel``; ``text`` is what was produced by then.
+    status: Literal["completed", "cancelled"] = "completed"
 
 
 class ResponseFailed(_Entry):
@@ -226,6 +250,8 @@ Entry = Annotated[
     | AudioChunk
     | AudioEnd
     | ResponseRequest
+    | ResponseCancel
+    | ResponseTruncate
     | TranscriptDelta
     | TranscriptFinal
     | ResponseStarted
@@ -236,8 +262,10 @@ Entry = Annotated[
 ]
 
 ControlEntry = ConversationStarted | ConversationEnded
-InputEntry = UtteranceText | AudioChunk | AudioEnd | ResponseRequest
-TranscriptEntry = TranscriptDelta | TranscriptFinal | ResponseRequest
+#: Input entries the transcription owner relays, in order, to the transcripts stream.
+RelayedEntry = ResponseRequest | ResponseCancel | ResponseTruncate
+InputEntry = UtteranceText | AudioChunk | AudioEnd | RelayedEntry
+TranscriptEntry = TranscriptDelta | TranscriptFinal | RelayedEntry
 ResponseEntry = ResponseStarted | ResponseDelta | ResponseDone | ResponseFailed
 
 _ENTRY_ADAPTER: TypeAdapter[Entry] = TypeAdapter(Entry)
@@ -282,7 +310,7 @@ def encode_response_delta(conversation_id: str, utterance_id: str, response_id: 
 def encode_response_done(
     conversation_id: str, utterance_id: str, response_id: str, text: str, usage: dict[str, int],
     sent_ms: int, transcript_final_ms: int, first_delta_ms: int | None, done_ms: int,
-    prompt: str | None = None,
+    prompt: str | None = None, cancelled: bool = False,
 ) -> bytes:
     """A ``response.done`` entry (the :class:`Timings` fields as plain ints: no model per answer)."""
     timings = {"sent_ms": sent_ms, "transcript_final_ms": transcript_final_ms, "done_ms": done_ms}
@@ -293,6 +321,8 @@ def encode_response_done(
              "usage": {k: v for k, v in usage.items() if isinstance(v, int)}, "timings": timings}
     if prompt is not None:
         entry["prompt"] = prompt[:MAX_TEXT_CHARS]
+    if cancelled:
+        entry["status"] = "cancelled"
     return to_json(entry)
 
 

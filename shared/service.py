@@ -82,6 +82,10 @@ class Service(Protocol):
         """Hook for a dead-lettered data entry (e.g. tell the client its answer failed)."""
         ...
 
+    # Optional: ``on_queued(ctx, entry)``, called as each data entry is read, before its
+    # turn comes: what must act at once (a cancel of the answer under way) acts there;
+    # the entry is still handled in order later.
+
 
 def dead_letter(
     writer: BatchWriter,

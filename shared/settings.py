@@ -119,6 +119,8 @@ class ConversationSettings(CommonSettings):
     history_max_turns: int = Field(20, ge=0)
     #: Words per delta of the echo engine.
     echo_words_per_delta: int = Field(3, ge=1)
+    #: Pause of the echo engine before each delta (0: the whole answer at once).
+    echo_delta_delay_ms: int = Field(0, ge=0, le=10_000)
     system_prompt: str = (
         "You are a helpful voice assistant. Answer briefly, in one or two sentences."
     )

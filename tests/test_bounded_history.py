@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-import conversation_svc.worker as conversation_worker
+import conversation_svc.rebuild as rebuild_module
 from shared.bus.groups import ensure_group
 from shared.bus.program import Scripts
 from shared.bus.writer import BatchWriter
@@ -32,7 +32,7 @@ from shared.models import (
     encode,
 )
 from shared.service import DEAD_RAW_MAX_BYTES, dead_letter
-from shared.settings import CommonSettings, ConversationSettings
+from shared.settings import CommonSettings
 from simulator_svc import admin
 from tests.conftest import running
 from tests.runtime_helpers import audio_chunk_entry
@@ -152,21 +152,19 @@ async def test_a_takeover_rebuilds_the_history_from_the_newest_end(
             pipe.xadd(key, {"d": encode(entry)})
     await pipe.execute()
     read: list[int] = []
-    real = conversation_worker.xrange_entries
+    real = rebuild_module.xrange_entries
 
     async def counting(*args: Any, **kwargs: Any) -> Any:
         rows = await real(*args, **kwargs)
         read.append(len(rows))
         return rows
 
-    monkeypatch.setattr(conversation_worker, "xrange_entries", counting)
-    settings = ConversationSettings(key_prefix=prefix, history_max_turns=20)
-    service = conversation_worker.ConversationService(settings, engine=None)  # type: ignore[arg-type]
+    monkeypatch.setattr(rebuild_module, "xrange_entries", counting)
     ctx = SimpleNamespace(keys=keys, redis=redis, conversation_id="c")
-    history = await service._rebuild(ctx)  # type: ignore[arg-type]
+    history = await rebuild_module.rebuild_history(ctx, 20)  # type: ignore[arg-type]
     assert list(history.turns) == list(rebuild(transcripts, responses, 20).turns)
     assert len(history.turns) == 20 and history.turns[-1] == Turn("u1998", "q1998", "a1998")
-    assert sum(read) <= 4 * conversation_worker.REBUILD_PAGE < len(transcripts) + len(responses)
+    assert sum(read) <= 4 * rebuild_module.REBUILD_PAGE < len(transcripts) + len(responses)
 
 
 # --- the per-conversation queue's bound ---------------------------------------------------------

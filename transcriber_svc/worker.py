@@ -21,7 +21,10 @@ from shared.models import (
     AudioEnd,
     ConversationEnded,
     Entry,
+    RelayedEntry,
+    ResponseCancel,
     ResponseRequest,
+    ResponseTruncate,
     TranscriptDelta,
     UtteranceText,
     encode,
@@ -101,6 +104,9 @@ class TranscriberSession:
             await self.engine_session.settle()
             self._relay(entry_id, entry)
             return False
+        if isinstance(entry, ResponseCancel | ResponseTruncate):
+            self._relay(entry_id, entry)  # in order: always behind the answer it names
+            return False
         assert isinstance(entry, UtteranceText | AudioChunk | AudioEnd) and entry_id is not None
         if isinstance(entry, UtteranceText | AudioEnd) and not entry.respond and entry.utterance_id:
             self.sink.no_reply.add(entry.utterance_id)
@@ -109,7 +115,7 @@ class TranscriberSession:
         self._engine_time[entry.type].observe(time.perf_counter() - started_s)
         return False
 
-    def _relay(self, entry_id: str | None, entry: ConversationEnded | ResponseRequest) -> None:
+    def _relay(self, entry_id: str | None, entry: ConversationEnded | RelayedEntry) -> None:
         """Copy an input entry to the transcripts stream, acked with it (one gated op)."""
         transcripts = self.ctx.keys.transcripts(self.ctx.conversation_id)
         payload = encode(entry)
@@ -127,7 +133,7 @@ class TranscriberService:
     name = "transcriber"
     group = keynames.TRANSCRIBER_GROUP
     data_types: tuple[type[BaseModel], ...] = (UtteranceText, AudioChunk, AudioEnd, ResponseRequest,
-                                               ConversationEnded)
+                                               ResponseCancel, ResponseTruncate, ConversationEnded)
 
     def __init__(self, settings: TranscriberSettings, engine: TranscriptionEngine) -> None:
         self.settings = settings

@@ -19,7 +19,8 @@ def load_engine(
     if name == "echo":
         from conversation_svc.engines.echo import EchoConversation
 
-        return EchoConversation(words_per_delta=settings.echo_words_per_delta)
+        return EchoConversation(words_per_delta=settings.echo_words_per_delta,
+                                delta_delay_ms=settings.echo_delta_delay_ms)
     if name == "local":
         missing = missing_modules(LOCAL_REQUIREMENTS["conversation"])
         if missing:

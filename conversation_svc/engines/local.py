@@ -134,6 +134,11 @@ class _Session(ConversationSession):
     def remember(self, turn: Turn) -> None:
         self.turns.append(turn)
 
+    async def amend_last_answer(self, text: str) -> None:
+        if self.turns:
+            last = self.turns[-1]
+            self.turns[-1] = Turn(last.utterance_id, last.user_text, text)
+
     async def respond(self, user_text: str) -> AsyncIterator[ResponseEvent]:
         engine = self.engine
         messages, input_tokens = fit_messages(

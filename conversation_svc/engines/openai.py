@@ -214,6 +214,14 @@ class _Session(ConversationSession):
     def remember(self, turn: Turn) -> None:
         self.state.remember(turn)
 
+    async def amend_last_answer(self, text: str) -> None:
+        """The upstream session heard the whole answer: start a new one on the next
+        turn, primed with the amended history (replay), so the model sees only ``text``."""
+        async with self._turn_lock:
+            if self.state.amend_last_answer(text):
+                self.state.connection_lost()
+                await self._drop_connection()
+
     async def respond(self, user_text: str) -> AsyncIterator[ResponseEvent]:
         completed: Completed | None = None
         async with self._turn_lock:

@@ -135,7 +135,13 @@ class ConversationSession(ABC):
         return None
 
     def remember(self, turn: Turn) -> None:  # noqa: B027 - optional hook
-        """A turn answered elsewhere (before a takeover): add it to the context."""
+        """A turn answered elsewhere (before a takeover), or an answer cancelled
+        part-way (``respond`` was abandoned, so the engine kept nothing of it): add
+        it to the context."""
+
+    async def amend_last_answer(self, text: str) -> None:  # noqa: B027 - optional hook
+        """Only ``text`` of the last answer was heard (a truncation): the context
+        holds that from now on, not the whole answer."""
 
     async def close(self) -> None:  # noqa: B027 - optional hook
         """Release upstream resources."""

@@ -116,6 +116,14 @@ class ConversationState:
     def remember(self, turn: Turn) -> None:
         self.history.append(turn)
 
+    def amend_last_answer(self, text: str) -> bool:
+        """Keep only ``text`` of the newest turn's answer; False when there is none."""
+        if not self.history:
+            return False
+        last = self.history[-1]
+        self.history[-1] = Turn(last.utterance_id, last.user_text, text)
+        return True
+
     # --- turns
 
     @property

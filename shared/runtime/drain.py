@@ -40,6 +40,8 @@ class Drainer:
         self._refill = refill
         #: Entries handled since start (published in the heartbeat; Prometheus has the rest).
         self.handled = 0
+        #: The service's optional look at each entry as it is queued (before its turn).
+        self._on_queued = getattr(w.service, "on_queued", None)
 
     def queue(self, live: Live, entry_id: str, fields: dict[bytes, bytes]) -> None:
         """Queue one data entry as read (decoded now: a bad one is dead-lettered in turn)."""
@@ -49,6 +51,8 @@ class Drainer:
         except EntryError as exc:
             item = exc
         live.push((entry_id, item, fields.get(ENTRY_FIELD)))
+        if self._on_queued is not None and not isinstance(item, EntryError):
+            self._on_queued(live.ctx, item)
 
     def kick(self, live: Live) -> None:
         """Make sure the conversation's queue is being worked through."""
