@@ -82,3 +82,27 @@ ensure_venv() {
   fi
   export PATH="$venv/bin:$PATH"
 }
+
+# The browser tests (tests/test_browser_*.py) drive Debian's Chromium with Playwright,
+# which must never download a browser of its own. Installed once per machine.
+ensure_chromium() {
+  if [ -x /usr/bin/chromium ]; then
+    return 0
+  fi
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then
+      sudo="sudo"
+    else
+      echo "[setup] the browser tests need Debian's chromium (/usr/bin/chromium); install it as root:" >&2
+      echo "[setup]   apt-get update && apt-get install -y --no-install-recommends chromium" >&2
+      return 1
+    fi
+  fi
+  echo "[setup] installing chromium for the browser tests" >&2
+  $sudo apt-get update -q >&2 && $sudo env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y -q --no-install-recommends chromium >&2 || {
+    echo "[setup] apt-get could not install chromium (see above); the browser tests need /usr/bin/chromium" >&2
+    return 1
+  }
+}
