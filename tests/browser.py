@@ -18,17 +18,16 @@ drives the page served by a scripted test server or by the real gateway alike::
 from __future__ import annotations
 
 import contextlib
-import importlib
 import shutil
 import wave
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from playwright.async_api import Browser, Page, async_playwright
 
 from shared.audio import silence_pcm
+from shared.tts import synthesize
 
 CHROMIUM_PATH = Path("/usr/bin/chromium")
 #: The fake capture device's file: PCM16 mono at 48 kHz, as a real microphone gives.
@@ -41,16 +40,6 @@ FAKE_MIC_SILENCE_MS = 1_000
 #: Patience for one state of the page. Generous: a failure bound on a shared 2-core
 #: machine, not a measurement.
 DEFAULT_WAIT_MS = 20_000
-
-
-def _tts_module() -> Any:
-    """shared.tts, where speech synthesis moves with the gateway; simulator_svc.tts before that."""
-    try:
-        return importlib.import_module("shared.tts")
-    except ModuleNotFoundError as exc:
-        if exc.name != "shared.tts":
-            raise  # shared.tts is there but something it needs is not: say so
-        return importlib.import_module("simulator_svc.tts")
 
 
 def chromium_executable() -> Path | None:
@@ -68,7 +57,7 @@ class ChromiumMissing(RuntimeError):
 def write_speech_wav(path: Path, text: str, *, sample_rate_hz: int = FAKE_MIC_RATE_HZ) -> Path:
     """Write ``text`` spoken by espeak-ng, with silence on both sides, as a PCM16 mono WAV."""
     silence = silence_pcm(FAKE_MIC_SILENCE_MS, sample_rate_hz)
-    speech: bytes = _tts_module().synthesize(text, sample_rate_hz=sample_rate_hz)
+    speech = synthesize(text, sample_rate_hz=sample_rate_hz)
     pcm = silence + speech + silence
     with wave.open(str(path), "wb") as wav:
         wav.setnchannels(1)

@@ -33,8 +33,16 @@ function onConnectionState(state, detail) {
 }
 
 async function start() {
-  // The AudioContext is made inside the click, so autoplay rules let it play.
-  const context = new AudioContext();
+  // The AudioContext is made inside the click, so autoplay rules let it play. At the wire's
+  // 24 kHz the browser resamples the microphone itself, with a proper filter (a linear
+  // resampler aliases enough to cost the recogniser words); the worklet's resampler is
+  // only the fallback for a browser that refuses the rate.
+  let context;
+  try {
+    context = new AudioContext({ sampleRate: 24000 });
+  } catch {
+    context = new AudioContext();
+  }
   const connection = new RealtimeConnection({ onEvent: onServerEvent, onState: onConnectionState });
   const player = new Player(context, document.getElementById("player"));
   const current = { context, connection, player, microphone: null };
