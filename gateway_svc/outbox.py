@@ -6,12 +6,17 @@ when speech synthesis (a thread) sits between two of them: a sentence's audio
 is synthesized when its turn in the queue comes, and the events behind it wait.
 A mark ("the client has everything of this stream up to this id") is recorded
 only after the events before it were written to the socket.
+
+Items of an answer carry its response id, so an interruption can drop what of
+that answer has not gone out yet (:meth:`Outbox.drop`): the client hears no
+more of it, at once, whatever was queued. Marks are never dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +31,7 @@ log = logging.getLogger(__name__)
 #: Items queued for one socket beyond which its client is too slow: the socket is
 #: closed (the client may resume and get what it missed).
 MAX_QUEUED = 20_000
+BYTES_PER_MS = 48  # PCM16 mono at 24 kHz
 
 
 @dataclass(slots=True)
@@ -36,8 +42,9 @@ class Speech:
     voice: str
     response_id: str
     item_id: str
-    #: Checked when the audio is ready: a cancelled response sends no more audio.
-    cancelled: Callable[[], bool]
+    #: Called once the sentence's audio has gone out, with its length in ms (the
+    #: timeline a truncation maps ``audio_end_ms`` onto).
+    on_spoken: Callable[[str, int], None]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,46 +65,75 @@ class Outbox:
                  mark: Callable[[Mark], Awaitable[None]]) -> None:
         self._send_text = send_text
         self._mark = mark
-        self._queue: asyncio.Queue[Item] = asyncio.Queue()
+        #: (response id or None, item), oldest first.
+        self._queue: deque[tuple[str | None, Item]] = deque()
+        self._ready = asyncio.Event()
+        #: The answer whose sentence is being synthesized or sent right now.
+        self._speaking: str | None = None
+        #: Answers dropped while one of their sentences was in flight: it stops there.
+        self._dropped: set[str] = set()
         self.sent = 0
-        #: Called with (response_id, first audio sent) once, for latency figures.
-        self.on_first_audio: Callable[[str], None] | None = None
-        self._audio_started: set[str] = set()
 
-    def put(self, item: Item) -> None:
-        if self._queue.qsize() >= MAX_QUEUED:
+    def put(self, item: Item, tag: str | None = None) -> None:
+        """Queue ``item``; ``tag`` (a response id) marks it as part of that answer (droppable)."""
+        if len(self._queue) >= MAX_QUEUED:
             raise SlowClient(f"more than {MAX_QUEUED} events waiting for the client")
-        self._queue.put_nowait(item)
+        self._queue.append((tag, item))
+        self._ready.set()
 
-    def event(self, type_: str, **fields: Any) -> None:
-        self.put(events.event(type_, **fields))
+    def event(self, type_: str, tag: str | None = None, **fields: Any) -> None:
+        """Queue one server event (``tag``: as for :meth:`put`)."""
+        self.put(events.event(type_, **fields), tag)
+
+    def holds(self, response_id: str) -> bool:
+        """Is any of that answer still to go out?"""
+        return self._speaking == response_id or any(rid == response_id for rid, _ in self._queue)
+
+    def drop(self, response_id: str) -> None:
+        """Send nothing more of that answer (its delivery marks stay)."""
+        self._queue = deque((rid, item) for rid, item in self._queue
+                            if rid != response_id or isinstance(item, Mark))
+        if self._speaking == response_id:
+            self._dropped.add(response_id)
 
     async def run(self) -> None:
         """Send until cancelled; raises what the socket raises."""
         while True:
-            item = await self._queue.get()
+            while not self._queue:
+                self._ready.clear()
+                await self._ready.wait()
+            response_id, item = self._queue.popleft()
             if isinstance(item, dict):
                 await self._send_text(to_json(item).decode())
                 self.sent += 1
             elif isinstance(item, Speech):
-                await self._speak(item)
+                self._speaking = response_id
+                try:
+                    await self._speak(item)
+                finally:
+                    self._speaking = None
+                    self._dropped.discard(item.response_id)
             else:
                 await self._mark(item)
 
     async def _speak(self, speech: Speech) -> None:
-        if speech.cancelled():
-            return
         pcm = await synthesize(speech.text, speech.voice)
+        sent_bytes = 0
         for chunk in audio_delta_chunks(pcm):
-            if speech.cancelled():
-                return
+            if speech.response_id in self._dropped:
+                break
             await self._send_text(to_json(events.event(
                 "response.output_audio.delta", response_id=speech.response_id, item_id=speech.item_id,
                 output_index=0, content_index=0, delta=chunk)).decode())
             self.sent += 1
-            if speech.response_id not in self._audio_started:
-                self._audio_started.add(speech.response_id)
-                if len(self._audio_started) > 1000:
-                    self._audio_started.clear()
-                if self.on_first_audio is not None:
-                    self.on_first_audio(speech.response_id)
+            sent_bytes += len(chunk) * 3 // 4
+        spoken_ms = min(sent_bytes, len(pcm)) // BYTES_PER_MS
+        if spoken_ms:
+            speech.on_spoken(speech.text if sent_bytes >= len(pcm) else _part(speech.text, sent_bytes / len(pcm)),
+                             spoken_ms)
+
+
+def _part(text: str, fraction: float) -> str:
+    """The first ``fraction`` of a sentence's words (what of it was sent as audio)."""
+    words = text.split()
+    return " ".join(words[: int(len(words) * fraction)])

@@ -22,13 +22,16 @@ from shared.follow import StreamFollower
 from shared.keys import Keys
 from shared.models import (
     MAX_AUDIO_CHUNK_BYTES,
+    MAX_TEXT_CHARS,
     AudioChunk,
     AudioEnd,
     ConversationEnded,
     ConversationStarted,
     Entry,
     EntryError,
+    ResponseCancel,
     ResponseRequest,
+    ResponseTruncate,
     UtteranceText,
     decode_fields,
     encode,
@@ -90,6 +93,14 @@ class PipelineWriter:
 
     async def request_response(self, conversation_id: str, request_id: str) -> None:
         entry = ResponseRequest(conversation_id=conversation_id, request_id=request_id, sent_ms=now_ms())
+        await self._write([(self.keys.input(conversation_id), encode(entry), INPUT_MAXLEN)])
+
+    async def cancel(self, conversation_id: str, target_id: str) -> None:
+        entry = ResponseCancel(conversation_id=conversation_id, target_id=target_id, sent_ms=now_ms())
+        await self._write([(self.keys.input(conversation_id), encode(entry), INPUT_MAXLEN)])
+
+    async def truncate(self, conversation_id: str, target_id: str, heard: str) -> None:
+        entry = ResponseTruncate(conversation_id=conversation_id, target_id=target_id, text=heard[:MAX_TEXT_CHARS])
         await self._write([(self.keys.input(conversation_id), encode(entry), INPUT_MAXLEN)])
 
     async def end(self, conversation_id: str, reason: str) -> None:

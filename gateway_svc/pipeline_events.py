@@ -51,12 +51,45 @@ class LiveResponse:
     voice: str
     text: str = ""
     next_index: int = 0
+    #: Its frame has ended (done, failed or cancelled): later text is not sent.
+    ended: bool = False
     cancelled: bool = False
     splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
+    #: (text, ms) of each sentence whose audio went out, in order.
+    spoken: list[tuple[str, int]] = field(default_factory=list)
 
     @property
     def modalities(self) -> list[str]:
         return ["audio"] if self.audio else ["text"]
+
+    def spoken_out(self, text: str, ms: int) -> None:
+        self.spoken.append((text, ms))
+
+    @property
+    def audio_ms(self) -> int:
+        return sum(ms for _, ms in self.spoken)
+
+    def heard_text(self, audio_end_ms: int | None = None) -> str:
+        """The answer's text up to ``audio_end_ms`` of its audio (None: all that went out);
+        within a sentence, its words in proportion to the time played."""
+        return heard_text(self.spoken, self.audio_ms if audio_end_ms is None else audio_end_ms)
+
+
+def heard_text(spoken: list[tuple[str, int]], audio_end_ms: int) -> str:
+    """What of a spoken answer (sentences with their audio lengths) was heard by ``audio_end_ms``."""
+    heard: list[str] = []
+    at = 0
+    for text, ms in spoken:
+        if at + ms <= audio_end_ms:
+            heard.append(text)
+        else:
+            words = text.split()
+            cut = int(len(words) * max(0, audio_end_ms - at) / ms) if ms else 0
+            if cut:
+                heard.append(" ".join(words[:cut]))
+            break
+        at += ms
+    return " ".join(heard)
 
 
 class PipelineEvents:
@@ -72,6 +105,10 @@ class PipelineEvents:
         #: Responses whose frame has ended (done, failed or cancelled): later entries
         #: of theirs (a cancelled answer's deltas and done) send nothing.
         self._ended: OrderedDict[str, None] = OrderedDict()
+        #: The answer whose frame ended last (its audio may still be going out).
+        self._last: LiveResponse | None = None
+        #: Recent answers by item id (a truncation names the item).
+        self.recent: OrderedDict[str, LiveResponse] = OrderedDict()
         #: request id -> its ``response.create`` output modalities.
         self.requested: OrderedDict[str, list[str]] = OrderedDict()
 
@@ -130,7 +167,7 @@ class PipelineEvents:
         if live is not None and live.response_id == response_id:
             return live
         if response_id in self._ended:  # detached: what comes for it is dropped
-            return LiveResponse(response_id, "", utterance_id, False, "", cancelled=True)
+            return LiveResponse(response_id, "", utterance_id, False, "", ended=True)
         if live is not None:  # a new answer while one was open (cannot happen in order): close it
             self._close(live, "incomplete", None, {"type": "incomplete", "reason": "interrupted"})
         modalities = self.requested.pop(utterance_id, None)
@@ -138,68 +175,88 @@ class PipelineEvents:
         live = self.live = LiveResponse(response_id=response_id,
                                         item_id=f"item_r{pipeline_response_id}"[:64],
                                         utterance_id=utterance_id, audio=audio, voice=self._voice())
-        out = self.outbox
-        out.event("response.created", response=events.response_object(
+        self.recent[live.item_id] = live
+        while len(self.recent) > _MAX_REMEMBERED:
+            self.recent.popitem(last=False)
+        emit = self._emitter(live)
+        emit("response.created", response=events.response_object(
             live.response_id, self.conversation_id, "in_progress", live.modalities, []))
         item = events.assistant_item(live.item_id, live.audio, None, "in_progress")
-        out.event("response.output_item.added", response_id=live.response_id, output_index=0, item=item)
-        out.event("conversation.item.added", item=item, previous_item_id=None)
+        emit("response.output_item.added", response_id=live.response_id, output_index=0, item=item)
+        emit("conversation.item.added", item=item, previous_item_id=None)
         part = {"type": "audio", "transcript": ""} if live.audio else {"type": "text", "text": ""}
-        out.event("response.content_part.added", response_id=live.response_id, item_id=live.item_id,
-                  output_index=0, content_index=0, part=part)
+        emit("response.content_part.added", response_id=live.response_id, item_id=live.item_id,
+             output_index=0, content_index=0, part=part)
         return live
+
+    def _emitter(self, live: LiveResponse) -> Callable[..., None]:
+        """Queue an event of ``live``'s frame (tagged: an interruption drops what is still queued)."""
+        def emit(type_: str, **fields: object) -> None:
+            self.outbox.event(type_, tag=live.response_id, **fields)
+        return emit
 
     def _text(self, live: LiveResponse, delta: str) -> None:
         live.text += delta
-        if live.cancelled:
+        if live.ended:
             return
+        emit = self._emitter(live)
         ids = {"response_id": live.response_id, "item_id": live.item_id, "output_index": 0, "content_index": 0}
         if live.audio:
-            self.outbox.event("response.output_audio_transcript.delta", delta=delta, **ids)
+            emit("response.output_audio_transcript.delta", delta=delta, **ids)
             for sentence in live.splitter.feed(delta):
                 self._speak(live, sentence)
         else:
-            self.outbox.event("response.output_text.delta", delta=delta, **ids)
+            emit("response.output_text.delta", delta=delta, **ids)
 
     def _speak(self, live: LiveResponse, sentence: str) -> None:
         if sentence.strip():
-            self.outbox.put(Speech(sentence, live.voice, live.response_id, live.item_id, lambda: live.cancelled))
+            self.outbox.put(Speech(sentence, live.voice, live.response_id, live.item_id, live.spoken_out),
+                            tag=live.response_id)
 
-    def cancel(self) -> bool:
-        """``response.cancel``: end the live answer now as ``cancelled``; False when none is live."""
-        live = self.live
-        if live is None or live.cancelled:
-            return False
-        self._close(live, "cancelled", None, {"type": "cancelled", "reason": "client_cancelled"})
-        return True
+    def cancel(self) -> LiveResponse | None:
+        """Interrupt the answer the client is getting: the one whose frame is open, or
+        the last one whose events or audio are still queued. What of it is queued is
+        dropped and its frame ends ``cancelled`` now; returns it (None: nothing to cancel)."""
+        target = self.live
+        if target is None and self._last is not None and self.outbox.holds(self._last.response_id):
+            target = self._last
+        if target is None or target.cancelled:
+            return None
+        self.outbox.drop(target.response_id)
+        target.ended = False  # its queued end (if any) was dropped: send the cancelled one
+        self._close(target, "cancelled", None, {"type": "cancelled", "reason": "turn_detected"})
+        return target
 
     def _close(self, live: LiveResponse, status: str, usage: dict[str, int] | None,
                details: Mapping[str, object] | None) -> None:
         """Send the end of the answer's frame (once; a cancelled answer's later done is silent)."""
         if self.live is live:
             self.live = None
-        if live.cancelled:
+        if live.ended:
             return
+        live.ended = True
+        live.cancelled = status == "cancelled"
+        self._last = live
         self._ended[live.response_id] = None
         while len(self._ended) > _MAX_REMEMBERED:
             self._ended.popitem(last=False)
         if live.audio and status == "completed":
             self._speak(live, live.splitter.flush())
-        live.cancelled = status != "completed"
-        out = self.outbox
+        emit = self._emitter(live)
         ids = {"response_id": live.response_id, "item_id": live.item_id, "output_index": 0, "content_index": 0}
+        text = live.heard_text() if live.cancelled and live.audio else live.text
         item_status = "completed" if status == "completed" else "incomplete"
         if live.audio:
-            out.event("response.output_audio.done", **ids)
-            out.event("response.output_audio_transcript.done", transcript=live.text, **ids)
-            part = {"type": "audio", "transcript": live.text}
+            emit("response.output_audio.done", **ids)
+            emit("response.output_audio_transcript.done", transcript=text, **ids)
+            part = {"type": "audio", "transcript": text}
         else:
-            out.event("response.output_text.done", text=live.text, **ids)
-            part = {"type": "text", "text": live.text}
-        out.event("response.content_part.done", part=part, **ids)
-        item = events.assistant_item(live.item_id, live.audio, live.text, item_status)
-        out.event("response.output_item.done", response_id=live.response_id, output_index=0, item=item)
-        out.event("conversation.item.done", item=item)
-        out.event("response.done", response=events.response_object(
+            emit("response.output_text.done", text=text, **ids)
+            part = {"type": "text", "text": text}
+        emit("response.content_part.done", part=part, **ids)
+        item = events.assistant_item(live.item_id, live.audio, text, item_status)
+        emit("response.output_item.done", response_id=live.response_id, output_index=0, item=item)
+        emit("conversation.item.done", item=item)
+        emit("response.done", response=events.response_object(
             live.response_id, self.conversation_id, status, live.modalities, [item],
             usage=events.usage_object(usage or {}), status_details=dict(details) if details else None))

@@ -174,6 +174,8 @@ class RealtimeSession:
                 self._vad_item = _new_item_id(AUDIO_ITEM_PREFIX)
                 self.outbox.event("input_audio_buffer.speech_started", audio_start_ms=vad_event.audio_start_ms,
                                   item_id=self._vad_item)
+                if self.config.interrupt_response:
+                    await self._interrupt()
             elif isinstance(vad_event, SpeechStopped):
                 item_id = self._vad_item or _new_item_id(AUDIO_ITEM_PREFIX)
                 self._vad_item = None
@@ -267,18 +269,40 @@ class RealtimeSession:
         await self.writer.request_response(self.conversation_id, request_id)
 
     async def _response_cancel(self, message: dict[str, Any]) -> None:
-        live = self.view.live
         wanted = message.get("response_id")
-        if live is None or (wanted is not None and wanted != live.response_id) or not self.view.cancel():
+        live = self.view.live
+        if wanted is not None and live is not None and wanted != live.response_id:
+            raise ClientError(f"Cancellation failed: response {str(wanted)[:64]!r} is not active",
+                              "response_cancel_not_active", "response_id")
+        if not await self._interrupt():
             raise ClientError("Cancellation failed: no active response found", "response_cancel_not_active")
+
+    async def _interrupt(self) -> bool:
+        """Stop the answer the client is getting: at once for the client (what is queued
+        of it is dropped, its frame ends ``cancelled``), and in the pipeline (a
+        ``response.cancel`` entry: the engine stops, or it was already done)."""
+        target = self.view.cancel()
+        if target is None:
+            return False
+        await self.writer.cancel(self.conversation_id, target.utterance_id)
+        return True
 
     async def _item_truncate(self, message: dict[str, Any]) -> None:
         item_id, content_index, audio_end_ms = (message.get(k) for k in ("item_id", "content_index", "audio_end_ms"))
-        if not isinstance(item_id, str) or not item_id.startswith("item_r"):
-            raise ClientError("item_id must name an assistant item", "invalid_value", "item_id")
-        if content_index != 0 or not isinstance(audio_end_ms, int) or audio_end_ms < 0:
-            raise ClientError("content_index must be 0 and audio_end_ms a non-negative integer",
+        if not isinstance(item_id, str):
+            raise ClientError("Missing required parameter: 'item_id'.", "missing_required_parameter", "item_id")
+        live = self.view.recent.get(item_id)
+        if live is None:
+            raise ClientError(f"Item with item_id '{item_id[:64]}' not found (only recent assistant items "
+                              "can be truncated).", "item_truncate_invalid_item_id", "item_id")
+        if content_index != 0:
+            raise ClientError("content_index must be 0", "invalid_value", "content_index")
+        if not isinstance(audio_end_ms, int) or audio_end_ms < 0:
+            raise ClientError("audio_end_ms must be a non-negative integer", "invalid_value", "audio_end_ms")
+        if not live.audio or audio_end_ms > live.audio_ms:
+            raise ClientError(f"audio_end_ms {audio_end_ms} is beyond the item's audio ({live.audio_ms} ms sent)",
                               "invalid_value", "audio_end_ms")
+        await self.writer.truncate(self.conversation_id, live.utterance_id, live.heard_text(audio_end_ms))
         self.outbox.event("conversation.item.truncated", item_id=item_id, content_index=0,
                           audio_end_ms=audio_end_ms)
 

@@ -65,6 +65,12 @@ class SessionConfig:
         return self.turn_detection is not None
 
     @property
+    def interrupt_response(self) -> bool:
+        """Speech during an answer cancels it."""
+        td = self.turn_detection
+        return self.type == "realtime" and td is not None and td.get("interrupt_response", True) is not False
+
+    @property
     def create_response(self) -> bool:
         """Answer each turn the VAD commits, without a ``response.create``."""
         td = self.turn_detection
