@@ -2,6 +2,7 @@
 operator's tools).
 
     python -m simulator_svc [--mode text] [--conversations N] [--utterances K|FILE] ...
+    python -m simulator_svc --gateway http://HOST:PORT [--api-key KEY] ...   (through the front door)
     python -m simulator_svc monitor [--once] [--svg FILE]
     python -m simulator_svc dialogue CONVERSATION_ID
     python -m simulator_svc dead list | dead replay DEAD_ID [--raw JSON]
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -31,6 +33,7 @@ from simulator_svc.simulator import (
     generated_utterances,
     print_summary,
 )
+from simulator_svc.tracker import succeeded
 
 
 def _utterances(value: str | None) -> list[str]:
@@ -74,6 +77,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=120.0, metavar="S", help="give up after S seconds")
     parser.add_argument("--max-in-flight", type=int, default=0, help="bound on unanswered utterances (0: none)")
     parser.add_argument("--json", action="store_true", help="print one JSON summary object (and no dialogue)")
+    gateway = parser.add_argument_group(
+        "through the gateway", "be a Realtime API client of a gateway_svc instead of writing Redis")
+    gateway.add_argument("--gateway", metavar="URL", help="the gateway's address, e.g. http://localhost:8080")
+    gateway.add_argument("--api-key", help="the gateway key (default: $GATEWAY_CLIENT_KEY; none: anonymous)")
+    gateway.add_argument("--audio-out", action="store_true",
+                         help="ask for spoken answers (the API's default) and measure them (bytes, first audio)")
     _connection_args(parser)
     parser.epilog = "operator tools: " + ", ".join(TOOLS) + " (python -m simulator_svc TOOL --help)"
     return parser
@@ -109,19 +118,32 @@ async def _simulate(args: argparse.Namespace, conn: ConnectionSettings) -> int:
         timeout_s=args.timeout,
         max_in_flight=args.max_in_flight,
     )
-    redis = connect(conn.redis_url.get_secret_value())
-    try:
-        printer = DialoguePrinter(None if args.json else sys.stdout, plan.conversations)
-        sim = Simulation(redis, conn.keys, plan, printer)
-        summary = await sim.run()
-    finally:
-        await redis.aclose()
+    printer = DialoguePrinter(None if args.json else sys.stdout, plan.conversations)
+    if args.gateway is not None:
+        from simulator_svc.gateway_mode import GatewaySimulation
+
+        try:
+            gateway_sim = GatewaySimulation(plan, printer, args.gateway,
+                                            args.api_key or os.environ.get("GATEWAY_CLIENT_KEY") or None,
+                                            audio_out=args.audio_out)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        summary = await gateway_sim.run()
+    else:
+        if args.api_key or args.audio_out:
+            print("error: --api-key and --audio-out go with --gateway", file=sys.stderr)
+            return 2
+        redis = connect(conn.redis_url.get_secret_value())
+        try:
+            summary = await Simulation(redis, conn.keys, plan, printer).run()
+        finally:
+            await redis.aclose()
     if args.json:
         print(json.dumps(summary))
     else:
         print_summary(summary)
-    ok = summary["missing"] == 0 and summary["duplicates"] == 0 and summary["responses_failed"] == 0
-    return 0 if ok else 1
+    return 0 if succeeded(summary) else 1
 
 
 TOOLS = ("monitor", "dialogue", "dead", "owners")

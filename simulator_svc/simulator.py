@@ -38,7 +38,6 @@ from shared.models import (
     decode_fields,
     encode,
 )
-from shared.wer import word_errors
 from simulator_svc.tracker import Tracker
 
 log = logging.getLogger(__name__)
@@ -212,12 +211,7 @@ class Simulation:
         summary = self.tracker.summary()
         summary["mode"] = plan.mode
         if plan.mode == "audio" and not plan.recordings:
-            errors = words = 0
-            for rec in self.tracker.records.values():
-                if rec.transcript is not None:
-                    e, n = word_errors(rec.text, rec.transcript)
-                    errors, words = errors + e, words + n
-            summary["wer"] = round(errors / words, 4) if words else None
+            summary["wer"] = self.tracker.word_error_rate()
         elapsed = max(1e-9, self.finished_at - self.started_at)
         summary["elapsed_s"] = round(elapsed, 3)
         summary["answered_per_s"] = round(summary["responses_done"] / elapsed, 1)
@@ -389,5 +383,11 @@ def print_summary(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
         f"{lat['first_delta']['p99']}, done {lat['response_done']['p50']}/{lat['response_done']['p95']}/"
         f"{lat['response_done']['p99']}\n"
     )
+    if "first_audio" in lat:
+        first_audio = lat["first_audio"]
+        out.write(f"spoken answers: first audio p50/p95/p99 {first_audio['p50']}/{first_audio['p95']}/"
+                  f"{first_audio['p99']} ms, {summary['audio_out_bytes'] / 48_000:.1f} s of audio\n")
+    if summary.get("gateway_errors"):
+        out.write(f"the gateway sent {summary['gateway_errors']} error events (see the log above)\n")
     if summary.get("wer") is not None:
         out.write(f"word error rate of the transcripts against what was said: {summary['wer']:.1%}\n")

@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from shared.wer import word_errors
+
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
     """Nearest-rank percentile of an already sorted list (None when empty)."""
@@ -44,6 +46,9 @@ class UtteranceRecord:
     answer: str | None = None
     dones: int = 0
     failed: str | None = None
+    #: Spoken answers (through the gateway with audio out): first audio and its bytes.
+    first_audio_ms: float | None = None
+    audio_bytes: int = 0
 
 
 @dataclass
@@ -78,6 +83,14 @@ class Tracker:
             rec.first_delta_ms = now_ms
         return rec
 
+    def audio(self, conversation_id: str, utterance_id: str, n_bytes: int, now_ms: float) -> UtteranceRecord | None:
+        rec = self._get(conversation_id, utterance_id)
+        if rec is not None:
+            rec.audio_bytes += n_bytes
+            if rec.first_audio_ms is None:
+                rec.first_audio_ms = now_ms
+        return rec
+
     def done(self, conversation_id: str, utterance_id: str, text: str, now_ms: float) -> UtteranceRecord | None:
         rec = self._get(conversation_id, utterance_id)
         if rec is None:
@@ -108,7 +121,15 @@ class Tracker:
         done = [r for r in recs if r.dones > 0]
         def lat(attr: str) -> dict[str, float | None]:
             return summarise([getattr(r, attr) - r.sent_ms for r in recs if getattr(r, attr) is not None])
-        return {
+        latency = {
+            "transcript_final": lat("transcript_ms"),
+            "first_delta": lat("first_delta_ms"),
+            "response_done": lat("done_ms"),
+        }
+        spoken = [r for r in recs if r.audio_bytes]
+        if spoken:  # only answers spoken through the gateway have audio
+            latency["first_audio"] = lat("first_audio_ms")
+        summary: dict[str, Any] = {
             "conversations": len({r.conversation_id for r in recs}),
             "utterances": len(recs),
             "responses_done": len(done),
@@ -116,9 +137,22 @@ class Tracker:
             "missing": sum(1 for r in recs if r.dones == 0),
             "duplicates": sum(r.dones - 1 for r in done),
             "out_of_order": self.out_of_order,
-            "latency_ms": {
-                "transcript_final": lat("transcript_ms"),
-                "first_delta": lat("first_delta_ms"),
-                "response_done": lat("done_ms"),
-            },
+            "latency_ms": latency,
         }
+        if spoken:
+            summary["audio_out_bytes"] = sum(r.audio_bytes for r in spoken)
+        return summary
+
+    def word_error_rate(self) -> float | None:
+        """Of the transcripts against what was said (None: no transcript)."""
+        errors = words = 0
+        for rec in self.records.values():
+            if rec.transcript is not None:
+                e, n = word_errors(rec.text, rec.transcript)
+                errors, words = errors + e, words + n
+        return round(errors / words, 4) if words else None
+
+
+def succeeded(summary: dict[str, Any]) -> bool:
+    """The simulator's exit rule: every utterance got exactly one response.done, none failed."""
+    return bool(summary["missing"] == 0 and summary["duplicates"] == 0 and summary["responses_failed"] == 0)

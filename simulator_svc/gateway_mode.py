@@ -1,0 +1,127 @@
+"""The simulator as a client of the gateway (``--gateway URL``): the same plan,
+tracker, printer and summary as the direct mode, but every conversation is a
+Realtime WebSocket to the front door instead of writes to Redis.
+
+Each conversation sends an utterance, waits for its answer (the API refuses a
+second ``response.create`` while one is active; a speaker waits for the reply),
+and sends the next at the later of its schedule (``--rate``) and that answer.
+Conversations run in parallel, their starts spread over one gap. Utterances a
+conversation could not send (refused connection, lost socket, timeout) are
+recorded as failed, so the summary always counts every planned utterance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from websockets.exceptions import ConnectionClosed
+
+from simulator_svc import realtime_client as rt
+from simulator_svc.gateway_conversation import (
+    ConnectFailed,
+    ConversationLost,
+    GatewayConversation,
+    open_conversation,
+    utterance_id,
+)
+from simulator_svc.simulator import DialoguePrinter, SimulationPlan, now_ms
+from simulator_svc.tracker import Tracker
+
+log = logging.getLogger(__name__)
+
+
+class GatewaySimulation:
+    def __init__(self, plan: SimulationPlan, printer: DialoguePrinter, gateway: str, api_key: str | None,
+                 audio_out: bool = False) -> None:
+        self.plan = plan
+        self.printer = printer
+        self.url = rt.realtime_url(gateway)
+        self.api_key = api_key
+        self.audio_out = audio_out
+        self.tracker = Tracker()
+        self.errors = 0
+        self._pcms: dict[str, bytes] = {}
+        self._slots = asyncio.Semaphore(plan.max_in_flight) if plan.max_in_flight > 0 else None
+
+    async def run(self) -> dict[str, Any]:
+        plan = self.plan
+        texts = plan.texts()
+        if plan.mode == "audio":
+            self._pcms = await _speech(plan, texts)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(plan.timeout_s):
+                await asyncio.gather(*(self._converse(c, texts) for c in range(plan.conversations)))
+        except TimeoutError:
+            log.warning("timed out after %.1fs with answers missing", plan.timeout_s)
+        elapsed = max(1e-9, time.monotonic() - started)
+        summary = self.tracker.summary()
+        summary["mode"] = plan.mode
+        summary["gateway"] = self.url
+        summary["gateway_errors"] = self.errors
+        if plan.mode == "audio" and not plan.recordings:
+            summary["wer"] = self.tracker.word_error_rate()
+        summary["elapsed_s"] = round(elapsed, 3)
+        summary["answered_per_s"] = round(summary["responses_done"] / elapsed, 1)
+        return summary
+
+    def _session_update(self) -> rt.Event:
+        if self.plan.mode == "audio":
+            return rt.audio_session_update(self.audio_out)
+        return rt.text_session_update(self.audio_out)
+
+    async def _converse(self, c: int, texts: list[str]) -> None:
+        plan = self.plan
+        gap_s = 1.0 / plan.rate if plan.rate > 0 else 0.0
+        await asyncio.sleep(gap_s * c / plan.conversations)
+        conversation: GatewayConversation | None = None
+        sent = 0
+        reason = "timed out"
+        try:
+            conversation = await open_conversation(self.url, self.api_key, self._session_update(),
+                                                   self.tracker, self.printer)
+            due = time.monotonic()
+            for k, text in enumerate(texts):
+                await asyncio.sleep(max(0.0, due - time.monotonic()))
+                async with self._slots if self._slots is not None else contextlib.nullcontext():
+                    uid = await self._send(conversation, k, text)
+                    sent = k + 1
+                    await conversation.wait_answer(uid)
+                due += gap_s
+            await asyncio.sleep(plan.settle_s)  # a second answer would come now: counted as a duplicate
+        except (ConnectFailed, ConversationLost) as exc:
+            reason = str(exc)
+        except ConnectionClosed as exc:  # the socket broke under a send
+            reason = (conversation.lost if conversation is not None else None) or f"the connection was lost ({exc})"
+        finally:
+            if conversation is not None:
+                self.errors += conversation.errors
+                with contextlib.suppress(Exception):
+                    await conversation.close()
+            if sent < len(texts):
+                self._not_sent(conversation.conversation_id if conversation else f"unconnected-{c:04d}",
+                               texts, sent, reason)
+
+    async def _send(self, conversation: GatewayConversation, k: int, text: str) -> str:
+        if self.plan.mode != "audio":
+            return await conversation.say(k, text)
+        return await conversation.speak(k, text, self._pcms[text], self.plan.chunk_ms, self.plan.realtime_factor)
+
+    def _not_sent(self, conversation_id: str, texts: list[str], first: int, reason: str) -> None:
+        self.printer.failed(conversation_id, f"{len(texts) - first} utterances not sent: {reason}")
+        for k in range(first, len(texts)):
+            uid = utterance_id(k)
+            self.tracker.sent(conversation_id, uid, k, texts[k], now_ms())
+            self.tracker.failed(conversation_id, uid, f"not sent: {reason}")
+
+
+async def _speech(plan: SimulationPlan, texts: list[str]) -> dict[str, bytes]:
+    """Each distinct utterance's PCM: the recording given, else synthesized (CPU work: off the loop)."""
+    from simulator_svc.audio_mode import speech_pcm
+
+    recorded = dict(plan.recordings)
+    return {t: recorded[t] if t in recorded else await asyncio.to_thread(speech_pcm, t) for t in set(texts)}
