@@ -105,6 +105,8 @@ class PipelineEvents:
         #: Responses whose frame has ended (done, failed or cancelled): later entries
         #: of theirs (a cancelled answer's deltas and done) send nothing.
         self._ended: OrderedDict[str, None] = OrderedDict()
+        #: Utterances whose answer was cancelled: nothing more is sent for them.
+        self._cancelled: OrderedDict[str, None] = OrderedDict()
         #: The answer whose frame ended last (its audio may still be going out).
         self._last: LiveResponse | None = None
         #: Recent answers by item id (a truncation names the item).
@@ -166,7 +168,9 @@ class PipelineEvents:
         response_id = f"resp_{pipeline_response_id}"
         if live is not None and live.response_id == response_id:
             return live
-        if response_id in self._ended:  # detached: what comes for it is dropped
+        if response_id in self._ended or utterance_id in self._cancelled:
+            # Detached: what comes for it is dropped (also a new owner's second try at a
+            # cancelled answer, under another response id, after a takeover).
             return LiveResponse(response_id, "", utterance_id, False, "", ended=True)
         if live is not None:  # a new answer while one was open (cannot happen in order): close it
             self._close(live, "incomplete", None, {"type": "incomplete", "reason": "interrupted"})
@@ -223,6 +227,9 @@ class PipelineEvents:
         if target is None or target.cancelled:
             return None
         self.outbox.drop(target.response_id)
+        self._cancelled[target.utterance_id] = None
+        while len(self._cancelled) > _MAX_REMEMBERED:
+            self._cancelled.popitem(last=False)
         target.ended = False  # its queued end (if any) was dropped: send the cancelled one
         self._close(target, "cancelled", None, {"type": "cancelled", "reason": "turn_detected"})
         return target

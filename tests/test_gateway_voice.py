@@ -79,3 +79,31 @@ async def test_a_transcription_session_gives_transcripts_and_no_answers(stack: S
         # A transcription session gets transcripts only: no response follows.
         with pytest.raises(TimeoutError):
             await collect_until(conn, lambda e: e.type.startswith("response."), timeout_s=2)
+
+
+async def test_speech_over_an_answer_cancels_it_and_is_answered_next(stack: Stack, redis_url: str,
+                                                                     prefix: str) -> None:
+    stack.start("transcriber_svc", {"TRANSCRIBER_ENGINE": "local"})
+    stack.start("conversation_svc", {"ECHO_DELTA_DELAY_MS": "300", "ECHO_WORDS_PER_DELTA": "2"})
+    wait_for_workers(redis_url, prefix, 2, timeout_s=90)
+    _, base = start_gateway(stack)
+    async with client(base).realtime.connect(model="local") as conn:
+        await collect_until(conn, lambda e: e.type == "session.created")
+        await _speak(conn, "What is the weather like today?")
+        first = await collect_until(conn, lambda e: e.type == "response.output_audio.delta", timeout_s=120)
+        interrupted = of_type(first, "response.created")[0].response.id
+        await _speak(conn, "Stop, tell me a joke instead.")
+        seen = await collect_until(conn, lambda e: e.type == "response.done" and e.response.status == "completed",
+                                   timeout_s=120)
+    types = [e.type for e in seen]
+    cancelled = [e.response for e in of_type(seen, "response.done") if e.response.id == interrupted]
+    assert [r.status for r in cancelled] == ["cancelled"]
+    # The client hears of the speech before the cancelled end, and no audio of the answer after it.
+    assert types.index("input_audio_buffer.speech_started") < [
+        i for i, e in enumerate(seen) if e.type == "response.done" and e.response.id == interrupted][0]
+    cut = [i for i, e in enumerate(seen) if e.type == "response.done" and e.response.id == interrupted][0]
+    assert not [e for e in seen[cut:] if e.type == "response.output_audio.delta" and e.response_id == interrupted]
+    # The new speech is the next turn, transcribed and answered.
+    transcripts = [e.transcript.lower() for e in of_type(seen, "conversation.item.input_audio_transcription.completed")]
+    assert any("joke" in t for t in transcripts)
+    assert "joke" in seen[-1].response.output[0].content[0].transcript.lower()

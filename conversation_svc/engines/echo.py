@@ -49,9 +49,13 @@ class _Session(ConversationSession):
         self.last_answer = history[-1].assistant_text if history else ""
         self.words_per_delta = words_per_delta
         self.delta_delay_ms = delta_delay_ms
+        #: A streamed answer was started and not finished (it was cancelled): its turn is counted.
+        self._unfinished = False
 
     def remember(self, turn: Turn) -> None:
-        self.turns += 1
+        if not self._unfinished:  # a turn answered elsewhere; a cancelled one of ours already counts
+            self.turns += 1
+        self._unfinished = False
         self.last_answer = turn.assistant_text
 
     async def amend_last_answer(self, text: str) -> None:
@@ -68,6 +72,7 @@ class _Session(ConversationSession):
 
     async def respond(self, user_text: str) -> AsyncIterator[ResponseEvent]:
         answer = self._answer(user_text)
+        self._unfinished = True
         streamed: list[str] = []
         for piece in split_deltas(answer.text, self.words_per_delta):
             if self.delta_delay_ms:
@@ -75,6 +80,7 @@ class _Session(ConversationSession):
             streamed.append(piece)
             yield TextDelta(piece)
         self.last_answer = "".join(streamed)
+        self._unfinished = False
         yield Completed(answer.usage)
 
     def answer_now(self, user_text: str) -> Answer | None:
