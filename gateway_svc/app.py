@@ -40,6 +40,8 @@ STATIC_DIR = Path(__file__).parent / "static"
 #: Refused events in a row after which a socket is closed as abusive (1008).
 MAX_REFUSED_IN_A_ROW = 200
 SLOT_REFRESH_S = 10.0
+#: The hosted API's largest client event.
+API_MAX_EVENT_BYTES = 15 * 1024 * 1024
 ANONYMOUS = Principal(key_id="anonymous", ephemeral=False)
 
 
@@ -168,7 +170,10 @@ class Gateway:
     async def _serve_socket(self, request: web.Request, principal: Principal, conversation_id: str,
                             config: SessionConfig, since: tuple[str, str], resumed: bool,
                             slot: str) -> web.StreamResponse:
-        ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=self.settings.max_event_bytes,
+        # Frames up to the API's own cap (15 MiB) are read, so one over GATEWAY_MAX_EVENT_BYTES gets
+        # a GA error and the session goes on; only a larger one closes the socket (1009).
+        ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=max(API_MAX_EVENT_BYTES,
+                                                                             self.settings.max_event_bytes),
                                    heartbeat=30.0)
         await ws.prepare(request)
         extra = {"conversation_id": conversation_id}
