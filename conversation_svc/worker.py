@@ -42,6 +42,7 @@ from shared.models import (
     ResponseRequest,
     ResponseTruncate,
     TranscriptDelta,
+    TranscriptFailed,
     TranscriptFinal,
     encode,
     encode_response_delta,
@@ -105,8 +106,9 @@ class ConversationWorkerSession:
             if entry_id is not None:
                 writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
             return True
-        if isinstance(entry, TranscriptDelta):
-            # Partial transcripts are for clients; the answer waits for the final.
+        if isinstance(entry, TranscriptDelta | TranscriptFailed):
+            # Partial transcripts are for clients; the answer waits for the final (a turn
+            # that gave no transcript gets none).
             if entry_id is not None:
                 writer.ack(self.ctx.data_key, self.ctx.group, [entry_id])
             return False
@@ -286,7 +288,7 @@ class ConversationWorkerSession:
 class ConversationService:
     name = "conversation"
     group = keynames.CONVERSATION_GROUP
-    data_types: tuple[type[BaseModel], ...] = (TranscriptDelta, TranscriptFinal, ResponseRequest,
+    data_types: tuple[type[BaseModel], ...] = (TranscriptDelta, TranscriptFinal, TranscriptFailed, ResponseRequest,
                                                ResponseCancel, ResponseTruncate, ConversationEnded)
 
     def __init__(self, settings: ConversationSettings, engine: ConversationEngine) -> None:

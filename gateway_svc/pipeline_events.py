@@ -30,6 +30,7 @@ from shared.models import (
     ResponseFailed,
     ResponseStarted,
     TranscriptDelta,
+    TranscriptFailed,
     TranscriptFinal,
 )
 
@@ -138,6 +139,12 @@ class PipelineEvents:
                           content_index=0, transcript=entry.text,
                           usage={"type": "duration", "seconds": 0})
                 out.event("conversation.item.done", item=events.user_audio_item(entry.utterance_id, entry.text))
+            out.put(Mark("transcripts", entry_id))
+        elif isinstance(entry, TranscriptFailed):
+            if entry.utterance_id.startswith(AUDIO_ITEM_PREFIX):
+                out.event("conversation.item.input_audio_transcription.failed", item_id=entry.utterance_id,
+                          content_index=0, error={"type": "transcription_error", "code": entry.code,
+                                                  "message": entry.reason, "param": None})
             out.put(Mark("transcripts", entry_id))
 
     # --- responses -----------------------------------------------------------------------

@@ -183,6 +183,17 @@ class TranscriptFinal(_Entry):
     respond: bool = True
 
 
+class TranscriptFailed(_Entry):
+    """An utterance that gave no transcript: no speech or no words in it (``no_speech``),
+    or the recogniser failed or refused it (its input went to the dead letters). The
+    client hears of it; no answer follows."""
+
+    type: Literal["transcript.failed"] = "transcript.failed"
+    utterance_id: Ident
+    code: Annotated[str, Field(max_length=100)]
+    reason: Annotated[str, Field(max_length=2000)]
+
+
 # --- responses stream (conversation owner -> clients) ---------------------
 
 
@@ -254,6 +265,7 @@ Entry = Annotated[
     | ResponseTruncate
     | TranscriptDelta
     | TranscriptFinal
+    | TranscriptFailed
     | ResponseStarted
     | ResponseDelta
     | ResponseDone
@@ -265,7 +277,7 @@ ControlEntry = ConversationStarted | ConversationEnded
 #: Input entries the transcription owner relays, in order, to the transcripts stream.
 RelayedEntry = ResponseRequest | ResponseCancel | ResponseTruncate
 InputEntry = UtteranceText | AudioChunk | AudioEnd | RelayedEntry
-TranscriptEntry = TranscriptDelta | TranscriptFinal | RelayedEntry
+TranscriptEntry = TranscriptDelta | TranscriptFinal | TranscriptFailed | RelayedEntry
 ResponseEntry = ResponseStarted | ResponseDelta | ResponseDone | ResponseFailed
 
 _ENTRY_ADAPTER: TypeAdapter[Entry] = TypeAdapter(Entry)

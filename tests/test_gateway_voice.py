@@ -79,6 +79,14 @@ async def test_a_transcription_session_gives_transcripts_and_no_answers(stack: S
         # A transcription session gets transcripts only: no response follows.
         with pytest.raises(TimeoutError):
             await collect_until(conn, lambda e: e.type.startswith("response."), timeout_s=2)
+        # A committed turn with no speech in it is reported as failed, not left hanging.
+        await conn.input_audio_buffer.append(
+            audio=base64.b64encode(silence_pcm(500, AUDIO_SAMPLE_RATE_HZ)).decode())
+        await conn.input_audio_buffer.commit()
+        seen = await collect_until(
+            conn, lambda e: e.type == "conversation.item.input_audio_transcription.failed", timeout_s=60)
+        assert seen[-1].item_id == of_type(seen, "input_audio_buffer.committed")[0].item_id
+        assert seen[-1].error.code == "no_speech"
 
 
 async def test_speech_over_an_answer_cancels_it_and_is_answered_next(stack: Stack, redis_url: str,

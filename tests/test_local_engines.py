@@ -47,7 +47,7 @@ class FakeSink:
     def final(self, utterance_id: str, text: str, sent_ms: int, consumed_ids: Sequence[str]) -> None:
         self.finals.append((utterance_id, text, sent_ms, list(consumed_ids)))
 
-    def skip(self, consumed_ids: Sequence[str], reason: str) -> None:
+    def skip(self, consumed_ids: Sequence[str], reason: str, utterance_id: str | None = None) -> None:
         self.skips.append((list(consumed_ids), reason))
 
     def handled_ids(self) -> list[str]:

@@ -34,10 +34,10 @@ class Sink:
     def final(self, utterance_id: str, text: str, sent_ms: int, consumed_ids: Sequence[str]) -> None:
         self.finals.append((utterance_id, text, sent_ms, tuple(consumed_ids)))
 
-    def skip(self, consumed_ids: Sequence[str], reason: str) -> None:
+    def skip(self, consumed_ids: Sequence[str], reason: str, utterance_id: str | None = None) -> None:
         self.skips.append((tuple(consumed_ids), reason))
 
-    def dead(self, consumed_ids: Sequence[str], reason: str) -> None:
+    def dead(self, consumed_ids: Sequence[str], reason: str, utterance_id: str | None = None) -> None:
         self.dead_letters.append((tuple(consumed_ids), reason))
 
 

@@ -240,8 +240,11 @@ async def test_an_entry_left_pending_is_claimed_and_answered_once(
 
         await until(first)
         stuck = UtteranceText(conversation_id="c", utterance_id="u1", text="read by a zombie", sent_ms=now_ms())
-        await redis.xadd(keys.input("c"), {"d": encode(stuck)})
-        await redis.xreadgroup("transcriber", "zombie", {keys.input("c"): ">"})  # delivered, never gated
+        # Added and delivered to the zombie in one transaction: the owner's sweep cannot read it first.
+        pipe = redis.pipeline(transaction=True)
+        pipe.xadd(keys.input("c"), {"d": encode(stuck)})
+        pipe.xreadgroup("transcriber", "zombie", {keys.input("c"): ">"})  # delivered, never gated
+        await pipe.execute()
         await asyncio.sleep(0.3)
         assert await answered_ids(redis, keys, "c") == ["u0"]
 

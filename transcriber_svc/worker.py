@@ -16,6 +16,7 @@ from shared import keys as keynames
 from shared import metrics
 from shared.engines.base import TranscriptionEngine, TranscriptionSession
 from shared.keys import Keys
+from shared.logs import scrub
 from shared.models import (
     AudioChunk,
     AudioEnd,
@@ -26,6 +27,7 @@ from shared.models import (
     ResponseRequest,
     ResponseTruncate,
     TranscriptDelta,
+    TranscriptFailed,
     UtteranceText,
     encode,
     encode_transcript_final,
@@ -70,15 +72,32 @@ class _Sink:
             entry, self.maxlen, extra_ack_ids=consumed_ids[:-1],
         )
 
-    def dead(self, consumed_ids: Sequence[str], reason: str) -> None:
+    def dead(self, consumed_ids: Sequence[str], reason: str, utterance_id: str | None = None) -> None:
+        if utterance_id is not None:
+            self.failed(utterance_id, "transcription_failed", reason)
         for entry_id in consumed_ids:
             self.ctx.dead_letter(entry_id, None, reason)
 
-    def skip(self, consumed_ids: Sequence[str], reason: str) -> None:
+    def skip(self, consumed_ids: Sequence[str], reason: str, utterance_id: str | None = None) -> None:
+        if utterance_id is not None and consumed_ids:
+            # Written with the acks (a gate), so a replay after a crash tells the client once.
+            self.no_reply.discard(utterance_id)
+            failed = TranscriptFailed(conversation_id=self.ctx.conversation_id, utterance_id=utterance_id,
+                                      code="no_speech", reason=reason[:2000])
+            self.ctx.writer.gate(self.ctx.data_key, self.ctx.group, consumed_ids[-1], self.transcripts_key,
+                                 encode(failed), self.maxlen, extra_ack_ids=consumed_ids[:-1])
+            return
         if consumed_ids:
             log.debug("skipping %d input entries: %s", len(consumed_ids), reason,
                       extra={"conversation_id": self.ctx.conversation_id})
             self.ctx.writer.ack(self.ctx.data_key, self.ctx.group, list(consumed_ids))
+
+    def failed(self, utterance_id: str, code: str, reason: str) -> None:
+        """Tell the client that utterance gave no transcript (its input is dead-lettered)."""
+        self.no_reply.discard(utterance_id)
+        entry = TranscriptFailed(conversation_id=self.ctx.conversation_id, utterance_id=utterance_id,
+                                 code=code, reason=scrub(reason)[:2000])
+        self.ctx.writer.add(self.transcripts_key, encode(entry), self.maxlen)
 
 
 class TranscriberSession:
@@ -154,7 +173,12 @@ class TranscriberService:
         return TranscriberSession(ctx, sink, engine_session, self.engine.name)
 
     def on_dead_letter(self, ctx: SessionContext, entry: Entry | None, reason: str) -> None:
-        return None
+        """An utterance whose entry was dead-lettered gives no transcript: the client hears so."""
+        if isinstance(entry, UtteranceText | AudioEnd) and entry.utterance_id:
+            failed = TranscriptFailed(conversation_id=ctx.conversation_id, utterance_id=entry.utterance_id,
+                                      code="transcription_failed", reason=scrub(reason)[:2000])
+            ctx.writer.add(ctx.keys.transcripts(ctx.conversation_id), encode(failed),
+                           ctx.settings.transcripts_maxlen)
 
     async def aclose(self) -> None:
         await self.engine.aclose()

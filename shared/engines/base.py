@@ -52,13 +52,15 @@ class TranscriptSink(Protocol):
         in stream order; they are acked together with the transcript."""
         ...
 
-    def skip(self, consumed_ids: Sequence[str], reason: str) -> None:
-        """Input entries that produced no transcript (silence, too short)."""
+    def skip(self, consumed_ids: Sequence[str], reason: str, utterance_id: str | None = None) -> None:
+        """Input entries that produced no transcript (silence, too short). With the
+        ``utterance_id`` of a client's turn, the client hears that it gave none."""
         ...
 
-    def dead(self, consumed_ids: Sequence[str], reason: str) -> None:
+    def dead(self, consumed_ids: Sequence[str], reason: str, utterance_id: str | None = None) -> None:
         """Input entries that could not be transcribed (an upstream failure): they
-        go to the dead-letter stream with the reason, so an operator can replay them."""
+        go to the dead-letter stream with the reason, so an operator can replay them
+        (and the client hears of it, as for ``skip``)."""
         ...
 
 

@@ -249,7 +249,7 @@ class _Session(TranscriptionSession):
                 self.sink.final(cut.utterance_id, full, cut.sent_ms, cut.ids)
             else:
                 reason = "no words recognised" if cut.heard_speech else "no speech in the audio"
-                self.sink.skip(cut.ids, reason)
+                self.sink.skip(cut.ids, reason, cut.utterance_id)
 
 
 class LocalTranscription(TranscriptionEngine):

@@ -209,14 +209,14 @@ class _Session(TranscriptionSession):
                 if action.failed:
                     log.warning("utterance %s not transcribed: %s", action.utterance_id, action.reason,
                                 extra={**self._extra, "utterance_id": action.utterance_id})
-                self.sink.skip(action.entry_ids, action.reason)
+                self.sink.skip(action.entry_ids, action.reason, action.utterance_id)
                 self._progress.set()
             elif isinstance(action, Reject):
                 if action.first:
                     log.warning("utterance %s refused: %s; its entries go to the dead-letter stream",
                                 action.utterance_id, action.reason,
                                 extra={**self._extra, "utterance_id": action.utterance_id})
-                self.sink.dead(action.entry_ids, action.reason)
+                self.sink.dead(action.entry_ids, action.reason, action.utterance_id)
 
     # --- the connection
 
