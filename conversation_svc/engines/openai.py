@@ -18,12 +18,8 @@ Failures:
   ``open_session`` plus every turn since, capped at HISTORY_MAX_TURNS). A
   drop in the middle of a response retries that turn once on the new session.
 
-Retried turn and deltas already streamed: the worker numbers deltas within its
-one response, so a restarted turn must not repeat text. The new response's
-text is held back until it runs past what was already yielded; when it starts
-with the streamed text (same answer) only the continuation is yielded; when it
-diverges, a newline and the new answer from its start are yielded (the
-client sees the restart; the engine's own history keeps only the new answer).
+Retried turn and deltas already streamed: a restarted turn must not repeat
+text (:class:`conversation_svc.engines.stitcher.Stitcher`).
 
 Settings (``shared.settings.OpenAISettings``): OPENAI_API_KEY (required),
 OPENAI_REALTIME_MODEL, OPENAI_MAX_OUTPUT_TOKENS, OPENAI_REALTIME_URL,
@@ -39,6 +35,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, 
 from contextlib import aclosing
 from typing import Any
 
+from conversation_svc.engines.stitcher import Stitcher
 from shared import metrics
 from shared.backoff import backoff
 from shared.engines.base import (
@@ -225,7 +222,7 @@ class _Session(ConversationSession):
     async def respond(self, user_text: str) -> AsyncIterator[ResponseEvent]:
         completed: Completed | None = None
         async with self._turn_lock:
-            stitch = _Stitcher()
+            stitch = Stitcher()
             finished = False
             try:
                 if not self._alive():
@@ -319,33 +316,3 @@ class _Session(ConversationSession):
 
     async def close(self) -> None:
         await self._drop_connection()
-
-
-class _Stitcher:
-    """Turns the deltas of one turn's responses (the first, and a retry after
-    a drop) into what the caller sees, without repeating streamed text."""
-
-    def __init__(self) -> None:
-        self.streamed = ""  # what the caller already has
-        self.fresh = ""  # the current response's text
-        self.following = True  # False while a retry is still re-saying streamed text
-
-    def restart(self) -> None:
-        self.fresh = ""
-        self.following = not self.streamed
-
-    def piece(self, delta: str) -> str:
-        self.fresh += delta
-        if self.following:
-            out = delta
-        elif len(self.fresh) <= len(self.streamed) and self.streamed.startswith(self.fresh):
-            return ""  # still repeating what the caller has
-        elif self.fresh.startswith(self.streamed):
-            out = self.fresh[len(self.streamed):]
-            self.following = True
-        else:
-            # Diverged: restart visibly, then follow the new answer.
-            out = "\n" + self.fresh
-            self.following = True
-        self.streamed += out
-        return out
