@@ -12,6 +12,10 @@ Faithful to the GA wire format where the engines depend on it:
 - a commit of an empty or < 100 ms buffer fails (``input_audio_buffer_commit_empty``);
 - a second ``response.create`` while one is active fails
   (``conversation_already_has_active_response``);
+- ``response.cancel`` ends the active response with ``response.done`` status
+  ``cancelled`` (the output so far, which stays in the conversation) and stops
+  its deltas; with none active, or naming another ``response_id``, it is an
+  ``error`` ``response_cancel_not_active``;
 - unknown-to-the-client events are sent too (``response.output_item.added`` ...).
 
 Deterministic answers: a conversation answers
@@ -23,15 +27,17 @@ by :func:`speech_pcm` back to its text (other audio: ``"<ms> ms of audio"``).
 
 Knobs (:class:`Faults`): out-of-order transcription completions, expire a
 session after N responses / commits (``session_expired`` then close 1001),
-drop a connection (abrupt 1006 or 1011), rate limits, 3000 invalid_api_key.
+drop a connection (abrupt 1006 or 1011), rate limits, 3000 invalid_api_key,
+responses that stall after their first delta, cancels left unanswered.
 
 Run in-process (``async with FakeRealtimeServer(...)``), in a thread
 (:class:`ThreadedFakeServer`), or as ``python -m tests.fake_realtime --port N``.
 
 This module is the server (the handshake: key, route, query; one
 :class:`~tests.fake_realtime_session.FakeSession` per connection); the
-refusals are in :mod:`tests.fake_realtime_checks`, the knobs, the "speech"
-and the answers in :mod:`tests.fake_realtime_script`.
+refusals are in :mod:`tests.fake_realtime_checks`, a response in
+:mod:`tests.fake_realtime_response`, the knobs, the "speech" and the answers
+in :mod:`tests.fake_realtime_script`.
 """
 
 from __future__ import annotations

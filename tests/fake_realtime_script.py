@@ -66,6 +66,10 @@ class Faults:
     fail_transcripts: set[str] = field(default_factory=set)
     #: Pause between output_text deltas.
     delta_delay_s: float = 0.0
+    #: The next N responses stop after their first delta and never end on their own (a cancel ends them).
+    stall_responses: int = 0
+    #: ``response.cancel`` gets no answer at all (the response runs on).
+    ignore_cancels: bool = False
 
 
 @dataclass

@@ -5,10 +5,11 @@ the real event shapes) and the scripted behaviour behind it:
 - audio: a buffer, a simple VAD when the session asks for server turn
   detection, commits, and transcripts (deltas then ``completed``, or
   ``failed``), each after its configured delay, so possibly out of order;
-- conversation: items, and one response at a time streamed as several
-  ``response.output_text.delta`` then ``response.done`` with usage, with
-  events the client does not model sent too (``response.output_item.added`` ...);
-- the faults of :class:`Faults`: expire, drop, rate-limit.
+- conversation: items, and one response at a time
+  (:class:`~tests.fake_realtime_response.FakeResponse`: deltas then
+  ``response.done``); ``response.cancel`` ends the active one ``cancelled``
+  with the output so far, and is an error when none is active;
+- the faults of :class:`Faults`: expire, drop, rate-limit, stall, ignored cancels.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ from tests.fake_realtime_checks import (
     check_response_create,
     check_session_update,
 )
-from tests.fake_realtime_script import BYTES_PER_MS, Faults, SessionRecord, answer_text, transcript_of
+from tests.fake_realtime_response import FakeResponse
+from tests.fake_realtime_script import BYTES_PER_MS, Faults, SessionRecord, transcript_of
 
 
 class FakeSession:
@@ -48,7 +50,7 @@ class FakeSession:
         self.items: list[dict[str, Any]] = []
         self.buffer = bytearray()
         self.last_item_id: str | None = None
-        self.active_response: asyncio.Task[None] | None = None
+        self.active_response: FakeResponse | None = None
         self.tasks: set[asyncio.Task[None]] = set()
         self.speech = False
         self.silence_bytes = 0
@@ -285,77 +287,28 @@ class FakeSession:
         if refusal is not None:
             await self.refuse(refusal, eid)
             return
-        if self.active_response is not None and not self.active_response.done():
+        if self.active_response is not None and self.active_response.active:
             await self.error("conversation_already_has_active_response",
                              "Conversation already has an active response in progress.", None, eid)
             return
-        self.active_response = self.spawn(self.respond(params))
+        self.active_response = FakeResponse(self, params)
+        await self.active_response.start()
 
     async def on_response_cancel(self, event: dict[str, Any], eid: str | None) -> None:
-        if self.active_response is None or self.active_response.done():
+        """GA: ends the active response ``cancelled``; nothing active, or another
+        ``response_id`` than the active one's, is a ``response_cancel_not_active`` error."""
+        active, wanted = self.active_response, event.get("response_id")
+        if active is None or not active.active:
             await self.error("response_cancel_not_active", "Cancellation failed: no active response found.", None,
                              eid)
             return
-        self.active_response.cancel()
-
-    async def respond(self, params: dict[str, Any]) -> None:
-        f = self.faults
-        rid = self.next_id("resp")
-        base = {"object": "realtime.response", "id": rid, "output_modalities": params.get("output_modalities",
-                                                                                           ["audio"])}
-        await self.send({"type": "response.created", "response": {**base, "status": "in_progress", "output": []}})
-        if f.rate_limit_responses > 0:
-            f.rate_limit_responses -= 1
-            await self.send({"type": "response.done", "response": {
-                **base, "status": "failed", "output": [], "usage": None,
-                "status_details": {"type": "failed", "error": {
-                    "type": "tokens", "code": "rate_limit_exceeded",
-                    "message": "Rate limit reached for gpt-realtime in organization org-x on tokens per min."}}}})
+        if wanted is not None and wanted != active.id:
+            await self.error("response_cancel_not_active",
+                             f"Cancellation failed: response {str(wanted)[:64]!r} is not active.", "response_id", eid)
             return
-        drop_now = (f.drop_after_responses is not None and self.record.responses >= f.drop_after_responses
-                    and f.drop_budget > 0)
-        if drop_now:
-            f.drop_budget -= 1
-        text = answer_text(self.last_user_text(), self.message_count())
-        item_id = self.next_id("item")
-        item = {"id": item_id, "type": "message", "role": "assistant", "status": "in_progress", "content": []}
-        await self.send({"type": "conversation.item.added", "previous_item_id": self.last_item_id, "item": item})
-        await self.send({"type": "response.output_item.added", "response_id": rid, "output_index": 0, "item": item})
-        await self.send({"type": "response.content_part.added", "response_id": rid, "item_id": item_id,
-                         "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": ""}})
-        words = text.split(" ")
-        pieces = [" ".join(words[i:i + 2]) + (" " if i + 2 < len(words) else "") for i in range(0, len(words), 2)]
-        for n, piece in enumerate(pieces):
-            await self.send({"type": "response.output_text.delta", "response_id": rid, "item_id": item_id,
-                             "output_index": 0, "content_index": 0, "delta": piece})
-            if drop_now and n == 0:
-                await self.drop("drop_after_responses")
-                return
-            if f.delta_delay_s:
-                await asyncio.sleep(f.delta_delay_s)
-        done_item = {**item, "status": "completed", "content": [{"type": "output_text", "text": text}]}
-        await self.send({"type": "response.output_text.done", "response_id": rid, "item_id": item_id,
-                         "output_index": 0, "content_index": 0, "text": text})
-        await self.send({"type": "response.content_part.done", "response_id": rid, "item_id": item_id,
-                         "output_index": 0, "content_index": 0, "part": {"type": "output_text", "text": text}})
-        await self.send({"type": "response.output_item.done", "response_id": rid, "output_index": 0,
-                         "item": done_item})
-        self.items.append(done_item)
-        previous, self.last_item_id = self.last_item_id, item_id
-        await self.send({"type": "conversation.item.done", "previous_item_id": previous, "item": done_item})
-        in_tokens, out_tokens = self.message_count() * 5, len(words)
-        await self.send({"type": "response.done", "response": {
-            **base, "status": "completed", "status_details": None, "output": [done_item],
-            "usage": {"total_tokens": in_tokens + out_tokens, "input_tokens": in_tokens,
-                      "output_tokens": out_tokens, "input_token_details": {"text_tokens": in_tokens}}}})
-        self.record.responses += 1
-        await self.send({"type": "rate_limits.updated", "rate_limits": [
-            {"name": "requests", "limit": 1000, "remaining": 999, "reset_seconds": 0.06},
-            {"name": "tokens", "limit": 50000, "remaining": 49000, "reset_seconds": 1.2}]})
-        if f.expire_after_responses is not None and self.record.responses >= f.expire_after_responses \
-                and f.expire_budget > 0:
-            f.expire_budget -= 1
-            await self.expire()
+        if self.faults.ignore_cancels:
+            return  # a server that never answers the cancel
+        await active.cancel()
 
 
 def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from conversation_svc.engines.openai import OpenAIConversation, _Stitcher
+from conversation_svc.engines.openai import OpenAIConversation
+from conversation_svc.engines.stitcher import Stitcher
 from shared.engines.base import Completed, ConversationSession, EngineError, TextDelta
 from shared.history import Turn
 from shared.realtime.connection import RealtimeAuthError
@@ -166,15 +167,15 @@ async def test_key_never_in_logs_during_a_session(fake: FakeRealtimeServer, capl
 
 
 def test_stitcher_continues_or_restarts_visibly() -> None:
-    same = _Stitcher()
+    same = Stitcher()
     assert [same.piece(p) for p in ("Hello ", "wor")] == ["Hello ", "wor"]
     same.restart()
     assert [same.piece(p) for p in ("Hel", "lo ", "world", "!")] == ["", "", "ld", "!"]
     assert same.streamed == "Hello world!"
-    other = _Stitcher()
+    other = Stitcher()
     other.piece("Hello ")
     other.restart()
     assert [other.piece(p) for p in ("Hi", " there")] == ["\nHi", " there"]
-    empty = _Stitcher()
+    empty = Stitcher()
     empty.restart()
     assert empty.piece("x") == "x"

@@ -19,6 +19,7 @@ from shared.engines.base import EngineUnavailable
 from shared.realtime.connection import realtime_url
 from shared.settings import ConversationSettings, OpenAISettings
 from tests.fake_realtime import FakeRealtimeServer
+from tests.fake_realtime_script import answer_text
 from tests.openai_engine_helpers import KEY
 from transcriber_svc.engines.openai import OpenAITranscription
 
@@ -114,3 +115,52 @@ async def test_fake_refuses_a_second_response_while_one_is_active(fake: FakeReal
     got, _ = await raw_exchange(fake, "model=gpt-realtime", [item, create, {**create, "event_id": "second"}])
     assert got[-1]["error"]["code"] == "conversation_already_has_active_response"
     assert got[-1]["error"]["event_id"] == "second"
+
+
+async def test_fake_refuses_a_cancel_with_nothing_active(fake: FakeRealtimeServer) -> None:
+    got, _ = await raw_exchange(fake, "model=gpt-realtime", [{"type": "response.cancel", "event_id": "cancel_1"}])
+    error = [g for g in got if g["type"] == "error"][0]["error"]
+    assert (error["type"], error["code"], error["event_id"]) == (
+        "invalid_request_error", "response_cancel_not_active", "cancel_1")
+
+
+async def test_fake_cancel_ends_the_active_response_cancelled_with_the_output_so_far(
+    fake: FakeRealtimeServer,
+) -> None:
+    fake.faults.stall_responses = 1  # mid-answer until the cancel
+    item = {"type": "conversation.item.create", "item": {"type": "message", "role": "user",
+                                                         "content": [{"type": "input_text", "text": "hi"}]}}
+    got: list[dict[str, Any]] = []
+
+    async def read_until(kind: str) -> dict[str, Any]:
+        while True:
+            got.append(json.loads(await ws.recv()))
+            if got[-1]["type"] == kind:
+                return got[-1]
+
+    async with connect(f"{fake.url}?model=gpt-realtime", additional_headers={"Authorization": f"Bearer {KEY}"}) as ws:
+        for event in (item, {"type": "response.create", "response": {"output_modalities": ["text"]}}):
+            await ws.send(json.dumps(event))
+        delta = await read_until("response.output_text.delta")
+        rid = delta["response_id"]
+        await ws.send(json.dumps({"type": "response.cancel", "response_id": "resp_other", "event_id": "wrong"}))
+        wrong = await read_until("error")
+        await ws.send(json.dumps({"type": "response.cancel", "response_id": rid}))
+        done = await read_until("response.done")
+        await ws.send(json.dumps({"type": "response.cancel", "event_id": "again"}))
+        again = await read_until("error")
+        for event in (item, {"type": "response.create", "response": {"output_modalities": ["text"]}}):
+            await ws.send(json.dumps(event))
+        following = await read_until("response.done")
+    assert (wrong["error"]["code"], wrong["error"]["param"], wrong["error"]["event_id"]) == (
+        "response_cancel_not_active", "response_id", "wrong")
+    assert done["response"]["id"] == rid and done["response"]["status"] == "cancelled"
+    assert done["response"]["status_details"] == {"type": "cancelled", "reason": "client_cancelled"}
+    [partial] = done["response"]["output"]
+    assert partial["content"] == [{"type": "output_text", "text": delta["delta"]}]
+    after = got[got.index(done) + 1:got.index(again) + 1]
+    assert [g["type"] for g in after] == ["error"]  # no delta after the cancelled done
+    assert (again["error"]["code"], again["error"]["event_id"]) == ("response_cancel_not_active", "again")
+    # The partial answer stays in the conversation: the next answer counts it (user, assistant, user).
+    assert following["response"]["status"] == "completed"
+    assert following["response"]["output"][0]["content"][0]["text"] == answer_text("hi", 3)

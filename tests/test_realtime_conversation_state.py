@@ -9,7 +9,7 @@ import pytest
 
 from shared.history import Turn
 from shared.realtime.client_events import ClientEvent, to_wire
-from shared.realtime.conversation_state import ConversationState, Done, Failed, TextOut, failure_of
+from shared.realtime.conversation_state import ConversationState, Done, Failed, Settled, TextOut, failure_of
 from shared.realtime.retry_policy import classify_close, classify_handshake
 from shared.realtime.server_events import ResponseObject, ServerEvent, parse_server_event
 from shared.realtime.session_common import sent_events
@@ -140,6 +140,49 @@ def test_connection_lost_mid_response_then_resume_restarts_the_turn() -> None:
     assert state.on_event(response_done("r2")) == [Done("full", {"total_tokens": 9, "input_tokens": 5,
                                                                  "output_tokens": 4})]
 
+
+
+def test_cancel_active_ends_the_turn_at_its_done_and_keeps_nothing_of_it() -> None:
+    state = ConversationState(None)
+    assert state.cancel_active() == []  # nothing active: nothing to cancel
+    state.submit("hi")
+    state.on_event(server({"type": "response.created", "response": {"id": "r1"}}))
+    assert state.on_event(text_delta("r1", "par")) == [TextOut("par")]
+    cancel = sent_events(state.cancel_active())
+    assert [json_of(e) for e in cancel] == [{"type": "response.cancel", "event_id": cancel[0].event_id,
+                                             "response_id": "r1"}]
+    assert state.cancel_active() == []  # one cancel per turn
+    assert state.busy  # one response at a time: the next turn waits for this one's end
+    assert state.submit("next") == []
+    assert state.on_event(text_delta("r1", "tial")) == []  # nobody reads a cancelled turn
+    out = state.on_event(response_done("r1", "cancelled", type="cancelled", reason="client_cancelled"))
+    assert out[0] == Settled("cancelled")
+    assert [e.type for e in sent_events(out[1:])] == ["conversation.item.create", "response.create"]
+    assert not state.history  # the caller remembers what it kept of a cancelled turn
+
+
+def test_a_cancel_that_raced_the_end_settles_without_history() -> None:
+    state = ConversationState(None)
+    state.submit("hi")
+    state.on_event(server({"type": "response.created", "response": {"id": "r1"}}))
+    state.on_event(text_delta("r1", "all"))
+    state.cancel_active()
+    assert state.on_event(response_done("r1")) == [Settled("completed")]
+    assert not state.history and not state.busy
+
+
+def test_a_cancel_before_the_response_is_known_targets_the_active_one() -> None:
+    state = ConversationState(None)
+    state.submit("hi")
+    cancel = sent_events(state.cancel_active())[0]
+    assert "response_id" not in json_of(cancel)
+    # A refusal other than "not active": the response runs on, its done ends the turn.
+    other = {"type": "invalid_request_error", "code": "invalid_value", "message": "no", "event_id": cancel.event_id}
+    assert state.on_event(server({"type": "error", "error": other})) == []
+    assert state.busy
+    gone = {**other, "code": "response_cancel_not_active"}
+    assert state.on_event(server({"type": "error", "error": gone})) == [Settled("response_cancel_not_active")]
+    assert not state.busy and not state.history
 
 # --- retry policy ----------------------------------------------------------------
 

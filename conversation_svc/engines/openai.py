@@ -3,8 +3,21 @@
 One WebSocket (one upstream session) per conversation. ``open_session``
 connects, sends ``session.update`` (type realtime, output_modalities text,
 the conversation's instructions), waits for ``session.updated`` and replays
-the history. ``respond`` is the two-step flow: ``conversation.item.create``
-(the user's ``input_text``) then ``response.create``.
+the history (the connection itself: :mod:`conversation_svc.engines.openai_link`).
+``respond`` is the two-step flow: ``conversation.item.create`` (the user's
+``input_text``) then ``response.create``.
+
+Abandoned turns: when the caller stops reading mid-answer (it stopped
+iterating, or its task was cancelled), a background task sends
+``response.cancel`` upstream and reads on until that response's
+``response.done`` (``cancelled``, or ``completed`` if the cancel raced the
+end), within CANCEL_SETTLE_S (or the endpoint timeout if smaller). The next
+turn waits for it and goes on the same session, with no replay; the upstream
+conversation keeps the partial answer, and the engine's own history gets the
+partial text the caller passes to ``remember`` (the engine keeps nothing of an
+abandoned turn itself, so there is one entry). Past the bound, or if the
+connection fails, the connection is dropped and the next turn reconnects and
+replays. The cancelled task itself never waits for any of this.
 
 Failures:
 
@@ -18,12 +31,8 @@ Failures:
   ``open_session`` plus every turn since, capped at HISTORY_MAX_TURNS). A
   drop in the middle of a response retries that turn once on the new session.
 
-Retried turn and deltas already streamed: the worker numbers deltas within its
-one response, so a restarted turn must not repeat text. The new response's
-text is held back until it runs past what was already yielded; when it starts
-with the streamed text (same answer) only the continuation is yielded; when it
-diverges, a newline and the new answer from its start are yielded (the
-client sees the restart; the engine's own history keeps only the new answer).
+Retried turn and deltas already streamed: a restarted turn must not repeat
+text (:class:`conversation_svc.engines.stitcher.Stitcher`).
 
 Settings (``shared.settings.OpenAISettings``): OPENAI_API_KEY (required),
 OPENAI_REALTIME_MODEL, OPENAI_MAX_OUTPUT_TOKENS, OPENAI_REALTIME_URL,
@@ -34,11 +43,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Iterator, Sequence
 from contextlib import aclosing
 from typing import Any
 
+from conversation_svc.engines.openai_link import ConversationLink
+from conversation_svc.engines.stitcher import Stitcher
 from shared import metrics
 from shared.backoff import backoff
 from shared.engines.base import (
@@ -52,13 +62,20 @@ from shared.engines.base import (
 from shared.history import Turn
 from shared.realtime.connection import (
     RealtimeAuthError,
-    RealtimeClosed,
     RealtimeConnection,
     RealtimeEndpoint,
     RealtimeError,
 )
-from shared.realtime.conversation_state import ConversationOutput, ConversationState, Done, Failed, TextOut
-from shared.realtime.server_events import ErrorEvent, ServerEvent, SessionUpdated, UnknownServerEvent
+from shared.realtime.conversation_state import (
+    CANCEL_NOT_ACTIVE,
+    ConversationOutput,
+    ConversationState,
+    Done,
+    Failed,
+    Settled,
+    TextOut,
+)
+from shared.realtime.server_events import ErrorEvent, ServerEvent, UnknownServerEvent
 from shared.realtime.session_common import Send
 from shared.settings import ConversationSettings, OpenAISettings
 from shared.tasks import cancel_and_wait
@@ -67,6 +84,10 @@ log = logging.getLogger(__name__)
 
 #: Consecutive failed connection attempts before a turn gives up (retryable: the runtime may try again).
 MAX_CONNECT_ATTEMPTS = 5
+
+#: How long an abandoned turn's response may take to end after its cancel before
+#: the connection is dropped instead (the next turn waits for this).
+CANCEL_SETTLE_S = 2.0
 
 Connector = Callable[[RealtimeEndpoint, str], Coroutine[Any, Any, RealtimeConnection]]
 
@@ -86,6 +107,7 @@ class OpenAIConversation(ConversationEngine):
         history_max_turns: int = 20,
         connector: Connector = _default_connector,
         delays: Callable[[], Iterator[float]] = backoff,
+        cancel_settle_s: float = CANCEL_SETTLE_S,
     ) -> None:
         self.endpoint = endpoint
         self.model = model
@@ -94,6 +116,8 @@ class OpenAIConversation(ConversationEngine):
         #: The seam to the network; default: a real WebSocket.
         self.connector = connector
         self.delays = delays
+        #: The bound of an abandoned turn's cancel (never more than the endpoint timeout).
+        self.cancel_settle_s = min(cancel_settle_s, endpoint.timeout_s)
 
     @classmethod
     def from_settings(cls, settings: ConversationSettings, openai: OpenAISettings) -> OpenAIConversation:
@@ -111,7 +135,8 @@ class OpenAIConversation(ConversationEngine):
 
 class _Session(ConversationSession):
     """One conversation's upstream session. ``respond`` calls run one at a
-    time (a lock), so at most one response is ever active upstream."""
+    time (a lock), so at most one response is ever active upstream; an
+    abandoned turn's cancel (``_settling``) finishes before the next turn starts."""
 
     def __init__(self, engine: OpenAIConversation, conversation_id: str, instructions: str,
                  history: Sequence[Turn]) -> None:
@@ -119,11 +144,10 @@ class _Session(ConversationSession):
         self.conversation_id = conversation_id
         self.state = ConversationState(instructions, history, max_turns=engine.history_max_turns,
                                        max_output_tokens=engine.max_output_tokens)
-        self._conn: RealtimeConnection | None = None
-        self._reader: asyncio.Task[None] | None = None
-        self._events: asyncio.Queue[ServerEvent | RealtimeError] = asyncio.Queue()
-        self._lost: RealtimeError | None = None
+        self._link = ConversationLink(engine.endpoint.timeout_s, conversation_id)
         self._turn_lock = asyncio.Lock()
+        #: The cancel of an abandoned turn, under way: what holds the lock next waits for it.
+        self._settling: asyncio.Task[None] | None = None
         self._extra = {"conversation_id": conversation_id, "engine": "openai"}
 
     # --- connection
@@ -131,7 +155,7 @@ class _Session(ConversationSession):
     async def connect(self, after: RealtimeError | None = None) -> None:
         """(Re)open the upstream session: backoff between attempts (none after
         ``session_expired``), bounded; a refused key is fatal at once."""
-        await self._drop_connection()
+        await self._link.drop()
         delays = self.engine.delays()
         attempts = 0
         if after is not None and getattr(after, "decision", None) != "new_session":
@@ -157,57 +181,7 @@ class _Session(ConversationSession):
 
     async def _open(self) -> None:
         conn = await self.engine.connector(self.engine.endpoint, self.engine.model)
-        try:
-            update = self.state.session_update()
-            await conn.send(update)
-            await self._await_session_updated(conn, update.event_id)
-            for item in self.state.replay():
-                await conn.send(item)
-        except BaseException:
-            await conn.close()
-            raise
-        self._conn = conn
-        self._lost = None
-        # A fresh queue: nothing of the old session may leak into the new one.
-        self._events = asyncio.Queue()
-        self._reader = asyncio.create_task(self._read(conn, self._events),
-                                           name=f"realtime-conversation:{self.conversation_id}")
-
-    async def _await_session_updated(self, conn: RealtimeConnection, update_id: str | None) -> None:
-        deadline = time.monotonic() + self.engine.endpoint.timeout_s
-        while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise RealtimeClosed("no session.updated from the Realtime API in time", "reconnect",
-                                     error_code="upstream_timeout")
-            try:
-                event = await asyncio.wait_for(conn.recv(), timeout=remaining)
-            except TimeoutError:
-                continue
-            if isinstance(event, SessionUpdated):
-                return
-            if isinstance(event, ErrorEvent) and event.error.event_id == update_id:
-                raise RealtimeError(f"the Realtime API refused the session set-up: {event.error.code}: "
-                                    f"{event.error.message}", code=event.error.code or "invalid_session",
-                                    retryable=False)
-
-    async def _read(self, conn: RealtimeConnection, queue: asyncio.Queue[ServerEvent | RealtimeError]) -> None:
-        try:
-            while True:
-                queue.put_nowait(await conn.recv())
-        except RealtimeError as exc:
-            self._lost = exc
-            queue.put_nowait(exc)
-
-    async def _drop_connection(self) -> None:
-        await cancel_and_wait(self._reader)
-        self._reader = None
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
-
-    def _alive(self) -> bool:
-        return self._conn is not None and self._lost is None and self._reader is not None and not self._reader.done()
+        await self._link.open(conn, self.state.session_update(), self.state.replay())
 
     # --- ConversationSession
 
@@ -219,17 +193,20 @@ class _Session(ConversationSession):
         turn, primed with the amended history (replay), so the model sees only ``text``."""
         async with self._turn_lock:
             if self.state.amend_last_answer(text):
+                await cancel_and_wait(self._settling)  # the session goes anyway
+                self._settling = None
                 self.state.connection_lost()
-                await self._drop_connection()
+                await self._link.drop()
 
     async def respond(self, user_text: str) -> AsyncIterator[ResponseEvent]:
         completed: Completed | None = None
         async with self._turn_lock:
-            stitch = _Stitcher()
+            await self._await_settled()
+            stitch = Stitcher()
             finished = False
             try:
-                if not self._alive():
-                    await self.connect(self._lost)
+                if not self._link.alive:
+                    await self.connect(self._link.lost)
                 outputs = self.state.submit(user_text)
                 for attempt in (1, 2):
                     try:
@@ -252,12 +229,17 @@ class _Session(ConversationSession):
                         outputs = self.state.resume(turn) if turn else self.state.submit(user_text)
                         stitch.restart()
                 finished = True
+            except (GeneratorExit, asyncio.CancelledError):
+                # Abandoned mid-turn (the caller stopped reading, or was cancelled): stop the
+                # upstream response in the background; the caller must not wait for that.
+                finished = True
+                self._abandon_turn()
+                raise
             finally:
                 if not finished:
-                    # Abandoned mid-turn (cancelled, or the caller stopped reading): the
-                    # upstream response may still be running, so start over next time.
+                    # Failed mid-turn: the upstream response may still be running, so start over next time.
                     self.state.connection_lost()
-                    await self._drop_connection()
+                    await self._link.drop()
         # Yielded outside the lock: a caller that stops at Completed must not keep it held.
         if completed is not None:
             yield completed
@@ -287,65 +269,73 @@ class _Session(ConversationSession):
         while True:
             for out in pending:
                 if isinstance(out, Send):
-                    if self._conn is None:
-                        raise RealtimeClosed("not connected", "reconnect")
-                    await self._conn.send(out.event)
-                else:
+                    await self._link.send(out.event)
+                elif not isinstance(out, Settled):  # (an earlier, cancelled turn's end)
                     yield out
                     if isinstance(out, Done | Failed):
                         return
-            pending = self._apply(await self._next_event())
+            pending = self._apply(await self._link.next_event())
 
-    async def _next_event(self) -> ServerEvent:
-        timeout_s = self.engine.endpoint.timeout_s
+    # --- an abandoned turn
+
+    def _abandon_turn(self) -> None:
+        """Start cancelling the abandoned turn's response upstream, if it has one
+        (it was not lost with a connection); returns at once."""
+        cancel = self.state.cancel_active()
+        if cancel:
+            self._settling = asyncio.create_task(self._settle(cancel),
+                                                 name=f"realtime-conversation-cancel:{self.conversation_id}")
+
+    async def _settle(self, cancel: list[ConversationOutput]) -> None:
+        """Send the cancel and read on until the turn's response is over, so the
+        session stays in sync for the next turn; past the bound, or if the
+        connection fails, drop it (the next turn reconnects and replays)."""
+        bound_s = self.engine.cancel_settle_s
         try:
-            item = await asyncio.wait_for(self._events.get(), timeout=timeout_s)
-        except TimeoutError:
-            await self._drop_connection()
-            raise RealtimeClosed(f"no event from the Realtime API for {timeout_s:.0f}s", "reconnect",
-                                 error_code="upstream_timeout") from None
-        if isinstance(item, RealtimeError):
-            raise item
-        return item
+            async with asyncio.timeout(bound_s):
+                pending = cancel
+                while True:
+                    for out in pending:
+                        if isinstance(out, Send):
+                            await self._link.send(out.event)
+                        elif isinstance(out, Settled):
+                            log.info("abandoned answer stopped upstream (%s)", out.outcome, extra=self._extra)
+                            return
+                    pending = self._apply(await self._link.next_event())
+        except (RealtimeError, TimeoutError) as exc:
+            why = f"no end within {bound_s:g}s" if isinstance(exc, TimeoutError) else str(exc)
+            log.warning("cancelling an abandoned answer upstream failed (%s): dropping the connection; "
+                        "the next turn replays the history", why, extra=self._extra)
+            self.state.connection_lost()
+            await self._link.drop()
+
+    async def _await_settled(self) -> None:
+        """Wait for an abandoned turn's cancel to finish. Only waits: if this
+        task is cancelled meanwhile, the cancel runs on for whoever comes next."""
+        task = self._settling
+        if task is None:
+            return
+        await asyncio.wait([task])
+        self._settling = None
+        if not task.cancelled() and task.exception() is not None:
+            # A bug, not a network failure (those are handled inside): do not trust the session.
+            log.error("cancelling an abandoned answer failed", exc_info=task.exception(), extra=self._extra)
+            self.state.connection_lost()
+            await self._link.drop()
 
     def _apply(self, event: ServerEvent) -> list[ConversationOutput]:
         if isinstance(event, UnknownServerEvent):
             if event.problem:
                 log.info("ignoring a malformed %r event: %s", event.type, event.problem, extra=self._extra)
             return []
-        if isinstance(event, ErrorEvent) and event.error.code != "session_expired":
+        if isinstance(event, ErrorEvent) and event.error.code == CANCEL_NOT_ACTIVE:
+            # A cancel that raced the end of its response: expected, harmless.
+            log.info("realtime: %s", event.error.message, extra=self._extra)
+        elif isinstance(event, ErrorEvent) and event.error.code != "session_expired":
             log.warning("realtime error %s: %s", event.error.code, event.error.message, extra=self._extra)
         return self.state.on_event(event)
 
     async def close(self) -> None:
-        await self._drop_connection()
-
-
-class _Stitcher:
-    """Turns the deltas of one turn's responses (the first, and a retry after
-    a drop) into what the caller sees, without repeating streamed text."""
-
-    def __init__(self) -> None:
-        self.streamed = ""  # what the caller already has
-        self.fresh = ""  # the current response's text
-        self.following = True  # False while a retry is still re-saying streamed text
-
-    def restart(self) -> None:
-        self.fresh = ""
-        self.following = not self.streamed
-
-    def piece(self, delta: str) -> str:
-        self.fresh += delta
-        if self.following:
-            out = delta
-        elif len(self.fresh) <= len(self.streamed) and self.streamed.startswith(self.fresh):
-            return ""  # still repeating what the caller has
-        elif self.fresh.startswith(self.streamed):
-            out = self.fresh[len(self.streamed):]
-            self.following = True
-        else:
-            # Diverged: restart visibly, then follow the new answer.
-            out = "\n" + self.fresh
-            self.following = True
-        self.streamed += out
-        return out
+        await cancel_and_wait(self._settling)
+        self._settling = None
+        await self._link.drop()

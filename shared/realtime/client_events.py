@@ -88,6 +88,8 @@ class ResponseCreate(_ClientEvent):
 
 class ResponseCancel(_ClientEvent):
     type: Literal["response.cancel"] = "response.cancel"
+    #: The response to cancel; without it, whichever response is active.
+    response_id: str | None = None
 
 
 ClientEvent = (

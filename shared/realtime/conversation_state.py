@@ -2,9 +2,11 @@
 asyncio, no websockets.
 
 One response at a time (turns queue), text accumulated per response,
-``response.done`` mapped to :class:`Done` / :class:`Failed`, and the history
-replayed into a fresh session. Server events go in, :class:`Send` actions and
-results come out; the I/O edge (the engine) performs them in order.
+``response.done`` mapped to :class:`Done` / :class:`Failed`, a turn whose
+caller went away cancelled upstream (:meth:`ConversationState.cancel_active`,
+ending in :class:`Settled`), and the history replayed into a fresh session.
+Server events go in, :class:`Send` actions and results come out; the I/O edge
+(the engine) performs them in order.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dataclasses import dataclass, field
 from shared.history import Turn
 from shared.realtime.client_events import (
     ConversationItemCreate,
+    ResponseCancel,
     ResponseCreate,
     ResponseParams,
     SessionUpdate,
@@ -55,7 +58,20 @@ class Failed:
     message: str
 
 
-ConversationOutput = Send | TextOut | Done | Failed
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """A cancelled turn is over upstream: ``outcome`` is its response's final status
+    (``cancelled``, or ``completed`` when the cancel raced the end), or the code of
+    the error that ended it (``response_cancel_not_active``: no response was running).
+    Nothing of the turn joined the history."""
+
+    outcome: str
+
+
+ConversationOutput = Send | TextOut | Done | Failed | Settled
+
+#: The error a ``response.cancel`` gets when no response is active (it already ended).
+CANCEL_NOT_ACTIVE = "response_cancel_not_active"
 
 
 @dataclass
@@ -65,6 +81,8 @@ class _PendingTurn:
     item_event_id: str | None = None
     response_event_id: str | None = None
     response_id: str | None = None
+    #: Set once the turn is being cancelled (the ``response.cancel`` sent for it).
+    cancel_event_id: str | None = None
     parts: list[str] = field(default_factory=list)
 
 
@@ -74,8 +92,10 @@ class ConversationState:
     ``submit`` a user turn: it starts at once (``conversation.item.create``
     then ``response.create``) when no response is active, else it queues.
     ``on_event`` turns server events into :class:`TextOut` / :class:`Done` /
-    :class:`Failed` for the active turn, then starts the next queued one. A
-    completed turn joins the history, which :meth:`replay` turns into items
+    :class:`Failed` for the active turn, then starts the next queued one.
+    ``cancel_active`` stops the active turn upstream; it stays active until its
+    response is over (:class:`Settled`), as the API allows one response at a
+    time, and joins no history. A completed turn joins the history, which :meth:`replay` turns into items
     for a fresh session (no ``response.create`` for replayed items).
     """
 
@@ -145,6 +165,7 @@ class ConversationState:
         turn.item_event_id = self._event_ids.new("item")
         turn.response_event_id = self._event_ids.new("response")
         turn.response_id = None
+        turn.cancel_event_id = None
         turn.parts.clear()
         params = ResponseParams(output_modalities=["text"], max_output_tokens=self.max_output_tokens)
         return [
@@ -164,28 +185,54 @@ class ConversationState:
         self.queued.appendleft(turn)
         return self._start_next()
 
+    def cancel_active(self) -> list[ConversationOutput]:
+        """The active turn's caller went away: a ``response.cancel`` for its
+        response (any active one while its id is not known yet). The turn stays
+        active until :class:`Settled`; none of it joins the history (the caller
+        remembers what it kept). Nothing when no turn is active or it is
+        already being cancelled."""
+        turn = self.active
+        if turn is None or turn.cancel_event_id is not None:
+            return []
+        turn.cancel_event_id = self._event_ids.new("cancel")
+        return [Send(ResponseCancel(event_id=turn.cancel_event_id, response_id=turn.response_id))]
+
     def on_event(self, event: ServerEvent) -> list[ConversationOutput]:
         turn = self.active
         if turn is None:
             return []
+        cancelling = turn.cancel_event_id is not None
         if isinstance(event, ResponseCreated):
             if turn.response_id is None:
                 turn.response_id = event.response.id
             return []
         if isinstance(event, ResponseOutputTextDelta):
-            if turn.response_id not in (None, event.response_id) or not event.delta:
+            if cancelling or turn.response_id not in (None, event.response_id) or not event.delta:
                 return []
             turn.parts.append(event.delta)
             return [TextOut(event.delta)]
         if isinstance(event, ResponseDone):
             if turn.response_id not in (None, event.response.id):
                 return []
+            if cancelling:
+                return self._settle(event.response.status)
             return [self._finish(turn, event.response), *self._start_next()]
-        if isinstance(event, ErrorEvent) and event.error.event_id in (turn.item_event_id, turn.response_event_id):
+        if not isinstance(event, ErrorEvent):
+            return []
+        cause, code = event.error.event_id, event.error.code or "invalid_request_error"
+        if cancelling and cause == turn.cancel_event_id:
+            # Any other refusal of the cancel: the response runs on, its done ends the turn.
+            return self._settle(code) if code == CANCEL_NOT_ACTIVE else []
+        if cause in (turn.item_event_id, turn.response_event_id):
+            if cancelling:
+                return self._settle(code)
             self.active = None
-            failed = Failed(event.error.code or "invalid_request_error", event.error.message)
-            return [failed, *self._start_next()]
+            return [Failed(code, event.error.message), *self._start_next()]
         return []
+
+    def _settle(self, outcome: str) -> list[ConversationOutput]:
+        self.active = None
+        return [Settled(outcome), *self._start_next()]
 
     def _finish(self, turn: _PendingTurn, response: ResponseObject) -> Done | Failed:
         self.active = None
