@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from shared.bus.resp import connect
+from shared.bus.resp import connect_to
 from shared.process import install_fast_loop
 from shared.settings import ConnectionSettings, InvalidSettings, env_name, load_settings
 from simulator_svc import admin, monitor
@@ -109,7 +109,7 @@ async def _simulate(args: argparse.Namespace, conn: ConnectionSettings) -> int:
         timeout_s=args.timeout,
         max_in_flight=args.max_in_flight,
     )
-    redis = connect(conn.redis_url.get_secret_value())
+    redis = connect_to(conn)
     try:
         printer = DialoguePrinter(None if args.json else sys.stdout, plan.conversations)
         sim = Simulation(redis, conn.keys, plan, printer)
@@ -170,7 +170,7 @@ def build_tools_parser() -> argparse.ArgumentParser:
 
 async def _tool(args: argparse.Namespace, conn: ConnectionSettings) -> int:
     keys = conn.keys
-    redis = connect(conn.redis_url.get_secret_value())
+    redis = connect_to(conn)
     try:
         if args.tool == "monitor":
             source = urlsplit(conn.redis_url.get_secret_value())
