@@ -15,6 +15,9 @@ import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+#: What a KEY_PREFIX may be: no glob character (the ACL's key patterns start with it), no ``:``.
+KEY_PREFIX_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
+
 TRANSCRIBER_GROUP = "transcriber"
 CONVERSATION_GROUP = "conversation"
 
@@ -113,6 +116,47 @@ class Keys:
     def partition_of_key(self, key: str) -> int:
         start = key.index("{") + 1
         return int(key[start : key.index("}", start)])
+
+    @property
+    def patterns(self) -> KeyPatterns:
+        return KeyPatterns(self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class KeyPatterns:
+    """Glob patterns of the key families ``Keys`` names, any partition and any
+    conversation: what the Redis ACL users are granted (``shared.acl``). Redis's glob
+    treats ``{`` and ``}`` as plain characters, so ``{*}`` matches any partition tag;
+    a conversation id holds no ``:``, so ``*`` stays inside its segment."""
+
+    prefix: str = "vab"
+
+    def control(self) -> str:
+        return f"{self.prefix}:conversations:{{*}}"
+
+    def stream(self, kind: str) -> str:
+        """Every conversation's ``kind`` stream (``input``, ``transcripts``, ``responses``)."""
+        return f"{self.prefix}:conv:{{*}}:*:{kind}"
+
+    def dead(self) -> str:
+        return f"{self.prefix}:dead:{{*}}"
+
+    def bell(self, kind: str) -> str:
+        return f"{self.prefix}:bell:{{*}}:{kind}"
+
+    def stats(self) -> str:
+        return f"{self.prefix}:stats:{{*}}"
+
+    def worker(self, service: str) -> str:
+        """One service's heartbeat hashes."""
+        return f"{self.prefix}:worker:{service}:*"
+
+    def gateway(self) -> str:
+        """The gateway's own state (hashes, sorted sets), under ``<prefix>:gw:``."""
+        return f"{self.prefix}:gw:*"
+
+    def everything(self) -> str:
+        return f"{self.prefix}:*"
 
 
 #: Stream kinds a doorbell announces, and the field name used for the control stream.

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from shared.bus.resp import connect
+from shared.bus.resp import connect_to
 from shared.engines.base import EngineUnavailable
 from shared.http_server import HealthServer
 from shared.logs import register_secret, setup_logging
@@ -74,7 +74,7 @@ async def serve(
         tune_gc()
         stalls = StallMonitor()
         stalls.start()
-        redis = connect(settings.redis_url.get_secret_value())
+        redis = connect_to(settings)
         runtime = OwnershipRuntime(settings, service, redis, metrics_port=port)
         holder["runtime"] = runtime
         loop = asyncio.get_running_loop()
@@ -104,6 +104,7 @@ def run_worker(
     make_service: Callable[[], Awaitable[Service]],
 ) -> int:
     register_secret(urlsplit(settings.redis_url.get_secret_value()).password)
+    register_secret(settings.redis_password())
     if openai.api_key is not None:
         register_secret(openai.api_key.get_secret_value())
     setup_logging(service_name, settings.worker_id, settings.log_level, settings.log_format)

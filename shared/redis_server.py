@@ -16,6 +16,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import tempfile
 import time
@@ -51,18 +52,60 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def ping(host: str, port: int, timeout_s: float = 0.5, password: str | None = None) -> bool:
-    """A raw PING, no client library: used before any client exists."""
+def ping(
+    host: str, port: int, timeout_s: float = 0.5, password: str | None = None, username: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> bool:
+    """A raw PING, no client library: used before any client exists. ``username``:
+    an ACL user (with ``password``); ``tls``: over TLS with this context."""
     try:
-        with socket.create_connection((host, port), timeout=timeout_s) as s:
+        with (socket.create_connection((host, port), timeout=timeout_s) as raw,
+              tls.wrap_socket(raw, server_hostname=host) if tls is not None else contextlib.nullcontext(raw) as s):
             if password:
-                s.sendall(f"AUTH {password}\r\n".encode())
+                user = f"{username} " if username else ""
+                s.sendall(f"AUTH {user}{password}\r\n".encode())
                 if not s.recv(64).startswith(b"+OK"):
                     return False
             s.sendall(b"PING\r\n")
             return s.recv(64).startswith(b"+PONG")
-    except OSError:
+    except OSError:  # ssl.SSLError too
         return False
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files of a TLS-only server: its certificate and key, and the CA that signed
+    it (also the CA a client certificate must chain to). With ``client_cert`` and
+    ``client_key`` the server requires client certificates (``tls-auth-clients yes``)
+    and the start-up ping presents these; without, it asks for none."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert-file", str(self.cert), "--tls-key-file", str(self.key),
+                "--tls-ca-cert-file", str(self.ca), "--tls-auth-clients", "yes" if self.client_cert else "no"]
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=str(self.ca))
+        if self.client_cert is not None:
+            context.load_cert_chain(str(self.client_cert), str(self.client_key) if self.client_key else None)
+        return context
+
+
+def tls_supported(binary: str, timeout_s: float = 10.0) -> bool:
+    """Whether ``binary`` was built with TLS: such a build refuses ``--tls-port`` without a
+    certificate, naming ``tls-cert-file``; one without TLS fails otherwise, or starts."""
+    with tempfile.TemporaryDirectory(prefix="vab-tls-probe-") as scratch:
+        try:
+            proc = subprocess.run([binary, "--port", "0", "--tls-port", str(free_port()), "--save", "",
+                                   "--dir", scratch], capture_output=True, timeout=timeout_s, check=False)
+        except subprocess.TimeoutExpired:
+            return False  # it started: the option changed nothing
+    return b"tls-cert-file" in proc.stdout + proc.stderr
 
 
 @dataclass
@@ -74,23 +117,40 @@ class RedisServer:
     port: int = field(default_factory=free_port)
     data_dir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="vab-redis-")))
     appendonly: bool = True
+    #: ``requirepass`` (no ``username``), or the password of ``username``, an ACL user.
     password: str | None = None
+    #: The ACL user the start-up ping and ``url`` authenticate as (``aclfile`` defines it).
+    username: str | None = None
+    #: An ACL file to load (``--aclfile``): its users replace ``requirepass``.
+    aclfile: Path | None = None
+    #: TLS only (``--port 0 --tls-port``): ``url`` is then ``rediss://``.
+    tls: TlsFiles | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        auth = f"{self.username or ''}:{self.password}@" if self.password else ""
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+
+    def url_as(self, username: str) -> str:
+        """This server's URL for an ACL user, without a password (give it in a file)."""
+        return f"{'rediss' if self.tls else 'redis'}://{username}@127.0.0.1:{self.port}/0"
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
+        ports = ["--port", "0", "--tls-port", str(self.port), *self.tls.server_args()] if self.tls else [
+            "--port", str(self.port)]
         args = [
-            self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
+            self.binary, *ports, "--bind", "127.0.0.1",
             "--dir", str(self.data_dir), "--save", "", "--daemonize", "no",
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", "everysec",
             "--protected-mode", "no", "--logfile", str(self.data_dir / "server.log"),
         ]
-        if self.password:
+        if self.aclfile is not None:
+            args += ["--aclfile", str(self.aclfile)]
+        elif self.password:
             args += ["--requirepass", self.password]
+        tls = self.tls.client_context() if self.tls else None
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout_s
@@ -98,7 +158,7 @@ class RedisServer:
             if self.proc.poll() is not None:
                 err = self.proc.stderr.read().decode() if self.proc.stderr else ""
                 raise NoRedisServer(f"{self.binary} exited at start: {err.strip()[:500]}")
-            if ping("127.0.0.1", self.port, password=self.password):
+            if ping("127.0.0.1", self.port, password=self.password, username=self.username, tls=tls):
                 return self
             time.sleep(0.05)
         self.stop()

@@ -15,13 +15,15 @@ import os
 import socket
 import uuid
 from collections.abc import Collection, Mapping
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, FilePath, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from shared.keys import Keys
+from shared.acl.deploy import read_password_file
+from shared.keys import KEY_PREFIX_PATTERN, Keys
 from shared.models import MAX_ENTRY_BYTES
 
 
@@ -36,13 +38,74 @@ class ConnectionSettings(BaseSettings):
 
     model_config = SettingsConfigDict(extra="ignore", frozen=True)
 
+    #: ``redis://[user@]host:port/db``, or ``rediss://`` for TLS. The user is the service's
+    #: ACL user (``shared/acl``); its password is best given by REDIS_PASSWORD_FILE.
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
-    key_prefix: str = Field("vab", pattern=r"^[A-Za-z0-9_.-]{1,32}$")
+    #: A file whose content (trailing newlines dropped) is the password of REDIS_URL's user,
+    #: e.g. a compose secret: the password is then in neither the environment nor the URL.
+    redis_password_file: FilePath | None = None
+    #: ``rediss://`` only: the CA certificate (PEM) that the server's certificate must chain
+    #: to; unset: the system's CAs. The server's name must match its certificate.
+    redis_ca_cert: FilePath | None = None
+    #: ``rediss://`` only: a client certificate and its key (PEM), for a server that asks
+    #: for one (``tls-auth-clients``).
+    redis_client_cert: FilePath | None = None
+    redis_client_key: FilePath | None = Field(None, validate_default=True)
+    key_prefix: str = Field("vab", pattern=KEY_PREFIX_PATTERN)
     partitions: int = Field(1, ge=1, le=1024)
+
+    @field_validator("redis_password_file")
+    @classmethod
+    def _one_password(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        url = info.data.get("redis_url")
+        if url is not None and urlsplit(url.get_secret_value()).password:
+            raise ValueError("REDIS_URL carries a password already: give it in one place")
+        # Read once now, so that a bad file stops the process here, with this line (never its content).
+        try:
+            read_password_file(value)
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"cannot read it ({type(exc).__name__})") from None
+        except ValueError:
+            raise ValueError("the file holds no password") from None
+        return value
+
+    @field_validator("redis_ca_cert", "redis_client_cert", "redis_client_key")
+    @classmethod
+    def _tls_only(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        # (A certificate that failed its own check is not in info.data: that one line is enough.)
+        cert_given = info.data.get("redis_client_cert", value) is not None
+        if info.field_name == "redis_client_key" and (value is not None) != cert_given:
+            raise ValueError("REDIS_CLIENT_CERT and REDIS_CLIENT_KEY go together (a certificate and its key)")
+        url = info.data.get("redis_url")
+        if value is not None and url is not None and urlsplit(url.get_secret_value()).scheme != "rediss":
+            raise ValueError("is for TLS: REDIS_URL must then be a rediss:// URL")
+        return value
 
     @property
     def keys(self) -> Keys:
         return Keys(prefix=self.key_prefix, partitions=self.partitions)
+
+    def redis_password(self) -> str | None:
+        """The password of REDIS_URL's user when it comes from REDIS_PASSWORD_FILE (read now)."""
+        return None if self.redis_password_file is None else read_password_file(self.redis_password_file)
+
+    def redis_client_options(self) -> dict[str, Any]:
+        """redis-py connection options besides the URL: the password from its file, and
+        for ``rediss://`` the TLS files (the certificate and the server's name checked)."""
+        options: dict[str, Any] = {}
+        password = self.redis_password()
+        if password is not None:
+            options["password"] = password
+        if urlsplit(self.redis_url.get_secret_value()).scheme == "rediss":
+            options.update(ssl_cert_reqs="required", ssl_check_hostname=True)
+            if self.redis_ca_cert is not None:
+                options["ssl_ca_certs"] = str(self.redis_ca_cert)
+            if self.redis_client_cert is not None:
+                options["ssl_certfile"] = str(self.redis_client_cert)
+                options["ssl_keyfile"] = str(self.redis_client_key)
+        return options
 
 
 class CommonSettings(ConnectionSettings):

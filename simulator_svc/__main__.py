@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from shared.bus.resp import connect
+from shared.bus.resp import connect_to
 from shared.process import install_fast_loop
 from shared.settings import ConnectionSettings, InvalidSettings, env_name, load_settings
 from simulator_svc import admin, monitor
@@ -134,7 +134,7 @@ async def _simulate(args: argparse.Namespace, conn: ConnectionSettings) -> int:
         if args.api_key or args.audio_out:
             print("error: --api-key and --audio-out go with --gateway", file=sys.stderr)
             return 2
-        redis = connect(conn.redis_url.get_secret_value())
+        redis = connect_to(conn)
         try:
             summary = await Simulation(redis, conn.keys, plan, printer).run()
         finally:
@@ -192,7 +192,7 @@ def build_tools_parser() -> argparse.ArgumentParser:
 
 async def _tool(args: argparse.Namespace, conn: ConnectionSettings) -> int:
     keys = conn.keys
-    redis = connect(conn.redis_url.get_secret_value())
+    redis = connect_to(conn)
     try:
         if args.tool == "monitor":
             source = urlsplit(conn.redis_url.get_secret_value())

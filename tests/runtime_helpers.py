@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from conversation_svc.engines import load_engine as load_conversation_engine
 from conversation_svc.worker import ConversationService
 from shared.bus.doorbell import add_with_rings
-from shared.bus.resp import connect
+from shared.bus.resp import connect_to
 from shared.keys import Keys
 from shared.models import (
     MAX_AUDIO_CHUNK_BYTES,
@@ -57,7 +57,7 @@ async def conversation_service(settings: ConversationSettings) -> Service:
 
 @contextlib.asynccontextmanager
 async def running(settings: CommonSettings, service: Service) -> AsyncIterator[OwnershipRuntime]:
-    redis = connect(settings.redis_url.get_secret_value())
+    redis = connect_to(settings)
     runtime = OwnershipRuntime(settings, service, redis)
     task = asyncio.create_task(runtime.run())
     try:
@@ -71,11 +71,14 @@ async def running(settings: CommonSettings, service: Service) -> AsyncIterator[O
 
 @contextlib.asynccontextmanager
 async def pipeline(
-    redis_url: str, prefix: str, **overrides: Any
+    redis_url: str, prefix: str, transcriber: dict[str, Any] | None = None,
+    conversation: dict[str, Any] | None = None, **overrides: Any
 ) -> AsyncIterator[tuple[OwnershipRuntime, OwnershipRuntime]]:
+    """Both services in this loop; ``transcriber`` / ``conversation``: settings of one only
+    (e.g. its own Redis user)."""
     common: dict[str, Any] = {"redis_url": redis_url, "key_prefix": prefix, **FAST, **overrides}
-    t_settings = TranscriberSettings(transcriber_engine="simulated", **common)
-    c_settings = ConversationSettings(conversation_engine="echo", **common)
+    t_settings = TranscriberSettings(**{"transcriber_engine": "simulated", **common, **(transcriber or {})})
+    c_settings = ConversationSettings(**{"conversation_engine": "echo", **common, **(conversation or {})})
     async with (
         running(t_settings, await transcriber_service(t_settings)) as transcriber,
         running(c_settings, await conversation_service(c_settings)) as conversation,

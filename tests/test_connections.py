@@ -10,7 +10,7 @@ from redis._parsers.base import BaseParser
 from redis.exceptions import ConnectionError as RedisConnectionError
 
 from shared.bus.resp import SOCKET_TIMEOUT_S, RawConnection, connect
-from shared.bus.retry import is_transient
+from shared.bus.retry import failure_reason, is_transient
 
 
 async def test_connections_have_a_timeout_and_tcp_keepalive(redis_url: str) -> None:
@@ -47,11 +47,22 @@ def test_replies_of_a_redis_that_cannot_serve_for_now_are_transient(reply: str) 
 @pytest.mark.parametrize("reply", [
     "WRONGTYPE Operation against a key holding the wrong kind of value",
     "BUSYGROUP Consumer Group name already exists",
-    "NOPERM User has no permissions to run the 'xadd' command",
     "ERR unknown command",
 ])
 def test_replies_that_waiting_cannot_fix_are_not(reply: str) -> None:
     assert not is_transient(BaseParser.parse_error(reply))
+
+
+def test_an_acl_refusal_is_waited_out_and_named() -> None:
+    """NOPERM: the ACL does not match the code; nothing ran, an operator's ACL LOAD fixes
+    it, so the work waits for that (test_redis_acl.py has it against a real Redis)."""
+    exc = BaseParser.parse_error("NOPERM this user has no permissions to run the 'xadd' command")
+    assert is_transient(exc)
+    assert failure_reason(exc) == ("redis refuses this user "
+                                   "(NOPERM: this user has no permissions to run the 'xadd' command)")
+    assert failure_reason(RedisConnectionError("Connection closed by server.")) == "redis unreachable"
+    oom = BaseParser.parse_error("OOM command not allowed")
+    assert failure_reason(oom) == "redis refuses writes (OutOfMemoryError)"
 
 
 def test_a_lost_connection_is_transient() -> None:

@@ -19,12 +19,14 @@ import redis as syncredis
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from shared.acl.users import USER_NAMES
 from shared.devstack import ServiceProcess, Stack
 from shared.keys import Keys
 from shared.models import ConversationStarted, ResponseDone, UtteranceText, decode_fields, encode
 from shared.redis_server import RedisServer, start_embedded
 from simulator_svc.monitor import render
 from simulator_svc.observe import snapshot
+from tests.acl_helpers import AclRedis, start_acl_redis
 from tests.conftest import ROOT, base_env, run_simulator, wait_for_workers
 
 pytestmark = pytest.mark.slow
@@ -271,34 +273,64 @@ def _interpolate(value: str, env: dict[str, str]) -> str:
     return re.sub(r"\$\{([A-Z0-9_]+)(:-([^}]*))?\}", sub, value)
 
 
-def test_compose_services_run_as_written(redis_url: str, prefix: str, tmp_path: Path) -> None:
+def _here(env: dict[str, str], acl: AclRedis) -> dict[str, str]:
+    """A compose service's environment on this host: compose's ``redis`` host is the
+    test's Redis, and /run/secrets (where compose mounts the secrets) the test's folder."""
+    out = dict(env)
+    out["REDIS_URL"] = out["REDIS_URL"].replace("@redis:6379/", f"@127.0.0.1:{acl.server.port}/")
+    out["REDIS_PASSWORD_FILE"] = out["REDIS_PASSWORD_FILE"].replace("/run/secrets/", f"{acl.secrets}/")
+    return out
+
+
+def test_compose_services_run_as_written(prefix: str, tmp_path: Path) -> None:
+    """Each compose service as written, against a Redis that runs the ACL users: each
+    connects as its own user with the password of its own secret, and the dialogue runs."""
     compose = _compose()
     services = compose["services"]  # type: ignore[index]
-    assert services["redis"]["healthcheck"]  # type: ignore[index]
-    assert "--appendonly" in services["redis"]["command"]  # type: ignore[index]
-    assert "ports" not in services["redis"]  # type: ignore[operator]
+    redis = services["redis"]  # type: ignore[index]
+    assert redis["healthcheck"] and "--user health" in " ".join(redis["healthcheck"]["test"])
+    assert "--appendonly" in redis["command"] and "ports" not in redis
+    assert redis["entrypoint"] == ["sh", "/etc/redis/start.sh"] and "./deploy/redis:/etc/redis:ro" in redis["volumes"]
+    assert sorted(redis["secrets"]) == sorted(f"redis_{user}" for user in USER_NAMES)
+    assert {name: spec["file"] for name, spec in compose["secrets"].items()} == {  # type: ignore[index]
+        f"redis_{user}": f"./deploy/secrets/redis_{user}" for user in USER_NAMES}
     # What a user would put in the shell before `docker compose up`:
     host_env = {"TRANSCRIBER_ENGINE": "simulated", "CONVERSATION_ENGINE": "echo", "KEY_PREFIX": prefix,
                 "LEASE_S": "2"}
-    stack = Stack(base_env(redis_url, prefix), tmp_path / "logs")
+    acl = start_acl_redis(tmp_path / "redis", prefix)
+    stack = Stack(base_env(acl.server.url, prefix), tmp_path / "logs")
     try:
-        for name in ("transcriber_svc", "conversation_svc"):
+        for name, user in (("transcriber_svc", "transcriber"), ("conversation_svc", "conversation")):
             svc = services[name]  # type: ignore[index]
             assert "container_name" not in svc and "ports" not in svc, "workers must scale"
             assert svc["depends_on"]["redis"]["condition"] == "service_healthy"
             assert "/readyz" in " ".join(svc["healthcheck"]["test"])
             env = {k: _interpolate(str(v), host_env) for k, v in svc["environment"].items()}
-            env["REDIS_URL"] = redis_url  # compose's `redis` host is our test Redis
+            assert env["REDIS_URL"].startswith(f"redis://{user}@") and svc["secrets"] == [f"redis_{user}"]
+            assert env["REDIS_PASSWORD_FILE"] == f"/run/secrets/redis_{user}"
+            env = _here(env, acl)
             env["METRICS_PORT"] = "0"  # both listen on 9100 in their own containers; here they share a host
             stack.start(svc["command"][2], env)
-        wait_for_workers(redis_url, prefix, 2)
+        wait_for_workers(acl.server.url, prefix, 2)
         sim = services["simulator_svc"]  # type: ignore[index]
         assert sim["depends_on"]["conversation_svc"]["condition"] == "service_healthy"
-        env = {**stack.env, **{k: _interpolate(str(v), host_env) for k, v in sim["environment"].items()},
-               "REDIS_URL": redis_url}
+        assert sim["secrets"] == ["redis_simulator"]
+        env = {**stack.env, **_here({k: _interpolate(str(v), host_env) for k, v in sim["environment"].items()}, acl)}
         command = [sys.executable if c == "python" else c for c in sim["command"]]
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert proc.stdout.count("Response complete") == 3 * 6
+        operator = services["operator"]  # type: ignore[index]
+        env = {**stack.env, **_here({k: _interpolate(str(v), host_env) for k, v in operator["environment"].items()},
+                                    acl)}
+        owners = subprocess.run([sys.executable, "-m", "simulator_svc", "dead", "list"], env=env,
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert owners.returncode == 0 and "no dead letters" in owners.stdout, owners.stderr[-2000:]
+        admin = syncredis.Redis.from_url(acl.server.url)
+        try:
+            assert admin.acl_log() == []  # nothing any of them sent was refused
+        finally:
+            admin.close()
     finally:
         stack.stop_all()
+        acl.server.cleanup()

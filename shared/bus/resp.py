@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
+
+if TYPE_CHECKING:
+    from shared.settings import ConnectionSettings
 
 StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 StreamReply = list[tuple[bytes, StreamEntries]]
@@ -43,9 +46,18 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
         "socket_keepalive": True,
         "socket_keepalive_options": keepalive_options(),
         "health_check_interval": 0,
+        # No CLIENT SETINFO at connect: the services' ACL users are not granted it (it
+        # only labels the connection), and each refusal would fill Redis's ACL LOG.
+        "driver_info": None,
         **kwargs,
     }
     return aioredis.Redis.from_url(url, **options)
+
+
+def connect_to(settings: ConnectionSettings, **kwargs: Any) -> aioredis.Redis:
+    """``connect`` to the settings' Redis as their user: the password from
+    REDIS_PASSWORD_FILE, the TLS files for a ``rediss://`` URL."""
+    return connect(settings.redis_url.get_secret_value(), **settings.redis_client_options(), **kwargs)
 
 
 def pack_command(args: Sequence[Any]) -> bytes:

@@ -17,6 +17,7 @@ from redis.exceptions import (
     BusyLoadingError,
     ClusterDownError,
     MasterDownError,
+    NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
@@ -45,19 +46,48 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #: (BUSY), a cluster without a reachable master or a slot being migrated. Nothing of the
 #: refused command ran: it is retried whole. redis-py turns most of these into classes of
 #: their own (and drops the code from the message); the rest are matched by their code.
-#: NOPERM, WRONGTYPE and the like are not here: waiting does not fix them, and each
-#: caller gives them a path of their own (a dead letter).
+#: WRONGTYPE and the like are not here: waiting does not fix them, and each caller gives
+#: them a path of their own (a dead letter).
 TRANSIENT_REPLY_CLASSES: tuple[type[BaseException], ...] = (
     BusyLoadingError, OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError, MasterDownError,
 )
 #: The codes redis-py leaves in a plain ResponseError (with their space: BUSYGROUP is no BUSY).
 TRANSIENT_REPLIES = ("MISCONF ", "BUSY ")
+#: The ACL refused the command (NOPERM): the deployment's users do not match the code (an
+#: ACL file older than the code, one made for another KEY_PREFIX, a user given the wrong
+#: REDIS_URL). Nothing of the command ran. Waited out like the refusals above, but loudly
+#: (an error line naming the refusal, /readyz 503 with it): an operator fixes the ACL
+#: (``ACL LOAD``, no restart) and the work goes on where it stopped. Dropping the work, or
+#: dead-lettering it, would lose it for a configuration mistake. (A refusal inside a Lua
+#: program fails that one op: see shared/bus/writer.py.)
+ACL_REFUSALS: tuple[type[BaseException], ...] = (NoPermissionError,)
 
 
 def is_transient(exc: BaseException) -> bool:
-    if isinstance(exc, TRANSIENT_ERRORS + TRANSIENT_REPLY_CLASSES):
+    """True: nothing of the command ran and waiting (or an operator) can fix it: retry."""
+    if isinstance(exc, TRANSIENT_ERRORS + TRANSIENT_REPLY_CLASSES + ACL_REFUSALS):
         return True
     return isinstance(exc, ResponseError) and str(exc).startswith(TRANSIENT_REPLIES)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why Redis cannot be used now, for /readyz and the log (a transient ``exc``):
+    unreachable, refusing this user (the ACL), or refusing for now (full, loading...)."""
+    if isinstance(exc, TRANSIENT_ERRORS):
+        return "redis unreachable"
+    if isinstance(exc, ACL_REFUSALS):
+        return f"redis refuses this user (NOPERM: {exc})"
+    return f"redis refuses writes ({type(exc).__name__})"
+
+
+def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """The one line of an outage's start: an ACL refusal is an error (an operator must act),
+    anything else a warning; both say what failed and why (the error's text carries no
+    secret: redis-py names host and port, never a password)."""
+    if isinstance(exc, ACL_REFUSALS):
+        logger.error("%s: %s; retrying until the ACL allows it", what, failure_reason(exc))
+    else:
+        logger.warning("%s: redis unavailable (%s: %s); retrying", what, type(exc).__name__, exc)
 
 
 async def retry_forever(
@@ -81,7 +111,7 @@ async def retry_forever(
             if on_error:
                 on_error(exc)
             if not failed:
-                log.warning("%s: redis unavailable (%s); retrying", what, type(exc).__name__)
+                log_failure(log, what, exc)
             failed = True
             await asyncio.sleep(next(delays))
 

@@ -32,7 +32,7 @@ from redis.exceptions import NoScriptError
 from shared.backoff import backoff
 from shared.bus.program import ACK, ADD, EXPIRE, GATE, Program, QueuedOp, Scripts
 from shared.bus.resp import RawConnection, pack_command
-from shared.bus.retry import TRANSIENT_ERRORS, is_transient
+from shared.bus.retry import failure_reason, is_transient, log_failure
 from shared.keys import Keys, hash_tag
 from shared.models import ENTRY_FIELD
 
@@ -211,13 +211,12 @@ class BatchWriter:
                     # batch loudly (its source entries stay pending and are retried on takeover).
                     log.exception("dropping a write batch after a non-transient error")
                     return
+                if self.redis_ok:
+                    log_failure(log, "redis write", exc)
                 self.redis_ok = False
-                self.failing_with = "redis unreachable" if isinstance(exc, TRANSIENT_ERRORS) else (
-                    f"redis refuses writes ({type(exc).__name__})")
+                self.failing_with = failure_reason(exc)
                 self.stats.retries += 1
-                delay = next(delays)
-                log.warning("redis write failed (%s); retrying in %.2fs", type(exc).__name__, delay)
-                await asyncio.sleep(delay)
+                await asyncio.sleep(next(delays))
 
     async def _send(self, batch: list[QueuedOp]) -> None:
         """One EVALSHA per partition (hash tag), all in one round trip."""

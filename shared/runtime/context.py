@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from shared.bus.program import Scripts
+from shared.bus.retry import failure_reason
 from shared.bus.writer import BatchWriter
 from shared.keys import Keys
 from shared.runtime.conversations import Owned
@@ -29,6 +30,8 @@ class WorkerContext:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     #: Reads answer (set by the reader; the writer keeps its own flag).
     redis_ok: bool = False
+    #: While not ``redis_ok``: why, for readiness (``shared.bus.retry.failure_reason``).
+    failing_with: str = ""
 
     @property
     def keys(self) -> Keys:
@@ -41,6 +44,12 @@ class WorkerContext:
     @property
     def worker_id(self) -> str:
         return self.settings.worker_id
+
+    def redis_failed(self, exc: BaseException) -> None:
+        """A step waiting out a Redis failure (``retry_forever``'s ``on_error``): not ready
+        meanwhile, with the reason; the read loop's next good read clears it."""
+        self.redis_ok = False
+        self.failing_with = failure_reason(exc)
 
     def dead(self, stream: str, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
         """Ack ``entry_id`` of ``stream`` into the dead-letter stream, with the reason."""

@@ -80,7 +80,8 @@ class Leases:
                 w.dead(control_key, entry_id, started.model_dump_json().encode(), "conversation already started")
             return
         try:
-            created = await retry_forever("create group", lambda: ensure_group(w.redis, data_key, w.group))
+            created = await retry_forever("create group", lambda: ensure_group(w.redis, data_key, w.group),
+                                          on_error=w.redis_failed)
         except ResponseError as exc:  # e.g. WRONGTYPE: the stream's name holds another type
             w.dead(control_key, entry_id, started.model_dump_json().encode(), f"cannot own {data_key}: {exc}")
             return
@@ -119,9 +120,10 @@ class Leases:
         key = live.ctx.data_key
         start = live.replay or "-"
         count = w.owned.limits.read_count(CLAIM_PAGE)
-        rows = await retry_forever("list pending", lambda: self._pending(key, start, count))
+        rows = await retry_forever("list pending", lambda: self._pending(key, start, count), on_error=w.redis_failed)
         if rows:
-            claimed = await retry_forever("claim pending", lambda: self._claim_into(live, rows, min_idle_ms=0))
+            claimed = await retry_forever("claim pending", lambda: self._claim_into(live, rows, min_idle_ms=0),
+                                          on_error=w.redis_failed)
             live.replayed += claimed
             live.last_seen_s = time.monotonic()
             last = rows[-1]["message_id"]
@@ -207,7 +209,7 @@ class Leases:
                 return False
             return any(g["name"] in (w.group, w.group.encode()) for g in groups)
 
-        if not await retry_forever("check conversation", known):
+        if not await retry_forever("check conversation", known, on_error=w.redis_failed):
             w.dead(control_key, entry_id, raw, "conversation.ended for an unknown conversation")
             return
         w.writer.gate(control_key, w.group, entry_id, relay, ended.model_dump_json().encode(),

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable
 
 from shared import keys as keynames
 from shared.bus.resp import id_order
-from shared.bus.retry import is_transient
+from shared.bus.retry import is_transient, log_failure
 from shared.metrics import stream_kind
 from shared.models import ConversationEnded, now_ms
 from shared.runtime.context import WorkerContext
@@ -48,8 +48,7 @@ async def periodic(
             if not is_transient(exc):
                 log.exception("%s failed", what)
             elif not failing:
-                log.warning("%s: redis unavailable (%s); trying again every %.1fs", what, type(exc).__name__,
-                            interval_s)
+                log_failure(log, what, exc)
                 failing = True
 
 

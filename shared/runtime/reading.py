@@ -33,7 +33,7 @@ from shared.backoff import backoff
 from shared.bus.doorbell import Doorbell, Ring
 from shared.bus.groups import GroupReader, ensure_group
 from shared.bus.resp import StreamEntries
-from shared.bus.retry import is_transient, retry_forever
+from shared.bus.retry import failure_reason, is_transient, log_failure, retry_forever
 from shared.keys import CONTROL_KIND
 from shared.metrics import stream_kind
 from shared.runtime.context import WorkerContext
@@ -196,24 +196,24 @@ class ReadScheduler:
                     log.info("redis is back: reading again")
                 w.redis_ok = True
                 delays = backoff()
-            except ResponseError as exc:
-                if "NOGROUP" in str(exc):
+            except Exception as exc:
+                if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     await self._recreate_groups(plan.control + plan.data)
                     continue
-                if "WRONGTYPE" in str(exc):
+                if isinstance(exc, ResponseError) and "WRONGTYPE" in str(exc):
                     if not await self._reject_unreadable(plan.data):
                         # A control stream's name holds another type: an operator's fix is needed.
                         log.error("a control stream is not a stream (%s); retrying with backoff", exc)
                         w.redis_ok = False
+                        w.failing_with = "a control stream is not a stream"
                         await asyncio.sleep(next(delays))
                     continue
-                raise
-            except Exception as exc:
                 if not is_transient(exc):
                     raise
                 if w.redis_ok:
-                    log.warning("redis unavailable (%s): retrying with backoff", type(exc).__name__)
+                    log_failure(log, "read", exc)
                 w.redis_ok = False
+                w.failing_with = failure_reason(exc)
                 w.meters.redis_errors_read.inc()
                 next_sweep, full_sweep = 0.0, True  # rings may have been lost meanwhile
                 await asyncio.sleep(next(delays))

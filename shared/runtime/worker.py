@@ -96,7 +96,7 @@ class OwnershipRuntime:
         if self.w.owned.table.draining:
             return "draining"
         if not self.w.redis_ok:
-            return "redis unreachable"
+            return self.w.failing_with or "redis unreachable"
         if not self.w.writer.redis_ok:
             return self.w.writer.failing_with or "redis unreachable"
         return None
