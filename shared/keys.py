@@ -111,7 +111,7 @@ class Keys:
         """An API key's open gateway sessions across all gateway instances (sorted
         set: session id scored by its expiry, ms). ``key_id`` is the key's
         fingerprint, never the key."""
-        return f"{self.prefix}:gateway:sessions:{key_id}"
+        return f"{self.prefix}:gw:sessions:{key_id}"
 
     def partition_of_key(self, key: str) -> int:
         start = key.index("{") + 1

@@ -22,8 +22,11 @@ from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
+from aiohttp.test_utils import TestServer
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
+from gateway_svc.app import Gateway
+from gateway_svc.auth import KeyRing
 from shared.acl.deploy import create_secrets, read_secrets, render
 from shared.acl.users import USER_NAMES
 from shared.acl.users import conversation as conversation_user
@@ -32,10 +35,11 @@ from shared.follow import StreamFollower
 from shared.keys import KeyPatterns, Keys
 from shared.models import ConversationEnded, ConversationStarted, ResponseDone, UtteranceText, decode_fields, encode
 from shared.redis_server import free_port, ping
-from shared.settings import ConversationSettings
+from shared.settings import ConversationSettings, GatewaySettings
 from simulator_svc.admin import print_dialogue, replay_dead
 from simulator_svc.observe import dead_letters, owners, snapshot
 from tests.acl_helpers import AclRedis, start_acl_redis
+from tests.gateway_helpers import KEY_A, client, collect_until
 from tests.runtime_helpers import (
     FAST,
     answered_ids,
@@ -221,35 +225,40 @@ async def test_each_user_is_refused_what_it_must_not_do(acl_redis: AclRedis, pre
         await admin.aclose()
 
 
-async def test_the_gateway_may_do_what_it_is_granted(acl_redis: AclRedis, prefix: str) -> None:
-    """The gateway is not built yet: its grants are exercised here, as its user."""
+async def test_the_gateway_as_its_user_serves_a_conversation_and_nothing_is_refused(
+    acl_redis: AclRedis, prefix: str
+) -> None:
+    """The real gateway (in-process, as the ``gateway`` user) in front of the workers
+    (as theirs), driven by the openai SDK: a two-step turn, a resume, the slots and
+    the resume hash; the ACL log stays empty."""
     keys = Keys(prefix)
-    gateway = acl_redis.client("gateway", client_name="gateway")
-    gw = f"{prefix}:gw:quota"
+    redis = acl_redis.client("gateway", client_name="gateway")
+    admin = acl_redis.admin()
+    gateway = Gateway(GatewaySettings(), redis, keys, KeyRing([KEY_A]), "Be brief.")
+    server = TestServer(gateway.app())
+    await server.start_server()
+    base = str(server.make_url("")).rstrip("/")
     try:
-        assert await gateway.ping()
-        await _start(gateway, keys, "c")
-        await say(gateway, keys, "c", "u1", "hello")
-        for key in (keys.transcripts("c"), keys.responses("c")):
-            assert not await gateway.xread({key: "0-0"})
-            assert await gateway.xrange(key) == [] and await gateway.xrevrange(key) == []
-        assert await gateway.xrevrange(keys.bell(0, "responses"), count=1) == []
-        await gateway.hset(f"{prefix}:gw:session:s1", mapping={"conversation": "c"})
-        assert await gateway.hget(f"{prefix}:gw:session:s1", "conversation") == b"c"
-        assert await gateway.hgetall(f"{prefix}:gw:session:s1") == {b"conversation": b"c"}
-        assert await gateway.expire(f"{prefix}:gw:session:s1", 60)
-        await gateway.zadd(gw, {"a": 1, "b": 2, "c": 3})
-        assert await gateway.zrem(gw, "c") == 1 and await gateway.zremrangebyscore(gw, 0, 1) == 1
-        assert await gateway.zcard(gw) == 1
-        sha = await gateway.script_load("return redis.call('ZCARD', KEYS[1])")
-        assert await gateway.evalsha(sha, 1, gw) == 1
-        assert await gateway.eval("return redis.call('ZADD', KEYS[1], 5, 'e')", 1, gw) == 1
-        # Inside a script each call is checked too: a gw key given, a responses stream written.
-        with pytest.raises(ResponseError, match="can't"):
-            await gateway.eval(f"return redis.call('XADD', '{keys.responses('c')}', '*', 'd', 'x')", 1, gw)
-        assert await gateway.delete(gw, f"{prefix}:gw:session:s1") == 2
+        async with pipeline(acl_redis.server.url_as("nobody"), prefix, **_as_users(acl_redis)):
+            async with client(base).realtime.connect(model="local") as conn:
+                created = await collect_until(conn, lambda e: e.type == "session.created")
+                conversation_id = created[-1].session.conversation_id
+                await conn.session.update(session={"type": "realtime", "output_modalities": ["text"],
+                                                   "audio": {"input": {"turn_detection": None}}})
+                await conn.conversation.item.create(item={"type": "message", "role": "user",
+                                                          "content": [{"type": "input_text", "text": "hi"}]})
+                await conn.response.create()
+                done = (await collect_until(conn, lambda e: e.type == "response.done"))[-1].response
+                assert done.status == "completed"
+                conn._connection.transport.abort()  # dropped: resumable
+            async with client(base).realtime.connect(
+                    model="local", extra_query={"conversation_id": conversation_id}) as conn:
+                await collect_until(conn, lambda e: e.type == "session.created")
+        assert await admin.acl_log() == []
     finally:
-        await gateway.aclose()
+        await server.close()
+        await redis.aclose()
+        await admin.aclose()
 
 
 async def test_the_default_user_is_disabled(acl_redis: AclRedis) -> None:

@@ -102,16 +102,17 @@ def _client_writes(k: KeyPatterns) -> Grant:
 
 
 def gateway(k: KeyPatterns) -> User:
-    """The front door (not built yet): a client, plus small state of its own."""
+    """The front door (gateway_svc): a client, plus small state of its own."""
     return User("gateway", "the public front door: a client with its own hashes and sorted sets", (
         _connect("script|load"),
         _client_writes(k),
         Grant("follows transcripts and answers (shared/follow.py: bells, then the streams that rang)",
               ("xread", "xrange", "xrevrange"),
               read(k.stream("transcripts"), k.stream("responses"), k.bell("transcripts"), k.bell("responses"))),
-        Grant("its own state: sessions (hashes), quotas (sorted sets), and scripts over them",
-              ("hset", "hget", "hgetall", "expire", "del", "zadd", "zrem", "zcard", "zremrangebyscore",
-               "evalsha", "eval"),
+        Grant("its own state (gateway_svc): the resume hash of each conversation (resume.py) and each "
+              "key's session slots, a sorted set kept by two scripts (quotas.SessionSlots)",
+              ("hset", "hgetall", "expire", "del", "zadd", "zrem", "zcard", "zscore", "zremrangebyscore",
+               "pexpire", "evalsha", "eval"),
               read_write(k.gateway())),
     ))
 
