@@ -36,6 +36,7 @@ COPY shared/ shared/
 COPY transcriber_svc/ transcriber_svc/
 COPY conversation_svc/ conversation_svc/
 COPY simulator_svc/ simulator_svc/
+COPY gateway_svc/ gateway_svc/
 # The project itself: a source tree has no hash, so in a pip call of its own.
 RUN pip install --no-deps .
 

@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway_svc.app import Gateway
 from gateway_svc.auth import KeyRing, load_api_keys
-from shared.bus.resp import connect
+from shared.bus.resp import connect_to
 from shared.logs import register_secret, setup_logging
 from shared.process import install_fast_loop
 from shared.settings import ConnectionSettings, ConversationSettings, GatewaySettings, InvalidSettings, load_settings
@@ -45,7 +45,7 @@ def load_keyring(settings: GatewaySettings) -> KeyRing | None:
 
 
 async def run(connection: ConnectionSettings, settings: GatewaySettings, keyring: KeyRing | None) -> int:
-    redis = connect(connection.redis_url.get_secret_value())
+    redis = connect_to(connection)
     system_prompt = os.environ.get("SYSTEM_PROMPT") or str(ConversationSettings.model_fields["system_prompt"].default)
     gateway = Gateway(settings, redis, connection.keys, keyring, system_prompt)
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)

@@ -51,6 +51,16 @@ def _utterances(value: str | None) -> list[str]:
     return texts
 
 
+def _client_key_from_env() -> str | None:
+    """$GATEWAY_CLIENT_KEY, else the first key of the file $GATEWAY_CLIENT_KEY_FILE (a compose secret)."""
+    key = os.environ.get("GATEWAY_CLIENT_KEY")
+    path = os.environ.get("GATEWAY_CLIENT_KEY_FILE")
+    if not key and path:
+        lines = [line.strip() for line in Path(path).read_text(encoding="utf-8").splitlines()]
+        key = next((line for line in lines if line and not line.startswith("#")), None)
+    return key or None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m simulator_svc",
@@ -80,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = parser.add_argument_group(
         "through the gateway", "be a Realtime API client of a gateway_svc instead of writing Redis")
     gateway.add_argument("--gateway", metavar="URL", help="the gateway's address, e.g. http://localhost:8080")
-    gateway.add_argument("--api-key", help="the gateway key (default: $GATEWAY_CLIENT_KEY; none: anonymous)")
+    gateway.add_argument("--api-key", help="the gateway key (default: $GATEWAY_CLIENT_KEY, or the first key of "
+                         "the file $GATEWAY_CLIENT_KEY_FILE; none: anonymous)")
     gateway.add_argument("--audio-out", action="store_true",
                          help="ask for spoken answers (the API's default) and measure them (bytes, first audio)")
     _connection_args(parser)
@@ -124,7 +135,7 @@ async def _simulate(args: argparse.Namespace, conn: ConnectionSettings) -> int:
 
         try:
             gateway_sim = GatewaySimulation(plan, printer, args.gateway,
-                                            args.api_key or os.environ.get("GATEWAY_CLIENT_KEY") or None,
+                                            args.api_key or _client_key_from_env(),
                                             audio_out=args.audio_out)
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -19,11 +19,12 @@ import redis as syncredis
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
+from shared.acl.deploy import GATEWAY_KEYS_FILE, create_gateway_keys
 from shared.acl.users import USER_NAMES
-from shared.devstack import ServiceProcess, Stack
+from shared.devstack import ServiceProcess, Stack, wait_http_ready
 from shared.keys import Keys
 from shared.models import ConversationStarted, ResponseDone, UtteranceText, decode_fields, encode
-from shared.redis_server import RedisServer, start_embedded
+from shared.redis_server import RedisServer, free_port, start_embedded
 from simulator_svc.monitor import render
 from simulator_svc.observe import snapshot
 from tests.acl_helpers import AclRedis, start_acl_redis
@@ -293,7 +294,11 @@ def test_compose_services_run_as_written(prefix: str, tmp_path: Path) -> None:
     assert redis["entrypoint"] == ["sh", "/etc/redis/start.sh"] and "./deploy/redis:/etc/redis:ro" in redis["volumes"]
     assert sorted(redis["secrets"]) == sorted(f"redis_{user}" for user in USER_NAMES)
     assert {name: spec["file"] for name, spec in compose["secrets"].items()} == {  # type: ignore[index]
-        f"redis_{user}": f"./deploy/secrets/redis_{user}" for user in USER_NAMES}
+        **{f"redis_{user}": f"./deploy/secrets/redis_{user}" for user in USER_NAMES},
+        GATEWAY_KEYS_FILE: f"./deploy/secrets/{GATEWAY_KEYS_FILE}"}
+    # Only the front door is published.
+    assert [name for name, svc in services.items() if "ports" in svc and not svc.get("profiles")] == [
+        "gateway_svc"]
     # What a user would put in the shell before `docker compose up`:
     host_env = {"TRANSCRIBER_ENGINE": "simulated", "CONVERSATION_ENGINE": "echo", "KEY_PREFIX": prefix,
                 "LEASE_S": "2"}
@@ -312,11 +317,25 @@ def test_compose_services_run_as_written(prefix: str, tmp_path: Path) -> None:
             env["METRICS_PORT"] = "0"  # both listen on 9100 in their own containers; here they share a host
             stack.start(svc["command"][2], env)
         wait_for_workers(acl.server.url, prefix, 2)
+        gateway = services["gateway_svc"]  # type: ignore[index]
+        assert gateway["secrets"] == ["redis_gateway", GATEWAY_KEYS_FILE]
+        keys_file = create_gateway_keys(tmp_path / "gateway-secrets")
+        assert keys_file is not None
+        env = {k: _interpolate(str(v), host_env) for k, v in gateway["environment"].items()}
+        assert env["REDIS_URL"].startswith("redis://gateway@") and "GATEWAY_API_KEYS" not in env
+        env = _here(env, acl)
+        env["GATEWAY_API_KEYS_FILE"] = str(keys_file)
+        port = free_port()
+        env.update(GATEWAY_PORT=str(port), GATEWAY_HOST="127.0.0.1")
+        gateway_proc = stack.start("gateway_svc", env)
         sim = services["simulator_svc"]  # type: ignore[index]
-        assert sim["depends_on"]["conversation_svc"]["condition"] == "service_healthy"
-        assert sim["secrets"] == ["redis_simulator"]
-        env = {**stack.env, **_here({k: _interpolate(str(v), host_env) for k, v in sim["environment"].items()}, acl)}
+        assert sim["depends_on"]["gateway_svc"]["condition"] == "service_healthy"
+        assert sim["secrets"] == [GATEWAY_KEYS_FILE] and "REDIS_URL" not in sim["environment"]
+        env = {**stack.env, **{k: _interpolate(str(v), host_env) for k, v in sim["environment"].items()}}
+        env["GATEWAY_CLIENT_KEY_FILE"] = str(keys_file)
         command = [sys.executable if c == "python" else c for c in sim["command"]]
+        command = [f"http://127.0.0.1:{port}" if c == "http://gateway_svc:8080" else c for c in command]
+        wait_http_ready(gateway_proc, f"http://127.0.0.1:{port}/readyz")
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120, check=False)
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
         assert proc.stdout.count("Response complete") == 3 * 6

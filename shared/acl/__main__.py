@@ -1,6 +1,7 @@
 """python -m shared.acl: the ACL files.
 
-    python -m shared.acl secrets [--dir deploy/secrets]   make the missing password files
+    python -m shared.acl secrets [--dir deploy/secrets]   make the missing password files (and
+                                                          the gateway's API key file)
     python -m shared.acl template > deploy/redis/users.acl  regenerate compose's template
     python -m shared.acl render [--key-prefix P] [--dir deploy/secrets]
                                                           the filled-in ACL file (redis-server --aclfile)
@@ -13,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from shared.acl.deploy import check_prefix, create_secrets, read_secrets, render, template
+from shared.acl.deploy import check_prefix, create_gateway_keys, create_secrets, read_secrets, render, template
 
 DEFAULT_SECRETS = Path("deploy/secrets")
 
@@ -21,7 +22,8 @@ DEFAULT_SECRETS = Path("deploy/secrets")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.acl", description="Redis ACL users of the services.")
     sub = parser.add_subparsers(dest="command", required=True)
-    secrets = sub.add_parser("secrets", help="write a random password for every user that has none yet")
+    secrets = sub.add_parser("secrets", help="write a random password for every user that has none yet, "
+                             "and a gateway API key file if there is none")
     secrets.add_argument("--dir", type=Path, default=DEFAULT_SECRETS, help=f"default: {DEFAULT_SECRETS}")
     sub.add_parser("template", help="print compose's ACL template (deploy/redis/users.acl)")
     rendered = sub.add_parser("render", help="print the ACL file for a prefix, with the secrets' password hashes")
@@ -36,6 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "secrets":
             created = create_secrets(args.dir)
+            keys = create_gateway_keys(args.dir)
+            if keys is not None:
+                created.append(keys)
             for path in created:
                 print(f"created {path}")
             if not created:

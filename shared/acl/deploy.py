@@ -96,3 +96,22 @@ def create_secrets(directory: Path) -> list[Path]:
         path.chmod(0o644)  # whatever the umask
         created.append(path)
     return created
+
+
+#: The gateway's API keys file (GATEWAY_API_KEYS_FILE) that compose mounts as a secret.
+GATEWAY_KEYS_FILE = "gateway_api_keys"
+
+
+def create_gateway_keys(directory: Path) -> Path | None:
+    """Write one random API key for the gateway (clients use it) when there is no
+    keys file yet; return the new file. More keys: one per line, added by hand."""
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / GATEWAY_KEYS_FILE
+    if path.exists():
+        return None
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(f"sk-vab-{secrets.token_hex(PASSWORD_BYTES)}\n")
+    path.chmod(0o644)
+    return path
+
