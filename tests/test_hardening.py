@@ -21,7 +21,7 @@ LOCKS = sorted((ROOT / "requirements").glob("*.lock"))
 DOCKERFILE = ROOT / "Dockerfile"
 APP_IMAGE = "voice-assistant-backend:latest"
 #: What the compose file may publish on the host: Prometheus, on this host only.
-PUBLISHED = {"prometheus": ["127.0.0.1:9090:9090"]}
+PUBLISHED = {"prometheus": ["127.0.0.1:9090:9090"], "gateway_svc": ["${GATEWAY_PUBLISH:-8080}:8080"]}
 #: Where each service writes; with a read-only root these must be tmpfs or volumes.
 WRITES = {"redis": "/data", "prometheus": "/prometheus"}  # the project's image: /tmp
 COMPILERS = re.compile(r"\b(build-essential|gcc|g\+\+|clang|cmake|ninja-build|make)\b")
