@@ -252,9 +252,9 @@ def test_secrets_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
         assert "redis-PASSWORD" not in text
 
 
-# --- the README's configuration table ---------------------------------------------------------------------
+# --- the configuration reference (docs/configuration.md) and the README's short table -----------------------
 
-#: The table format: under ``## Configuration``, one or more tables with this header, whose
+#: The table format: under ``## Settings`` (the reference) or ``## Configuration`` (the README), tables with this header, whose
 #: rows are ``| `VARIABLE` | `default` | meaning |`` (``(unset)``: None; ``(random)``: computed per process).
 TABLE_HEADER = "| variable | default | meaning |"
 ROW = re.compile(r"^\| `(?P<variable>[A-Z][A-Z0-9_]*)` \| (?P<default>`[^`|]*`|\(unset\)|\(random\)) \| .*\S.* \|$")
@@ -274,9 +274,9 @@ def render_default(info: FieldInfo) -> str:
     return f"`{value}`"
 
 
-def readme_configuration_rows(readme: str) -> list[tuple[str, str]]:
-    """(variable, default cell) of every row of the tables under ``## Configuration``."""
-    section = readme.split("\n## Configuration\n", 1)[1].split("\n## ", 1)[0]
+def configuration_rows(text: str, heading: str) -> list[tuple[str, str]]:
+    """(variable, default cell) of every row of the tables under ``heading``."""
+    section = text.split(f"\n{heading}\n", 1)[1].split("\n## ", 1)[0]
     rows: list[tuple[str, str]] = []
     in_table = False
     for line in section.splitlines():
@@ -293,19 +293,28 @@ def readme_configuration_rows(readme: str) -> list[tuple[str, str]]:
     return rows
 
 
-def test_readme_configuration_table_matches_settings() -> None:
-    readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert "\n## Configuration\n" in readme, "the README has no '## Configuration' section"
-    rows = readme_configuration_rows(readme)
-    assert rows, f"no table with the header {TABLE_HEADER!r} under '## Configuration'"
+def test_configuration_reference_matches_settings() -> None:
+    reference = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    assert "\n## Settings\n" in reference, "docs/configuration.md has no '## Settings' section"
+    rows = configuration_rows(reference, "## Settings")
+    assert rows, f"no table with the header {TABLE_HEADER!r} under '## Settings'"
     in_readme = dict(rows)
     duplicated = sorted({v for v, _ in rows if [r for r, _ in rows].count(v) > 1})
-    assert not duplicated, f"listed twice in the README: {duplicated}"
+    assert not duplicated, f"listed twice in docs/configuration.md: {duplicated}"
 
     settings = {name: render_default(info) for name, (_, _, info) in all_variables().items()}
     missing = sorted(set(settings) - set(in_readme))
     unknown = sorted(set(in_readme) - set(settings))
-    assert not missing, f"settings missing from the README's configuration table: {missing}"
-    assert not unknown, f"README variables that are no setting: {unknown}"
+    assert not missing, f"settings missing from docs/configuration.md: {missing}"
+    assert not unknown, f"docs/configuration.md variables that are no setting: {unknown}"
     wrong = {name: (in_readme[name], settings[name]) for name in settings if in_readme[name] != settings[name]}
-    assert not wrong, f"README default != code default (README, code): {wrong}"
+    assert not wrong, f"documented default != code default (docs, code): {wrong}"
+
+
+def test_the_readme_names_settings_with_their_true_defaults() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert "\n## Configuration\n" in readme, "the README has no '## Configuration' section"
+    rows = configuration_rows(readme, "## Configuration")
+    settings = {name: render_default(info) for name, (_, _, info) in all_variables().items()}
+    assert rows and all(settings.get(name) == default for name, default in rows), [
+        (name, default, settings.get(name)) for name, default in rows if settings.get(name) != default]
