@@ -16,6 +16,7 @@ import pytest
 
 from shared.acl.__main__ import main as acl_main
 from shared.acl.deploy import (
+    GATEWAY_KEYS_FILE,
     PREFIX_PLACEHOLDER,
     create_secrets,
     hash_placeholder,
@@ -140,7 +141,10 @@ def test_a_password_file_is_its_content_without_trailing_newlines(tmp_path: Path
 def test_the_command_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = tmp_path / "secrets"
     assert acl_main(["secrets", "--dir", str(folder)]) == 0
-    assert capsys.readouterr().out.count("created ") == len(USER_NAMES)
+    assert capsys.readouterr().out.count("created ") == len(USER_NAMES) + 1  # and the gateway's keys
+    keys = (folder / GATEWAY_KEYS_FILE).read_text().split()
+    assert len(keys) == 1 and len(keys[0]) >= 16  # a key the gateway accepts
+    assert acl_main(["secrets", "--dir", str(folder)]) == 0 and "created" not in capsys.readouterr().out
     assert acl_main(["template"]) == 0 and capsys.readouterr().out == template()
     assert acl_main(["render", "--key-prefix", "p1", "--dir", str(folder)]) == 0
     assert capsys.readouterr().out == render("p1", read_secrets(folder))

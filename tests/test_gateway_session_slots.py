@@ -121,6 +121,6 @@ async def test_the_set_is_named_by_keys_and_expires(
 ) -> None:
     assert await slots.acquire("0123456789abcdef", "s1")
     name = Keys(prefix).gateway_sessions("0123456789abcdef")
-    assert name == f"{prefix}:gateway:sessions:0123456789abcdef"
+    assert name == f"{prefix}:gw:sessions:0123456789abcdef"
     assert await redis.zscore(name, "s1") == (clock.now + TTL_S) * 1000
     assert 0 < await redis.pttl(name) <= 2 * TTL_S * 1000
