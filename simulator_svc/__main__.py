@@ -3,6 +3,8 @@ operator's tools).
 
     python -m simulator_svc [--mode text] [--conversations N] [--utterances K|FILE] ...
     python -m simulator_svc --gateway http://HOST:PORT [--api-key KEY] ...   (through the front door)
+    python -m simulator_svc --gateway URL --mode audio --barge-in ...        (speaks over the answers)
+    python -m simulator_svc --gateway URL --mode text --cancel-after-ms N   (response.cancel mid-answer)
     python -m simulator_svc monitor [--once] [--svg FILE]
     python -m simulator_svc dialogue CONVERSATION_ID
     python -m simulator_svc dead list | dead replay DEAD_ID [--raw JSON]
@@ -94,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
                          "the file $GATEWAY_CLIENT_KEY_FILE; none: anonymous)")
     gateway.add_argument("--audio-out", action="store_true",
                          help="ask for spoken answers (the API's default) and measure them (bytes, first audio)")
+    gateway.add_argument("--barge-in", action="store_true",
+                         help="audio mode: speak each utterance after the first over the previous answer, as "
+                              "soon as its first audio arrives (implies --audio-out); counts the cancelled "
+                              "answers and measures the cancel latency")
+    gateway.add_argument("--cancel-after-ms", type=float, metavar="N",
+                         help="send response.cancel N ms after each answer's first output delta; counts the "
+                              "cancelled answers and measures the cancel latency")
     _connection_args(parser)
     parser.epilog = "operator tools: " + ", ".join(TOOLS) + " (python -m simulator_svc TOOL --help)"
     return parser
@@ -131,19 +140,21 @@ async def _simulate(args: argparse.Namespace, conn: ConnectionSettings) -> int:
     )
     printer = DialoguePrinter(None if args.json else sys.stdout, plan.conversations)
     if args.gateway is not None:
-        from simulator_svc.gateway_mode import GatewaySimulation
+        from simulator_svc.gateway_mode import GatewaySimulation, Interruptions
 
         try:
             gateway_sim = GatewaySimulation(plan, printer, args.gateway,
                                             args.api_key or _client_key_from_env(),
-                                            audio_out=args.audio_out)
+                                            audio_out=args.audio_out or args.barge_in,
+                                            interruptions=Interruptions(args.barge_in, args.cancel_after_ms))
         except ValueError as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         summary = await gateway_sim.run()
     else:
-        if args.api_key or args.audio_out:
-            print("error: --api-key and --audio-out go with --gateway", file=sys.stderr)
+        if args.api_key or args.audio_out or args.barge_in or args.cancel_after_ms is not None:
+            print("error: --api-key, --audio-out, --barge-in and --cancel-after-ms go with --gateway",
+                  file=sys.stderr)
             return 2
         redis = connect_to(conn)
         try:

@@ -22,7 +22,7 @@ import functools
 import time
 from typing import Any
 
-from shared.audio import chunk_pcm, silence_pcm
+from shared.audio import Endpointer, EndpointerConfig, SpeechStarted, chunk_pcm, silence_pcm
 from shared.bus.doorbell import add_with_rings
 from shared.keys import Keys
 from shared.models import (
@@ -49,6 +49,14 @@ def speech_pcm(text: str, trailing_silence_ms: int = 0) -> bytes:
     server-side endpointer hear the end of speech.
     """
     return synthesize(text) + silence_pcm(trailing_silence_ms, AUDIO_SAMPLE_RATE_HZ)
+
+
+def speech_onset_ms(pcm: bytes) -> float | None:
+    """Where the first voiced audio of ``pcm`` (PCM16 24 kHz) begins, in ms from its start: the
+    start of the first voiced run an energy endpointer takes for speech (the gateway's server
+    VAD, at its default threshold, calls the same run speech). None: no speech in it."""
+    events = Endpointer(EndpointerConfig(sample_rate_hz=AUDIO_SAMPLE_RATE_HZ)).feed(pcm)
+    return next((e.start_ms for e in events if isinstance(e, SpeechStarted)), None)
 
 
 async def publish_audio_utterance(

@@ -10,6 +10,14 @@ or :meth:`~GatewayConversation.speak`) sends one utterance, and
 
 Latency origins (``sent_ms``): a text turn's ``response.create``; a spoken
 turn's end of speech (the audio after it is silence, for the server VAD).
+
+Interruptions: :meth:`~GatewayConversation.wait_output` waits for an answer's
+first output (its first audio delta when spoken, else its first text delta);
+the client then cuts it off by speaking over it (``speak(..., interrupting=)``:
+the server VAD hears the speech and the gateway cancels the answer) or with
+:meth:`~GatewayConversation.cancel` (``response.cancel``). Either way the
+tracker is told when the interruption began: the send of the first voiced
+audio (``onset_ms`` into the utterance's PCM), or of the cancel.
 """
 
 from __future__ import annotations
@@ -65,6 +73,14 @@ class GatewayConversation:
         #: Why the socket ended before its close (None while open).
         self.lost: str | None = None
         self._answered: dict[str, asyncio.Event] = {}
+        #: Set at an answer's first output delta (or its end): an interruption may begin.
+        self._output: dict[str, asyncio.Event] = {}
+        #: event_id of a response.cancel -> the utterance whose answer it cancels.
+        self._cancel_of: dict[str, str] = {}
+        #: The utterance whose answer the speech being sent is meant to cut off.
+        self._interrupting: str | None = None
+        #: Cancels that came too late: the answer had ended (the gateway says so in an error).
+        self.late_cancels = 0
         #: event_id of a conversation.item.create / response.create -> its utterance.
         self._asked_by: dict[str, str] = {}
         #: audio item id (server VAD turn) -> the utterance it was cut from.
@@ -81,6 +97,7 @@ class GatewayConversation:
         uid = utterance_id(index)
         self.tracker.sent(self.conversation_id, uid, index, text, now_ms())
         self._answered[uid] = asyncio.Event()
+        self._output[uid] = asyncio.Event()
         return uid
 
     async def say(self, index: int, text: str) -> str:
@@ -96,9 +113,12 @@ class GatewayConversation:
         self.tracker.records[(self.conversation_id, uid)].sent_ms = now_ms()
         return uid
 
-    async def speak(self, index: int, text: str, pcm: bytes, chunk_ms: float, realtime_factor: float) -> str:
+    async def speak(self, index: int, text: str, pcm: bytes, chunk_ms: float, realtime_factor: float,
+                    onset_ms: float | None = None, interrupting: str | None = None) -> str:
         """Append ``pcm`` (then silence) in ``chunk_ms`` pieces at ``realtime_factor`` x real time;
-        the server VAD commits the turn and answers it."""
+        the server VAD commits the turn and answers it. With ``interrupting`` (an utterance whose
+        answer is under way), the speech is meant to cut that answer off: the send of the piece
+        holding ``onset_ms`` (where the voice begins in ``pcm``) is when the interruption began."""
         from shared.audio import chunk_pcm, silence_pcm  # numpy: audio mode only
         from shared.models import AUDIO_SAMPLE_RATE_HZ
 
@@ -107,11 +127,15 @@ class GatewayConversation:
         self.timeline.begin(uid)
         audio = pcm + silence_pcm(TRAILING_SILENCE_MS, AUDIO_SAMPLE_RATE_HZ)
         step_s = chunk_ms / 1000 / realtime_factor
+        onset_piece = int((onset_ms or 0.0) // chunk_ms) if interrupting is not None else -1
+        self._interrupting = interrupting
         started, wall_started_ms = time.monotonic(), now_ms()
         for n, piece in enumerate(chunk_pcm(audio, chunk_ms, AUDIO_SAMPLE_RATE_HZ)):
             delay_s = started + n * step_s - time.monotonic()
             if delay_s > 0:
                 await asyncio.sleep(delay_s)
+            if n == onset_piece and interrupting is not None:
+                self.tracker.interrupting(self.conversation_id, interrupting, now_ms())
             await self._send(rt.audio_append(piece, f"evt_{uid}_a{n}"))
             self.timeline.appended(piece)
         # Latency counts from the end of speech, as a listener would: not from the end of the silence.
@@ -119,10 +143,23 @@ class GatewayConversation:
         self.tracker.records[(self.conversation_id, uid)].sent_ms = wall_started_ms + speech_s * 1000 / realtime_factor
         return uid
 
+    async def wait_output(self, uid: str) -> None:
+        """Until ``uid``'s answer sends its first output (audio delta, or text delta of a text
+        answer), or ends, or the socket does."""
+        await self._output[uid].wait()
+
+    async def cancel(self, uid: str) -> None:
+        """Cancel ``uid``'s answer (response.cancel); its response.done comes ``cancelled``, or
+        completed if it ended first (the gateway then answers the cancel with an error)."""
+        event_id = f"evt_{uid}_cancel"
+        self._cancel_of[event_id] = uid
+        self.tracker.interrupting(self.conversation_id, uid, now_ms())
+        await self._send(rt.response_cancel(event_id))
+
     async def wait_answer(self, uid: str) -> None:
         """Until ``uid`` has its response.done (or failed); raises ConversationLost if the socket ended first."""
         await self._answered[uid].wait()
-        if self.lost is not None and not self._settled(uid):
+        if self.lost is not None and not self.settled(uid):
             raise ConversationLost(self.lost)
 
     async def close(self) -> None:
@@ -144,15 +181,22 @@ class GatewayConversation:
         finally:
             if self.lost is None and self.ws.close_code != 1000:
                 self.lost = f"the gateway closed the connection (code {self.ws.close_code})"
-            for event in self._answered.values():  # wake every waiter: nothing more will come
+            for event in (*self._answered.values(), *self._output.values()):  # nothing more will come
                 event.set()
 
-    def _settled(self, uid: str) -> bool:
+    def settled(self, uid: str) -> bool:
+        """Has ``uid`` its response.done (or failed)?"""
         rec = self.tracker.records.get((self.conversation_id, uid))
         return rec is not None and (rec.dones > 0 or rec.failed is not None)
 
     def _settle(self, uid: str) -> None:
-        event = self._answered.get(uid)
+        for events in (self._answered, self._output):
+            event = events.get(uid)
+            if event is not None:
+                event.set()
+
+    def _output_began(self, uid: str) -> None:
+        event = self._output.get(uid)
         if event is not None:
             event.set()
 
@@ -163,9 +207,15 @@ class GatewayConversation:
             handler(self, event)
 
     def _error(self, event: rt.Event) -> None:
-        self.errors += 1
         reason = rt.error_text(event)
         client_event = (event.get("error") or {}).get("event_id")
+        if client_event in self._cancel_of:
+            # The answer ended before the cancel reached the gateway: a race the client loses
+            # at times, not a fault (the answer's done, completed, settles it).
+            self.late_cancels += 1
+            log.info("[%s] cancel too late: %s", self.conversation_id, reason)
+            return
+        self.errors += 1
         uid = self._asked_by.get(client_event) if isinstance(client_event, str) else None
         if uid is None:
             log.warning("[%s] gateway error: %s", self.conversation_id, reason)
@@ -190,6 +240,11 @@ class GatewayConversation:
         if uid is not None:
             self._item_utterance[str(event.get("item_id"))] = uid
 
+    def _speech_started(self, event: rt.Event) -> None:
+        if self._interrupting is not None:  # the speech over an answer: the gateway heard it
+            self.tracker.interruption_heard(self.conversation_id, self._interrupting, now_ms())
+            self._interrupting = None
+
     def _committed(self, event: rt.Event) -> None:
         uid = self._item_utterance.get(str(event.get("item_id")))
         if uid is not None:
@@ -212,12 +267,15 @@ class GatewayConversation:
         if uid is not None and self.tracker.delta(self.conversation_id, uid, now_ms()) is not None:
             self._deltas_printed += 1
             self.printer.delta(self.conversation_id, self._deltas_printed, str(event.get("delta") or ""))
+            if event.get("type") == "response.output_text.delta":  # a spoken answer's output is its audio
+                self._output_began(uid)
 
     def _audio_delta(self, event: rt.Event) -> None:
         uid = self.matcher.utterance_of(str(event.get("response_id")))
         if uid is not None:
             n_bytes = len(base64.b64decode(str(event.get("delta") or "")))
             self.tracker.audio(self.conversation_id, uid, n_bytes, now_ms())
+            self._output_began(uid)
 
     def _response_done(self, event: rt.Event) -> None:
         response = event.get("response") or {}
@@ -226,7 +284,12 @@ class GatewayConversation:
             log.warning("[%s] an answer before any utterance: %s", self.conversation_id, response.get("id"))
             return
         reason = rt.failure_reason(response)
-        if reason is None:
+        if rt.is_cancelled(response):  # interrupted: its one done, with what was said by then
+            rec = self.tracker.done(self.conversation_id, uid, rt.response_text(response), now_ms(), cancelled=True)
+            if rec is not None and rec.dones == 1:
+                self.printer.interrupted(self.conversation_id, rec.answer or "")
+                self._settle(uid)
+        elif reason is None:
             text = rt.response_text(response)
             rec = self.tracker.done(self.conversation_id, uid, text, now_ms())
             if rec is not None and rec.dones == 1:
@@ -242,6 +305,7 @@ class GatewayConversation:
 _HANDLERS: dict[str, Callable[[GatewayConversation, rt.Event], None]] = {
     "error": GatewayConversation._error,
     "conversation.item.done": GatewayConversation._item_done,
+    "input_audio_buffer.speech_started": GatewayConversation._speech_started,
     "input_audio_buffer.speech_stopped": GatewayConversation._speech_stopped,
     "input_audio_buffer.committed": GatewayConversation._committed,
     "conversation.item.input_audio_transcription.completed": GatewayConversation._transcript,

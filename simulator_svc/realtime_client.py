@@ -82,6 +82,11 @@ def response_create(event_id: str) -> Event:
     return {"type": "response.create", "event_id": event_id}
 
 
+def response_cancel(event_id: str) -> Event:
+    """Cancel the answer in progress (the gateway picks it: the one the client is getting)."""
+    return {"type": "response.cancel", "event_id": event_id}
+
+
 def audio_append(pcm: bytes, event_id: str) -> Event:
     return {"type": "input_audio_buffer.append", "event_id": event_id, "audio": base64.b64encode(pcm).decode()}
 
@@ -112,6 +117,11 @@ def failure_reason(response: Event) -> str | None:
         return f"{status}: {error.get('code') or error.get('type')}: {error['message']}"
     reason = details.get("reason") if isinstance(details, dict) else None
     return f"{status}: {reason}" if reason else str(status)
+
+
+def is_cancelled(response: Event) -> bool:
+    """The response was cut off by an interruption (speech over it, or response.cancel)."""
+    return response.get("status") == "cancelled"
 
 
 def error_text(event: Event) -> str:

@@ -38,7 +38,7 @@ from shared.models import (
     decode_fields,
     encode,
 )
-from simulator_svc.tracker import Tracker
+from simulator_svc.tracker import Tracker, interruption_lines
 
 log = logging.getLogger(__name__)
 
@@ -151,6 +151,9 @@ class DialoguePrinter:
 
     def failed(self, conversation_id: str, reason: str) -> None:
         self._line(f"[CONVERSATION{self._tag(conversation_id)}] Response failed: {reason}")
+
+    def interrupted(self, conversation_id: str, text: str) -> None:
+        self._line(f"[CONVERSATION{self._tag(conversation_id)}] Response interrupted (cancelled) after: {text!r}")
 
 
 class Simulation:
@@ -387,6 +390,7 @@ def print_summary(summary: dict[str, Any], out: TextIO = sys.stdout) -> None:
         first_audio = lat["first_audio"]
         out.write(f"spoken answers: first audio p50/p95/p99 {first_audio['p50']}/{first_audio['p95']}/"
                   f"{first_audio['p99']} ms, {summary['audio_out_bytes'] / 48_000:.1f} s of audio\n")
+    out.writelines(interruption_lines(summary))
     if summary.get("gateway_errors"):
         out.write(f"the gateway sent {summary['gateway_errors']} error events (see the log above)\n")
     if summary.get("wer") is not None:

@@ -81,3 +81,29 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         assert heading in table
     for png in ("latency.png", "scaling.png", "capacity.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_interrupt_bench_prints_every_figure(tmp_path: Path) -> None:
+    """``python -m bench.interrupt --quick`` with the deterministic engines (echo streaming
+    slowly): both kinds of interruption measured, their figures printed and written."""
+    out = tmp_path / "interrupt.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "ECHO_DELTA_DELAY_MS": "100", "ECHO_WORDS_PER_DELTA": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.interrupt", "--quick", "--engines", "deterministic", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=220, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    figures = json.loads(out.read_text())
+    assert figures["trials_per_kind"] == 3
+    for kind in ("speech_over_answer", "response_cancel"):
+        k = figures[kind]
+        assert k["trials"] == 3 and k["cancelled"] + k["completed_first"] == 3 and k["late_deltas"] == 0, kind
+        for figure in ("cancel_latency_ms", "engine_stop_ms"):
+            assert k[figure]["n"] > 0 and all(_number(k[figure][q]) for q in ("p50", "p95", "max")), (kind, figure)
+        assert isinstance(k["target_met"], bool)
+    assert _number(figures["speech_over_answer"]["speech_started_ms"]["p95"])
+    for line in ("speech over an answer: ", "response.cancel: ", "cancel latency ms p50 / p95 / max: ",
+                 "p95 <= 200 ms: ", "speech heard (speech_started)", "engine stop (cancel entry -> cancelled done"):
+        assert line in proc.stdout, line

@@ -255,7 +255,8 @@ def test_secrets_never_print(monkeypatch: pytest.MonkeyPatch) -> None:
 # --- the configuration reference (docs/configuration.md) and the README's short table -----------------------
 
 #: The table format: under ``## Settings`` (the reference) or ``## Configuration`` (the README),
-#: tables with this header, whose rows are ``| `VARIABLE` | `default` | meaning |`` (``(unset)``: None; ``(random)``: computed per process).
+#: tables with this header, whose rows are ``| `VARIABLE` | `default` | meaning |``
+#: (``(unset)``: None; ``(random)``: computed per process).
 TABLE_HEADER = "| variable | default | meaning |"
 ROW = re.compile(r"^\| `(?P<variable>[A-Z][A-Z0-9_]*)` \| (?P<default>`[^`|]*`|\(unset\)|\(random\)) \| .*\S.* \|$")
 

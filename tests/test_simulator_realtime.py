@@ -5,6 +5,7 @@ events in memory (the socket is a list)."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -16,7 +17,7 @@ from gateway_svc import events as gw
 from simulator_svc import realtime_client as rt
 from simulator_svc.gateway_conversation import GatewayConversation
 from simulator_svc.simulator import DialoguePrinter
-from simulator_svc.tracker import Tracker, succeeded
+from simulator_svc.tracker import Tracker, interruption_lines, succeeded
 
 
 @pytest.mark.parametrize(("given", "url"), [
@@ -175,3 +176,135 @@ def test_summary_has_no_audio_figures_without_spoken_answers() -> None:
     summary = tracker.summary()
     assert "first_audio" not in summary["latency_ms"] and "audio_out_bytes" not in summary
     assert succeeded(summary)
+
+
+# --- interruptions --------------------------------------------------------------------------
+
+
+class Clock:
+    """The conversation's wall clock, moved by hand; every send takes 10 ms of it."""
+
+    def __init__(self) -> None:
+        self.ms = 1_000.0
+
+    def __call__(self) -> float:
+        return self.ms
+
+
+class ClockedSocket(ListSocket):
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    async def send(self, data: str) -> None:
+        await super().send(data)
+        self.clock.ms += 10
+
+
+def _clocked(monkeypatch: pytest.MonkeyPatch) -> tuple[GatewayConversation, ClockedSocket, Tracker, Clock]:
+    from simulator_svc import gateway_conversation
+
+    clock = Clock()
+    monkeypatch.setattr(gateway_conversation, "now_ms", clock)
+    socket, tracker = ClockedSocket(clock), Tracker()
+    conv = GatewayConversation(socket, "conv_1", tracker, DialoguePrinter(io.StringIO(), 1))  # type: ignore[arg-type]
+    return conv, socket, tracker, clock
+
+
+def _audio_delta(rid: str) -> dict[str, Any]:
+    return gw.event("response.output_audio.delta", response_id=f"resp_{rid}", item_id=f"item_r{rid}",
+                    output_index=0, content_index=0, delta=base64.b64encode(bytes(4800)).decode())
+
+
+def _started(conv: GatewayConversation, rid: str, audio: bool) -> None:
+    conv.handle(gw.event("response.created", response=gw.response_object(
+        f"resp_{rid}", "conv_1", "in_progress", ["audio" if audio else "text"], [])))
+
+
+async def test_speech_over_an_answer_is_timed_from_its_first_voiced_audio(monkeypatch: pytest.MonkeyPatch) -> None:
+    conv, socket, tracker, clock = _clocked(monkeypatch)
+    asked = await conv.say(0, "tell me a story")  # two sends: the clock is at 1020
+    _started(conv, "1", audio=True)
+    conv.handle(gw.event("response.output_audio_transcript.delta", response_id="resp_1", item_id="item_r1",
+                         output_index=0, content_index=0, delta="Once upon a time. "))
+    output = asyncio.ensure_future(conv.wait_output(asked))
+    await asyncio.sleep(0)
+    assert not output.done()  # a spoken answer's output is its audio, not its transcript
+    conv.handle(_audio_delta("1"))
+    await asyncio.wait_for(output, 1)
+    # 300 ms of speech whose voice begins 250 ms in: the third 100 ms piece holds it.
+    await conv.speak(1, "stop", bytes(48 * 300), 100.0, 1000.0, onset_ms=250.0, interrupting=asked)
+    rec = tracker.records[("conv_1", asked)]
+    assert rec.interrupt_ms == 1020 + 2 * 10  # sent after the first two pieces
+    clock.ms = 1100
+    conv.handle(gw.event("input_audio_buffer.speech_started", audio_start_ms=0, item_id="item_a1"))
+    clock.ms = 1150
+    conv.handle(_audio_delta("1"))  # still in flight when the speech began
+    clock.ms = 1180
+    conv.handle(gw.event("response.done", response=_response("1", "cancelled", "Once upon a time.", audio=True,
+                                                             details={"type": "cancelled", "reason": "turn_detected"})))
+    assert (rec.dones, rec.cancelled, rec.answer, rec.interrupt_heard_ms) == (1, True, "Once upon a time.", 1100)
+    assert rec.cancel_latency() == (1150 - 1040, "last_delta")
+    summary = tracker.summary()
+    assert (summary["cancelled"], summary["late_deltas"], summary["missing"]) == (1, 0, 1)  # "stop": unanswered
+    assert summary["interruptions"] == {"attempted": 1, "cancelled": 1, "completed_first": 0,
+                                        "to_last_delta": 1, "to_cancelled_done": 0}
+    assert summary["latency_ms"]["cancel"]["max"] == 110 and summary["latency_ms"]["interruption_heard"]["max"] == 60
+    # Audio of the answer after its cancelled done breaks the rule.
+    conv.handle(_audio_delta("1"))
+    assert tracker.summary()["late_deltas"] == 1
+    tracker.done("conv_1", "u0001", "ok", 2000.0)
+    assert not succeeded(tracker.summary())
+
+
+async def test_response_cancel_and_a_cancel_that_comes_too_late(monkeypatch: pytest.MonkeyPatch) -> None:
+    conv, socket, tracker, clock = _clocked(monkeypatch)
+    first = await conv.say(0, "tell me a story")
+    _started(conv, "1", audio=False)
+    conv.handle(gw.event("response.output_text.delta", response_id="resp_1", item_id="item_r1", output_index=0,
+                         content_index=0, delta="Once"))
+    await asyncio.wait_for(conv.wait_output(first), 1)
+    clock.ms = 1500
+    await conv.cancel(first)
+    assert socket.sent[-1] == {"type": "response.cancel", "event_id": "evt_u0000_cancel"}
+    clock.ms = 1530  # no delta after the cancel: the latency runs to the cancelled done
+    conv.handle(gw.event("response.done", response=_response("1", "cancelled", "Once",
+                                                             details={"type": "cancelled", "reason": "turn_detected"})))
+    await asyncio.wait_for(conv.wait_answer(first), 1)
+    assert tracker.records[("conv_1", first)].cancel_latency() == (30, "cancelled_done")
+    # The second answer ends before its cancel reaches the gateway, which refuses the cancel.
+    second = await conv.say(1, "and another")
+    _answer(conv, "2", "The end.")
+    await conv.cancel(second)
+    conv.handle(gw.error("Cancellation failed: no active response found", code="response_cancel_not_active",
+                         client_event_id="evt_u0001_cancel"))
+    assert (conv.errors, conv.late_cancels) == (0, 1)
+    summary = tracker.summary()
+    assert (summary["responses_done"], summary["cancelled"], summary["responses_failed"]) == (2, 1, 0)
+    assert summary["interruptions"]["completed_first"] == 1 and succeeded(summary)
+    # The done latency is of answers that ran their course.
+    assert summary["latency_ms"]["response_done"]["n"] == 1
+    lines = "".join(interruption_lines(summary))
+    assert "1 answers completed, 1 interrupted (cancelled); no delta after" in lines
+    assert "2 attempted, 1 cancelled, 1 answers complete first" in lines
+
+
+def test_no_interruption_lines_without_interruptions() -> None:
+    tracker = Tracker()
+    tracker.sent("c", "u0", 0, "hi", 0.0)
+    tracker.done("c", "u0", "hello", 5.0)
+    summary = tracker.summary()
+    assert (summary["cancelled"], summary["late_deltas"]) == (0, 0) and "interruptions" not in summary
+    assert interruption_lines(summary) == []
+
+
+def test_speech_onset_is_where_the_voice_begins() -> None:
+    import numpy as np
+
+    from shared.audio import float32_to_pcm16, silence_pcm
+    from simulator_svc.audio_mode import speech_onset_ms
+
+    tone = float32_to_pcm16(0.3 * np.sin(2 * np.pi * 220 * np.arange(24 * 400) / 24_000))
+    assert speech_onset_ms(silence_pcm(500, 24_000) + tone + silence_pcm(300, 24_000)) == 500.0
+    assert speech_onset_ms(tone) == 0.0
+    assert speech_onset_ms(silence_pcm(1000, 24_000)) is None
