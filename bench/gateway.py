@@ -2,7 +2,8 @@
 sessions one gateway process carries.
 
     python -m bench.gateway [--utterances 10] [--sessions 50,200,500] [--out FILE]
-                            [--quick] [--only voice|capacity]
+                            [--quick] [--only voice|capacity] [--rate 0.5] [--seconds 20]
+                            [--open-over 10] [--no-deflate] [--logs DIR]
 
 Part 1 (``voice``, :mod:`bench.gateway_voice`): the local engines
 (TRANSCRIBER_ENGINE=local, CONVERSATION_ENGINE=local), one transcriber, one
@@ -13,9 +14,9 @@ speech -> speech_stopped, transcript completed, first audio delta, first text
 delta and response.done are printed, with the target (first audio p50 <= 600 ms).
 
 Part 2 (``capacity``, :mod:`bench.gateway_capacity`): the deterministic engines
-(simulated, echo); per step, S text sessions on one fresh gateway doing two-step
-turns at a fixed rate; the gateway's CPU per session per minute and per turn,
-its RSS, turn latency p50 / p99 and errors.
+(simulated, echo); per step, S text sessions (opened over 10 s) on one fresh
+gateway doing two-step turns at a fixed rate; the gateway's CPU per session per
+minute and per turn, its RSS, turn latency p50 / p99 and errors.
 
 Figures are printed (and written as JSON with --out); nothing is asserted. The
 client is this process, over raw ``websockets`` (not the openai SDK), so its own
@@ -60,10 +61,15 @@ class Sizes:
     sessions: tuple[int, ...]
     turns_per_s_per_session: float
     seconds: float
+    #: A step's sessions are opened evenly over this long (see --open-over).
+    open_over_s: float
 
 
-FULL = Sizes(utterances=10, sessions=(50, 200, 500), turns_per_s_per_session=0.5, seconds=20.0)
-QUICK = Sizes(utterances=2, sessions=(2, 5), turns_per_s_per_session=1.0, seconds=3.0)
+#: Sessions are opened over 10 s, the gateway's session-slot refresh period: opened in the same
+#: second, every session would refresh its slot in the same instant, every 10 s, a burst that
+#: independently arriving clients do not make (``--open-over 0`` makes it: a reconnect storm).
+FULL = Sizes(utterances=10, sessions=(50, 200, 500), turns_per_s_per_session=0.5, seconds=20.0, open_over_s=10.0)
+QUICK = Sizes(utterances=2, sessions=(2, 5), turns_per_s_per_session=1.0, seconds=3.0, open_over_s=1.0)
 
 
 def say(message: str) -> None:
@@ -81,18 +87,19 @@ async def _voice_rows(base_url: str, spoken: list[SpokenUtterance]) -> list[dict
     return rows
 
 
-def run_voice(utterances: int) -> dict[str, Any]:
+def run_voice(utterances: int, log_dir: Path | None = None) -> dict[str, Any]:
     texts = [DEFAULT_UTTERANCES[i % len(DEFAULT_UTTERANCES)] for i in range(utterances)]
     spoken = [SpokenUtterance.of(text) for text in texts]
     say("part 1: starting Redis, the workers with the local engines (loading models) and a gateway")
-    with pipeline(LOCAL_ENGINES) as running:
+    with pipeline(LOCAL_ENGINES, log_dir=log_dir / "voice" if log_dir else None) as running:
         _, base_url = running.start_gateway()
         rows = asyncio.run(_voice_rows(base_url, spoken))
     return {"setup": "1 transcriber, 1 conversation worker, 1 gateway, own Redis", "utterances": utterances,
             "trailing_silence_ms": TRAILING_SILENCE_MS, "warm_up_utterance": WARM_UP_TEXT, "rows": rows}
 
 
-def run_capacity(sessions: tuple[int, ...], turns_per_s: float, seconds: float, deflate: bool) -> dict[str, Any]:
+def run_capacity(sessions: tuple[int, ...], turns_per_s: float, seconds: float, deflate: bool,
+                 open_over_s: float = 0.0, log_dir: Path | None = None) -> dict[str, Any]:
     most = max(sessions)
     # One worker per tier carries thousands of deterministic turns a second (docs/performance.md);
     # what they must be allowed is the sessions (a step's, and the last step's still ending).
@@ -100,19 +107,20 @@ def run_capacity(sessions: tuple[int, ...], turns_per_s: float, seconds: float, 
     gateway_env = {"GATEWAY_MAX_SESSIONS_PER_KEY": str(most + 10), "GATEWAY_EVENTS_PER_S": "100000"}
     steps = []
     say("part 2: starting Redis and the workers with the deterministic engines")
-    with pipeline(DETERMINISTIC_ENGINES, worker_env) as running:
+    with pipeline(DETERMINISTIC_ENGINES, worker_env, log_dir=log_dir / "capacity" if log_dir else None) as running:
         for count in sessions:
             proc, base_url = running.start_gateway(**gateway_env)
             try:
                 time.sleep(1.0)  # start-up settles before the idle RSS is read
-                plan = StepPlan(count, turns_per_s, seconds, deflate, idle_s=min(3.0, seconds / 2))
+                plan = StepPlan(count, turns_per_s, seconds, deflate, idle_s=min(3.0, seconds / 2),
+                                open_over_s=open_over_s)
                 steps.append(asyncio.run(run_step(base_url, proc.pid, plan)))
             finally:
                 running.stop_gateway(proc)
             say(f"part 2: {count} sessions done")
     return {"setup": "simulated transcription, echo answers; 1 transcriber, 1 conversation worker, own Redis",
             "turns_per_s_per_session": turns_per_s, "seconds": seconds, "deflate": deflate,
-            "gateway_settings": gateway_env, "steps": steps}
+            "open_over_s": open_over_s, "gateway_settings": gateway_env, "steps": steps}
 
 
 def cpu_model() -> str:
@@ -146,8 +154,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help=f"part 2's window per step (default {FULL.seconds:g})")
     parser.add_argument("--no-deflate", action="store_true",
                         help="part 2 without permessage-deflate (the SDK and browsers offer it: on by default)")
+    parser.add_argument("--open-over", type=float, metavar="SECONDS",
+                        help=f"part 2: open a step's sessions evenly over this long (default {FULL.open_over_s:g}; "
+                             "0: at once, as clients reconnecting after a gateway restart)")
     parser.add_argument("--only", choices=("voice", "capacity"), help="run one part only")
     parser.add_argument("--out", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--logs", type=Path, help="keep the processes' logs in this folder")
     args = parser.parse_args(argv)
     sizes = QUICK if args.quick else FULL
     install_fast_loop()
@@ -159,12 +171,14 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {"meta": meta}
     started = time.monotonic()
     if args.only in (None, "voice"):
-        results["voice"] = run_voice(args.utterances or sizes.utterances)
+        results["voice"] = run_voice(args.utterances or sizes.utterances, args.logs)
         print("\n".join(voice_lines(results["voice"])) + "\n", flush=True)
     if args.only in (None, "capacity"):
         results["capacity"] = run_capacity(args.sessions or sizes.sessions,
                                            args.rate or sizes.turns_per_s_per_session,
-                                           args.seconds or sizes.seconds, not args.no_deflate)
+                                           args.seconds or sizes.seconds, not args.no_deflate,
+                                           sizes.open_over_s if args.open_over is None else args.open_over,
+                                           args.logs)
         print("\n".join(capacity_lines(results["capacity"])) + "\n", flush=True)
     meta["load_end"] = [round(x, 2) for x in os.getloadavg()]
     meta["duration_s"] = round(time.monotonic() - started, 1)

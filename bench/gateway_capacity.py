@@ -2,10 +2,11 @@
 text sessions, with the deterministic engines behind it.
 
 One step: S sessions are opened on a fresh gateway (text out, ``turn_detection:
-null``), then each runs the two-step flow (``conversation.item.create`` +
-``response.create``, then waits for ``response.done``) at a fixed rate, its
-first turn at a random phase within one period so the turns are spread
-evenly. A turn slower than the period makes its session skip the slots it
+null``; evenly over ``open_over_s``, else all at once, a few handshakes at a
+time), then, once all are open, each runs the two-step flow
+(``conversation.item.create`` + ``response.create``, then waits for
+``response.done``) at a fixed rate, its first turn at a random phase within
+one period so the turns are spread evenly. A turn slower than the period makes its session skip the slots it
 missed (counted: the gateway, or the machine, did not keep up).
 
 Measured over a window that starts one period after the first turns (all
@@ -55,6 +56,8 @@ class StepPlan:
     deflate: bool
     #: The gateway's CPU with no session is measured this long first (its fixed cost: polling, timers).
     idle_s: float = 3.0
+    #: Session i is opened at ``i * open_over_s / sessions`` (0: all at once, CONNECT_CONCURRENCY at a time).
+    open_over_s: float = 0.0
 
     @property
     def period_s(self) -> float:
@@ -176,11 +179,14 @@ async def run_step(base_url: str, gateway_pid: int, plan: StepPlan) -> dict[str,
     rss_idle = read_process(gateway_pid).rss_bytes
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
 
-    async def opened() -> TextSession:
+    opening = time.perf_counter()
+
+    async def opened(index: int) -> TextSession:
+        await sleep_until(opening + index * plan.open_over_s / plan.sessions)
         async with gate:
             return await open_text_session(base_url, plan.deflate)
 
-    tried = await asyncio.gather(*(opened() for _ in range(plan.sessions)), return_exceptions=True)
+    tried = await asyncio.gather(*(opened(i) for i in range(plan.sessions)), return_exceptions=True)
     sessions = [s for s in tried if isinstance(s, TextSession)]
     refused = [repr(e)[:300] for e in tried if not isinstance(e, TextSession)]
     listeners = [asyncio.create_task(listen(s.ws, s.on_event)) for s in sessions]

@@ -56,16 +56,17 @@ class Pipeline:
 
 @contextlib.contextmanager
 def pipeline(engines: dict[str, str], worker_env: dict[str, str] | None = None,
-             ready_timeout_s: float = 180.0) -> Iterator[Pipeline]:
+             ready_timeout_s: float = 180.0, log_dir: Path | None = None) -> Iterator[Pipeline]:
     """A fresh Redis (no persistence) and one transcriber and one conversation worker
     with ``engines`` (``TRANSCRIBER_ENGINE`` / ``CONVERSATION_ENGINE``); everything is
-    stopped on exit. ``worker_env``: more settings of the workers (and gateways)."""
+    stopped on exit. ``worker_env``: more settings of the workers (and gateways).
+    ``log_dir``: keep the processes' logs there (else in a folder removed at the end)."""
     server = start_embedded(appendonly=False)
     prefix = f"gwbench{os.getpid()}"
     try:
         with tempfile.TemporaryDirectory(prefix="gwbench-") as tmp:
             env = deterministic_env(server.url, prefix, **engines, **(worker_env or {}))
-            stack = Stack(env, Path(tmp) / "logs")
+            stack = Stack(env, log_dir or Path(tmp) / "logs")
             try:
                 stack.start("transcriber_svc")
                 stack.start("conversation_svc")

@@ -97,7 +97,8 @@ def capacity_lines(capacity: dict[str, Any]) -> list[str]:
         f"Part 2: text sessions on one gateway process ({capacity['setup']})",
         f"each session: conversation.item.create + response.create, waits for response.done, "
         f"{capacity['turns_per_s_per_session']} turn/s; window {capacity['seconds']} s per step; "
-        f"permessage-deflate {'on' if capacity['deflate'] else 'off'}; a fresh gateway per step; "
+        f"permessage-deflate {'on' if capacity['deflate'] else 'off'}; a fresh gateway per step, its sessions "
+        f"opened over {capacity['open_over_s']:g} s; "
         "CPU % of one core; turn = response.create sent -> response.done received",
         "",
         *_table(header, rows),

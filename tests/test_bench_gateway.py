@@ -147,7 +147,7 @@ def test_tables_show_every_figure() -> None:
                  "command": "python -m bench.gateway"},
         "voice": {"setup": "s", "utterances": 3, "trailing_silence_ms": 1000, "rows": [_row()]},
         "capacity": {"setup": "s", "turns_per_s_per_session": 0.5, "seconds": 20.0, "deflate": True,
-                     "steps": [_step(50), _step(100)]},
+                     "open_over_s": 10.0, "steps": [_step(50), _step(100)]},
     }
     voice = "\n".join(voice_lines(results["voice"]))
     assert "1,100 / 1,200" in voice and "1 split into turns" in voice
