@@ -103,7 +103,8 @@ def run_capacity(sessions: tuple[int, ...], turns_per_s: float, seconds: float, 
     most = max(sessions)
     # One worker per tier carries thousands of deterministic turns a second (docs/performance.md);
     # what they must be allowed is the sessions (a step's, and the last step's still ending).
-    worker_env = {"MAX_SESSIONS": str(2 * most + 100)}
+    # As bench.pipeline runs them: no metrics endpoint, warnings only (less work on shared cores).
+    worker_env = {"MAX_SESSIONS": str(2 * most + 100), "METRICS_ENABLED": "false", "LOG_LEVEL": "WARNING"}
     gateway_env = {"GATEWAY_MAX_SESSIONS_PER_KEY": str(most + 10), "GATEWAY_EVENTS_PER_S": "100000"}
     steps = []
     say("part 2: starting Redis and the workers with the deterministic engines")
@@ -114,7 +115,8 @@ def run_capacity(sessions: tuple[int, ...], turns_per_s: float, seconds: float, 
                 time.sleep(1.0)  # start-up settles before the idle RSS is read
                 plan = StepPlan(count, turns_per_s, seconds, deflate, idle_s=min(3.0, seconds / 2),
                                 open_over_s=open_over_s)
-                steps.append(asyncio.run(run_step(base_url, proc.pid, plan)))
+                others = [pid for pid in running.pids() if pid != proc.pid]
+                steps.append(asyncio.run(run_step(base_url, proc.pid, others, plan)))
             finally:
                 running.stop_gateway(proc)
             say(f"part 2: {count} sessions done")

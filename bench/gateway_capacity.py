@@ -19,8 +19,9 @@ sessions then run) and lasts the step's seconds:
   the turns sent in the window;
 - errors: failed connections, ``error`` events, answers not ``completed``,
   turns with no answer within 30 s;
-- this load generator's own CPU and the whole machine's, so a step that
-  saturated the cores shows it. The load generator is a process of its own
+- the CPU of this load generator, of the workers and Redis, of every other
+  process on the machine, and the machine's busy share of all its cores, so a
+  step that saturated the cores shows it, and who took them. The load generator is a process of its own
   (this one): its CPU is not in the gateway's figures, but it shares the cores.
 """
 
@@ -154,17 +155,25 @@ async def _drive(session: TextSession, first_due: float, period_s: float, log: T
         log.broken_sessions += 1
 
 
-async def _sample_window(gateway_pid: int, start: float, end: float) -> dict[str, float]:
-    """CPU of the gateway, of this process and of the machine over [start, end]."""
+def _cpu_s(pids: list[int]) -> float:
+    return sum(read_process(pid).cpu_s for pid in pids)
+
+
+async def _sample_window(gateway_pid: int, pipeline_pids: list[int], start: float, end: float) -> dict[str, float]:
+    """CPU of the gateway, of this process, of the pipeline's other processes (workers, Redis)
+    and of the whole machine over [start, end]."""
+    me = os.getpid()
     await sleep_until(start)
-    gateway0, me0, machine0, t0 = read_process(gateway_pid), read_process(os.getpid()), read_machine(), \
-        time.perf_counter()
+    gateway0, me0, pipeline0, machine0 = read_process(gateway_pid), read_process(me), _cpu_s(pipeline_pids), \
+        read_machine()
+    t0 = time.perf_counter()
     await sleep_until(end)
-    gateway1, me1, machine1, t1 = read_process(gateway_pid), read_process(os.getpid()), read_machine(), \
-        time.perf_counter()
+    gateway1, me1, pipeline1, machine1 = read_process(gateway_pid), read_process(me), _cpu_s(pipeline_pids), \
+        read_machine()
+    t1 = time.perf_counter()
     return {"elapsed_s": t1 - t0, "gateway_cpu_s": gateway1.cpu_s - gateway0.cpu_s,
             "gateway_rss_bytes": gateway1.rss_bytes, "loadgen_cpu_s": me1.cpu_s - me0.cpu_s,
-            "machine_busy_s": machine1.busy_s - machine0.busy_s,
+            "pipeline_cpu_s": pipeline1 - pipeline0, "machine_busy_s": machine1.busy_s - machine0.busy_s,
             "machine_total_s": machine1.total_s - machine0.total_s}
 
 
@@ -174,7 +183,9 @@ async def _idle_cpu_s_per_s(gateway_pid: int, seconds: float) -> float:
     return (read_process(gateway_pid).cpu_s - before.cpu_s) / (time.perf_counter() - started)
 
 
-async def run_step(base_url: str, gateway_pid: int, plan: StepPlan) -> dict[str, Any]:
+async def run_step(base_url: str, gateway_pid: int, pipeline_pids: list[int], plan: StepPlan) -> dict[str, Any]:
+    """One step against the gateway at ``base_url`` (process ``gateway_pid``); ``pipeline_pids``:
+    the workers and Redis, whose CPU is reported beside the gateway's."""
     idle_cpu = await _idle_cpu_s_per_s(gateway_pid, plan.idle_s)
     rss_idle = read_process(gateway_pid).rss_bytes
     gate = asyncio.Semaphore(CONNECT_CONCURRENCY)
@@ -192,7 +203,7 @@ async def run_step(base_url: str, gateway_pid: int, plan: StepPlan) -> dict[str,
     listeners = [asyncio.create_task(listen(s.ws, s.on_event)) for s in sessions]
     start = time.perf_counter() + 0.2
     log = TurnLog(window_start=start + plan.period_s, window_end=start + plan.period_s + plan.seconds)
-    sampler = asyncio.create_task(_sample_window(gateway_pid, log.window_start, log.window_end))
+    sampler = asyncio.create_task(_sample_window(gateway_pid, pipeline_pids, log.window_start, log.window_end))
     phases = random.Random(plan.sessions)
     await asyncio.gather(*(_drive(s, start + phases.random() * plan.period_s, plan.period_s, log)
                            for s in sessions))
@@ -246,6 +257,9 @@ def step_figures(plan: StepPlan, sessions_open: int, idle_cpu_s_per_s: float, rs
         "error_count": sum(errors.values()),
         "error_samples": error_samples,
         "loadgen_cpu_percent": round(100 * usage["loadgen_cpu_s"] / elapsed, 1) if elapsed else None,
+        "pipeline_cpu_percent": round(100 * usage["pipeline_cpu_s"] / elapsed, 1) if elapsed else None,
+        "other_processes_cpu_percent": round(100 * max(0.0, usage["machine_busy_s"] - cpu - usage["loadgen_cpu_s"]
+                                                       - usage["pipeline_cpu_s"]) / elapsed, 1) if elapsed else None,
         "machine_busy_percent": round(busy_percent, 1) if busy_percent is not None else None,
         "saturated": busy_percent is not None and busy_percent > SATURATED_BUSY_PERCENT,
     }

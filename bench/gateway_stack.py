@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.gateway_client import BENCH_KEY
 from shared.devstack import ServiceProcess, Stack, deterministic_env, wait_ready
-from shared.redis_server import free_port, start_embedded
+from shared.redis_server import RedisServer, free_port, start_embedded
 
 
 @dataclass
@@ -24,7 +24,12 @@ class Pipeline:
     """Redis and the workers, running; gateways are started on it with :meth:`start_gateway`."""
 
     stack: Stack
-    redis_url: str
+    server: RedisServer
+
+    def pids(self) -> list[int]:
+        """The workers' and Redis' processes that are alive (gateways included)."""
+        redis = [self.server.proc.pid] if self.server.proc is not None else []
+        return [p.pid for p in self.stack.procs if p.alive()] + redis
 
     def start_gateway(self, **env: str) -> tuple[ServiceProcess, str]:
         """A gateway on a free loopback port, accepting :data:`BENCH_KEY`; returns it and its
@@ -72,7 +77,7 @@ def pipeline(engines: dict[str, str], worker_env: dict[str, str] | None = None,
                 stack.start("conversation_svc")
                 # Before any gateway: wait_ready counts every started process as a worker.
                 wait_ready(stack, server.url, prefix, timeout_s=ready_timeout_s)
-                yield Pipeline(stack, server.url)
+                yield Pipeline(stack, server)
             finally:
                 stack.stop_all()
     finally:

@@ -86,20 +86,21 @@ def capacity_lines(capacity: dict[str, Any]) -> list[str]:
             fmt(s["gateway_rss_per_session_bytes"] / 1024 if s["gateway_rss_per_session_bytes"] is not None
                 else None, 1),
             f"{fmt(lat['p50'], 1)} / {fmt(lat['p99'], 1)}", fmt(s["error_count"]), fmt(s["skipped_slots"]),
-            fmt(s["loadgen_cpu_percent"], 1), fmt(s["machine_busy_percent"], 1) + (" (saturated)" if s["saturated"]
-                                                                                    else ""),
+            fmt(s["loadgen_cpu_percent"], 1), fmt(s["pipeline_cpu_percent"], 1),
+            fmt(s["other_processes_cpu_percent"], 1),
+            fmt(s["machine_busy_percent"], 1) + (" (saturated)" if s["saturated"] else ""),
         ])
     header = ["sessions", "open", "turns/s offered / done", "gateway CPU %", "CPU s/session/min",
               "CPU ms/turn (above idle)", "idle CPU %",
               "RSS MiB (idle)", "RSS KiB/session", "turn ms p50 / p99", "errors", "skipped slots",
-              "load gen CPU %", "machine busy %"]
+              "load gen CPU %", "workers + Redis CPU %", "other processes CPU %", "machine busy % (all cores)"]
     lines = [
         f"Part 2: text sessions on one gateway process ({capacity['setup']})",
         f"each session: conversation.item.create + response.create, waits for response.done, "
         f"{capacity['turns_per_s_per_session']} turn/s; window {capacity['seconds']} s per step; "
         f"permessage-deflate {'on' if capacity['deflate'] else 'off'}; a fresh gateway per step, its sessions "
         f"opened over {capacity['open_over_s']:g} s; "
-        "CPU % of one core; turn = response.create sent -> response.done received",
+        "CPU % of one core (machine busy: of all cores); turn = response.create sent -> response.done received",
         "",
         *_table(header, rows),
     ]

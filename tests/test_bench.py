@@ -116,6 +116,7 @@ def test_quick_gateway_bench_prints_the_capacity_figures(tmp_path: Path) -> None
         assert step["turns_completed"] > 0
         for figure in ("turns_per_s_achieved", "gateway_cpu_percent", "gateway_cpu_s_per_session_per_min",
                        "gateway_cpu_ms_per_turn", "gateway_idle_cpu_percent", "gateway_rss_bytes",
-                       "gateway_rss_per_session_bytes", "loadgen_cpu_percent", "machine_busy_percent"):
+                       "gateway_rss_per_session_bytes", "loadgen_cpu_percent", "pipeline_cpu_percent",
+                       "other_processes_cpu_percent", "machine_busy_percent"):
             assert _number(step[figure]), figure
         assert all(_number(step["turn_latency_ms"][q]) for q in ("p50", "p99"))

@@ -90,7 +90,7 @@ def _step(sessions: int = 100) -> dict[str, Any]:
     plan = StepPlan(sessions=sessions, turns_per_s_per_session=0.5, seconds=20.0, deflate=True)
     log = TurnLog(window_start=0.0, window_end=20.0, latencies_ms=[5.0] * 900 + [50.0] * 100)
     usage = {"elapsed_s": 20.0, "gateway_cpu_s": 3.0, "gateway_rss_bytes": 60 * 2**20,
-             "loadgen_cpu_s": 4.0, "machine_busy_s": 38.0, "machine_total_s": 40.0}
+             "loadgen_cpu_s": 4.0, "pipeline_cpu_s": 6.0, "machine_busy_s": 38.0, "machine_total_s": 40.0}
     errors = {"connect_failures": 0, "error_events": 0, "not_completed": 0, "timeouts": 0, "broken_sessions": 0}
     return step_figures(plan, sessions, 0.01, 50 * 2**20, usage, log, errors, [])
 
@@ -105,6 +105,8 @@ def test_step_figures() -> None:
     assert step["gateway_rss_per_session_bytes"] == round(10 * 2**20 / 100)
     assert step["turn_latency_ms"]["p50"] == 5.0 and step["turn_latency_ms"]["p99"] == 50.0
     assert step["machine_busy_percent"] == 95.0 and step["saturated"] is True
+    assert step["loadgen_cpu_percent"] == 20.0 and step["pipeline_cpu_percent"] == 30.0
+    assert step["other_processes_cpu_percent"] == 125.0  # (38 - 3 - 4 - 6) s over 20 s
     assert step["error_count"] == 0
 
 
@@ -154,7 +156,9 @@ def test_tables_show_every_figure() -> None:
     assert "first audio p50 1,100 ms, target <= 600 ms NOT met; 500 ms of it is the VAD's" in voice
     capacity = capacity_lines(results["capacity"])
     assert len([line for line in capacity if line.startswith("|")]) == 4  # header, rule, two steps
-    assert "15.0" in capacity[-1] and "5.0 / 50.0" in capacity[-1] and "95.0 (saturated)" in capacity[-1]
+    cells = [cell.strip() for cell in capacity[-1].strip("|").split("|")]
+    assert cells[:5] == ["100", "100", "50.0 / 50.0", "15.0", "0.0900"]
+    assert cells[-6:] == ["0", "0", "20.0", "30.0", "125.0", "95.0 (saturated)"]
     summary = "\n".join(summary_lines(results))
     assert "commit abc1234; 2 cores" in summary and "100 text sessions at 0.5 turn/s" in summary
 
