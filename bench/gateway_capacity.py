@@ -215,6 +215,9 @@ async def run_step(base_url: str, gateway_pid: int, pipeline_pids: list[int], pl
 
     await asyncio.gather(*(closed(s) for s in sessions))
     await asyncio.gather(*listeners)
+    # The gateway ends each closed session's conversation and frees its slot after the close
+    # handshake: give it a moment before it is stopped.
+    await asyncio.sleep(1.0)
     errors = {"connect_failures": len(refused), "error_events": sum(s.error_events for s in sessions),
               "not_completed": log.not_completed, "timeouts": log.timeouts,
               "broken_sessions": log.broken_sessions}
