@@ -107,3 +107,42 @@ def test_quick_interrupt_bench_prints_every_figure(tmp_path: Path) -> None:
     for line in ("speech over an answer: ", "response.cancel: ", "cancel latency ms p50 / p95 / max: ",
                  "p95 <= 200 ms: ", "speech heard (speech_started)", "engine stop (cancel entry -> cancelled done"):
         assert line in proc.stdout, line
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(240)
+def test_quick_gateway_bench_prints_the_capacity_figures(tmp_path: Path) -> None:
+    """``python -m bench.gateway --quick --only capacity``: part 2 with the deterministic
+    engines, a few sessions for a few seconds. The figures are there; their values are the
+    machine's (only the errors, which are not timings, must be none)."""
+    out = tmp_path / "gateway.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("REDIS_URL", None)
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.gateway", "--quick", "--only", "capacity", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=220, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-6000:]
+    printed = proc.stdout
+    for heading in ("Part 2: text sessions on one gateway process", "| sessions |", "CPU s/session/min",
+                    "turn ms p50 / p99", "Summary", "cores", "load average", "commit "):
+        assert heading in printed, heading
+    assert "Part 1" not in printed
+
+    results = json.loads(out.read_text())
+    assert "voice" not in results and results["meta"]["mode"] == "quick"
+    steps = results["capacity"]["steps"]
+    assert [s["sessions"] for s in steps] == [2, 5]
+    table_rows = [line for line in printed.splitlines() if line.startswith("|") and not line.startswith("|-")]
+    assert len(table_rows) == 1 + len(steps)
+    for step in steps:
+        assert step["sessions_open"] == step["sessions"]
+        assert step["errors"] == {"connect_failures": 0, "error_events": 0, "not_completed": 0, "timeouts": 0,
+                                  "broken_sessions": 0}
+        assert step["turns_completed"] > 0
+        for figure in ("turns_per_s_achieved", "gateway_cpu_percent", "gateway_cpu_s_per_session_per_min",
+                       "gateway_cpu_ms_per_turn", "gateway_idle_cpu_percent", "gateway_rss_bytes",
+                       "gateway_rss_per_session_bytes", "loadgen_cpu_percent", "pipeline_cpu_percent",
+                       "other_processes_cpu_percent", "machine_busy_percent"):
+            assert _number(step[figure]), figure
+        assert all(_number(step["turn_latency_ms"][q]) for q in ("p50", "p99"))
