@@ -45,7 +45,9 @@ def load_keyring(settings: GatewaySettings) -> KeyRing | None:
 
 
 async def run(connection: ConnectionSettings, settings: GatewaySettings, keyring: KeyRing | None) -> int:
-    redis = connect_to(connection)
+    # Every socket's writes and delivery marks share this client: a blocking pool makes a
+    # burst wait its turn (bench.gateway at 500 sessions ran out of redis-py's default pool).
+    redis = connect_to(connection, blocking_pool=True, max_connections=64)
     system_prompt = os.environ.get("SYSTEM_PROMPT") or str(ConversationSettings.model_fields["system_prompt"].default)
     gateway = Gateway(settings, redis, connection.keys, keyring, system_prompt)
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)

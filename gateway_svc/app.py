@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import random
 import time
 import uuid
 from dataclasses import dataclass
@@ -218,7 +219,10 @@ class Gateway:
         return ws
 
     async def _keep_slot(self, key_id: str, slot: str) -> None:
-        """Refresh this socket's session slot while it lives (a dead gateway's slots expire)."""
+        """Refresh this socket's session slot while it lives (a dead gateway's slots expire).
+        The first wait is random, so sockets opened together (a reconnect storm) do not
+        refresh together ever after."""
+        await asyncio.sleep(random.uniform(0, SLOT_REFRESH_S))
         while True:
             await asyncio.sleep(SLOT_REFRESH_S)
             try:

@@ -55,7 +55,8 @@ class LiveResponse:
     #: Its frame has ended (done, failed or cancelled): later text is not sent.
     ended: bool = False
     cancelled: bool = False
-    splitter: SentenceSplitter = field(default_factory=SentenceSplitter)
+    #: The first piece may end at a clause of 4 words or more: the first audio sooner.
+    splitter: SentenceSplitter = field(default_factory=lambda: SentenceSplitter(first_clause_words=4))
     #: (text, ms) of each sentence whose audio went out, in order.
     spoken: list[tuple[str, int]] = field(default_factory=list)
 

@@ -34,6 +34,8 @@ _MIN_CLAUSE_CHARS = 60
 #: line break. A terminator at the very end of the text waits for what follows: "3." may
 #: become "3.5", and flush() takes the last sentence anyway.
 _SENTENCE_END = re.compile(r"[.!?]+[\"'”’)\]]*(?=\s)|\n")
+#: A clause's end: where the first piece of an answer may be cut (see ``first_clause_words``).
+_CLAUSE_END = re.compile(r"[,;:](?=\s)")
 #: The word before a full stop, dots included ("e.g", "Dr", "3").
 _WORD_BEFORE_DOT = re.compile(r"(\S+?)\.+[\"'”’)\]]*$")
 #: Words whose full stop does not end a sentence, compared lower-cased without the final dot.
@@ -45,7 +47,6 @@ ABBREVIATIONS = frozenset({
     "fig", "vol", "pp", "a.m", "p.m", "u.s", "u.k", "inc", "ltd", "jan", "feb", "mar", "apr", "jun",
     "jul", "aug", "sep", "sept", "oct", "nov", "dec",
 })
-_CLAUSE_END = re.compile(r"[,;:](?=\s)")
 
 
 class SentenceSplitter:
@@ -57,9 +58,13 @@ class SentenceSplitter:
     what follows a terminator, which it waits for).
     """
 
-    def __init__(self, max_chars: int = MAX_SENTENCE_CHARS) -> None:
+    def __init__(self, max_chars: int = MAX_SENTENCE_CHARS, first_clause_words: int = 0) -> None:
         self.max_chars = max_chars
+        #: > 0: the first piece may end at a clause (``, ; :``) once it has this many
+        #: words, so the first audio of an answer does not wait for its first full stop.
+        self.first_clause_words = first_clause_words
         self._pending = ""
+        self._cut_before = False
 
     def feed(self, text_delta: str) -> list[str]:
         """Add ``text_delta``; return the sentences now complete, in order."""
@@ -72,6 +77,7 @@ class SentenceSplitter:
             sentence, self._pending = self._pending[:cut].strip(), self._pending[cut:]
             if sentence:
                 sentences.append(sentence)
+                self._cut_before = True
 
     def flush(self) -> str:
         """The text not yet returned, stripped ("" if none); the splitter is empty afterwards."""
@@ -80,6 +86,10 @@ class SentenceSplitter:
 
     def _next_cut(self) -> int | None:
         text = self._pending
+        if self.first_clause_words and not self._cut_before:
+            for match in _CLAUSE_END.finditer(text):
+                if match.end() <= self.max_chars and len(text[: match.start()].split()) >= self.first_clause_words:
+                    return match.end()
         for match in _SENTENCE_END.finditer(text):
             if match.end() > self.max_chars:
                 break  # too long before any sentence end: cut at a word below

@@ -127,3 +127,14 @@ def test_audio_delta_chunks_decode_back_to_the_input() -> None:
     assert audio_delta_chunks(b"") == []
     with pytest.raises(ValueError):
         audio_delta_chunks(b"\x00\x01\x02")
+
+
+def test_the_first_piece_may_end_at_a_clause_so_audio_starts_sooner() -> None:
+    splitter = SentenceSplitter(first_clause_words=4)
+    assert splitter.feed("Sure, ") == []  # too short a clause to speak alone
+    assert splitter.feed("the weather today is sunny, ") == ["Sure, the weather today is sunny,"]
+    # Only the first piece: later ones wait for their sentence's end.
+    assert splitter.feed("with a light breeze from the west, ") == []
+    assert splitter.feed("and warm. Enjoy") == ["with a light breeze from the west, and warm."]
+    assert splitter.flush() == "Enjoy"
+    assert SentenceSplitter().feed("Sure, the weather today is sunny, ") == []

@@ -38,7 +38,9 @@ def keepalive_options() -> dict[int, int]:
 
 def connect(url: str, **kwargs: Any) -> aioredis.Redis:
     """A client that returns bytes (no decoding on the hot path), with a socket
-    timeout and TCP keepalive on every connection it makes (the raw ones too)."""
+    timeout and TCP keepalive on every connection it makes (the raw ones too).
+    ``blocking_pool=True``: callers wait for a pooled connection (``max_connections``,
+    ``timeout``) rather than fail when all are in use."""
     options: dict[str, Any] = {
         "decode_responses": False,
         "socket_connect_timeout": 5,
@@ -51,6 +53,12 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
         "driver_info": None,
         **kwargs,
     }
+    if options.pop("blocking_pool", False):
+        # Many concurrent callers (a gateway's sockets): wait for a free connection
+        # instead of failing with "Too many connections" when the pool is in use.
+        options.setdefault("max_connections", 64)
+        options.setdefault("timeout", 20)
+        return aioredis.Redis(connection_pool=aioredis.BlockingConnectionPool.from_url(url, **options))
     return aioredis.Redis.from_url(url, **options)
 
 
