@@ -8,15 +8,13 @@ import contextlib
 import os
 import signal
 import tempfile
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 from bench.gateway_client import BENCH_KEY
-from shared.devstack import ServiceProcess, Stack, deterministic_env, wait_ready
-from shared.redis_server import RedisServer, free_port, start_embedded
+from shared.devstack import ServiceProcess, Stack, deterministic_env, start_gateway, wait_ready
+from shared.redis_server import RedisServer, start_embedded
 
 
 @dataclass
@@ -34,21 +32,7 @@ class Pipeline:
     def start_gateway(self, **env: str) -> tuple[ServiceProcess, str]:
         """A gateway on a free loopback port, accepting :data:`BENCH_KEY`; returns it and its
         base URL once ``/readyz`` answers. ``env``: more ``GATEWAY_*`` settings."""
-        port = free_port()
-        proc = self.stack.start("gateway_svc", {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port),
-                                                "GATEWAY_API_KEYS": BENCH_KEY, **env})
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if not proc.alive():
-                raise SystemExit(f"[bench.gateway] the gateway exited at start:\n{proc.log_text()[-3000:]}")
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=1) as reply:
-                    if reply.status == 200:
-                        return proc, base
-            except OSError:
-                time.sleep(0.1)
-        raise SystemExit(f"[bench.gateway] the gateway was not ready after 60 s:\n{proc.log_text()[-3000:]}")
+        return start_gateway(self.stack, {"GATEWAY_API_KEYS": BENCH_KEY, **env})
 
     @staticmethod
     def stop_gateway(proc: ServiceProcess) -> None:

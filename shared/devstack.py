@@ -216,6 +216,16 @@ def wait_http_ready(proc: ServiceProcess, url: str, timeout_s: float = 60.0) -> 
     raise SystemExit(f"[devstack] {proc.module} not ready after {timeout_s:.0f}s; log: {proc.log_path}")
 
 
+def start_gateway(stack: Stack, env: dict[str, str], timeout_s: float = 60.0) -> tuple[ServiceProcess, str]:
+    """A gateway on a free loopback port with ``env`` (its keys, limits); returns it and its
+    base URL once ``/readyz`` answers (raises SystemExit with its log when it never does)."""
+    port = free_port()
+    proc = stack.start(GATEWAY, {"GATEWAY_HOST": "127.0.0.1", "GATEWAY_PORT": str(port), **env})
+    base = f"http://127.0.0.1:{port}"
+    wait_http_ready(proc, base + "/readyz", timeout_s)
+    return proc, base
+
+
 def simulator_args(argv: list[str], gateway_url: str | None) -> list[str]:
     """The simulator's arguments: the full voice path (audio) unless a mode is given, through
     ``gateway_url`` unless None or the options name a gateway already."""
