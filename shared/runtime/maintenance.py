@@ -3,6 +3,9 @@
 ``periodic`` runs a step every interval: a transient Redis error is logged
 once per outage and the step runs again at its next tick; any other error is
 logged with its traceback and the loop goes on (a chore never kills a worker).
+A step given a timeout that overruns it is cancelled (redis-py then drops the
+connection it waited on) and counts as a transient error: the next tick goes
+out on a fresh connection instead of waiting out a socket timeout.
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ SAMPLE_PIPELINE = 25
 
 
 async def periodic(
-    what: str, interval_s: float, step: Callable[[], Awaitable[None]], when: Callable[[], bool] = lambda: True
+    what: str, interval_s: float, step: Callable[[], Awaitable[None]], when: Callable[[], bool] = lambda: True,
+    timeout_s: float | None = None,
 ) -> None:
     """Run ``step`` every ``interval_s`` (while ``when()``), forever; see the module doc."""
     failing = False
@@ -40,12 +44,13 @@ async def periodic(
         if not when():
             continue
         try:
-            await step()
+            async with asyncio.timeout(timeout_s):
+                await step()
             if failing:
                 log.info("%s: redis is back", what)
             failing = False
         except Exception as exc:
-            if not is_transient(exc):
+            if not is_transient(exc):  # an overrun (TimeoutError) is an OSError: transient
                 log.exception("%s failed", what)
             elif not failing:
                 log.warning("%s: redis unavailable (%s); trying again every %.1fs", what, type(exc).__name__,

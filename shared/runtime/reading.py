@@ -9,7 +9,10 @@ hint: every entry handled is one the group delivered, so a forged or stale
 ring costs a read that finds nothing. Every ``sweep_ms`` the loop also reads
 every owned stream (in SWEEP_SLICES slices), for writers that do not ring and
 for rings lost while Redis was away. Reading pauses while the writer's
-backlog is over its high-water mark (backpressure).
+backlog is over its high-water mark (backpressure), and while the worker's
+claims are not confirmed (no refresh reached Redis for two thirds of a lease:
+paused or cut off, it may have lost conversations to peers, and a read now
+would take entries of conversations it no longer owns).
 
 Per conversation, backpressure is the queue's bound (``QueueLimits``): a
 conversation whose queue is over the low-water mark, or that is still claiming
@@ -45,6 +48,8 @@ log = logging.getLogger(__name__)
 SWEEP_SLICES = 10
 #: Longest doorbell wait of the listener: how soon it notices a stop.
 LISTEN_BLOCK_S = 0.25
+#: How often a worker whose claims are not confirmed looks again.
+UNCONFIRMED_POLL_S = 0.05
 
 OnControl = Callable[[str, str, dict[bytes, bytes]], Awaitable[None]]
 #: Called with an owned data stream that cannot be read, and why.
@@ -118,8 +123,8 @@ class ReadScheduler:
             await bell.aclose()
             s = w.writer.stats
             log.info(
-                "reads: %d returning %d entries; writes: %d flushes of %d ops (%d coalesced, %d suppressed)",
-                reader.reads, reader.entries, s.flushes, s.ops, s.coalesced, s.suppressed,
+                "reads: %d returning %d entries; writes: %d flushes of %d ops (%d coalesced, %d suppressed, "
+                "%d fenced)", reader.reads, reader.entries, s.flushes, s.ops, s.coalesced, s.suppressed, s.fenced,
             )
 
     async def _listen(self, bell: Doorbell) -> None:
@@ -164,8 +169,19 @@ class ReadScheduler:
         sweep_s = w.settings.sweep_ms / 1000
         next_sweep = 0.0
         full_sweep = True
+        paused = False
         while not w.stopping.is_set():
             await w.writer.wait_below(self._high_water)
+            if not w.claims_confirmed():
+                if not paused:
+                    log.warning("claims not confirmed for %.1fs (paused or cut off?): not reading until a "
+                                "refresh says which conversations are still ours", w.unconfirmed_s())
+                    paused = True
+                await asyncio.sleep(UNCONFIRMED_POLL_S)
+                continue
+            if paused:
+                paused = False
+                next_sweep, full_sweep = 0.0, True  # rings may have been missed meanwhile
             if self._resync:
                 self._resync = False
                 next_sweep, full_sweep = 0.0, True
