@@ -226,8 +226,9 @@ class BatchWriter:
                 self.redis_ok = True
                 return
             except NoScriptError:
-                # Redis restarted and forgot the script: nothing of the batch ran.
-                await self._scripts.load(self._redis)
+                # Redis restarted and forgot the script: nothing of the batch ran. The next
+                # send loads it again (there, so that a failing load is retried like a send).
+                self._scripts.sha.pop("batch", None)
             except Exception as exc:
                 if not is_transient(exc):
                     # A programming error must not wedge the writer forever: drop the
