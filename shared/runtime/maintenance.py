@@ -24,6 +24,7 @@ from shared.metrics import stream_kind
 from shared.models import ConversationEnded, now_ms
 from shared.runtime.context import WorkerContext
 from shared.runtime.drain import Drainer
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,7 @@ async def periodic(
         if not when():
             continue
         try:
-            async with asyncio.timeout(timeout_s):
-                await step()
+            await _within(step, timeout_s)
             if failing:
                 log.info("%s: redis is back", what)
             failing = False
@@ -56,6 +56,25 @@ async def periodic(
                 log.warning("%s: redis unavailable (%s); trying again every %.1fs", what, type(exc).__name__,
                             interval_s)
                 failing = True
+
+
+async def _within(step: Callable[[], Awaitable[None]], timeout_s: float | None) -> None:
+    """Run ``step``; one that overruns ``timeout_s`` is cancelled and raises TimeoutError.
+    The step runs as a task of its own, so cancelling it never touches the caller's own
+    cancellation (asyncio.timeout on Python 3.11 was seen to swallow a stop that came
+    just as a refresh timed out, leaving the worker unable to shut down)."""
+    if timeout_s is None:
+        await step()
+        return
+    task = asyncio.ensure_future(step())
+    try:
+        done, _ = await asyncio.wait([task], timeout=timeout_s)
+    finally:
+        if not task.done():
+            await cancel_and_wait(task)
+    if not done:
+        raise TimeoutError(f"no answer within {timeout_s:.2f}s")
+    task.result()
 
 
 class Chores:
