@@ -34,6 +34,8 @@ class WorkerContext:
     #: then was re-claimed after that moment, and a peer takes a claim only once it has been
     #: idle for ``lease_s``. So until ``lease_s`` after this, this worker's claims are its own.
     confirmed_s: float = field(default_factory=time.monotonic)
+    #: The Redis server's run id when this worker last looked: a new one means it restarted.
+    run_id: str = ""
 
     @property
     def keys(self) -> Keys:

@@ -14,6 +14,9 @@
 - Finish: the conversation ended; ack the control entry, let its keys expire.
 - Hand back (SIGTERM): set the idle time of every owned control entry past the
   lease, so a peer's reaper takes each on its next pass.
+- Resume all (Redis restarted): Redis may have lost its last second, so what the
+  worker remembers may be ahead of what Redis kept; every owned conversation is
+  resumed from Redis as after a takeover (``resume_all``).
 
 See docs/architecture.md ("Ownership and takeover").
 """
@@ -180,7 +183,7 @@ class Leases:
         ``stuck_after_s`` (any consumer's; XCLAIM's min-idle guards a race with a
         fresh read) and handle them again: the gate keeps their effects exactly-once."""
         w = self._w
-        if w.writer.backlog or not w.writer.redis_ok or not w.claims_confirmed():
+        if w.writer.backlog or not w.writer.redis_ok or not w.redis_ok or not w.claims_confirmed():
             return
         idle_ms = int(w.settings.stuck_after_s * 1000)
         for live in list(w.owned.live.values()):
@@ -266,6 +269,31 @@ class Leases:
                 cursor = cursor_b.decode() if isinstance(cursor_b, bytes) else str(cursor_b)
                 if cursor == "0-0" or not claimed:
                     break
+
+    async def resume_all(self) -> None:
+        """Resume every owned conversation from what Redis kept, as after a takeover:
+        stop its session, let what it queued be written, then replay its pending
+        entries from the first, in order, and reopen the session (the conversation
+        service rebuilds its history from the streams). Redis restarted: with
+        ``appendfsync everysec`` a host crash loses up to a second of writes, acks and
+        deliveries among them, so an answer this worker remembers may be gone while
+        its transcript is delivered again (and would be taken for answered), and an
+        entry handled but no longer acked would be left pending behind newer ones."""
+        w = self._w
+        lives = [live for live in w.owned.live.values() if not live.closed]
+        for live in lives:
+            live.clear()  # first: a cancelled drain starts again by itself when it has work left
+            await cancel_and_wait(live.task)
+            await self._drainer.close_session(live)
+        await w.writer.flushed()
+        for live in lives:
+            if live.closed:  # lost meanwhile (its claim may have gone with the lost second)
+                continue
+            live.clear()
+            live.replay = "-"  # its pending entries first, from the first
+            live.ctx.took_over = True  # the session's state from the streams
+            self._drainer.kick(live)
+        log.warning("resumed %d conversations from what redis kept", len(lives))
 
     # --- giving up ------------------------------------------------------------------
 

@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 from shared.backoff import backoff
 from shared.bus.doorbell import Doorbell, Ring
 from shared.bus.groups import GroupReader, ensure_group
-from shared.bus.resp import StreamEntries
+from shared.bus.resp import StreamEntries, server_run_id
 from shared.bus.retry import is_transient, retry_forever
 from shared.keys import CONTROL_KIND
 from shared.metrics import stream_kind
@@ -52,6 +52,8 @@ LISTEN_BLOCK_S = 0.25
 UNCONFIRMED_POLL_S = 0.05
 
 OnControl = Callable[[str, str, dict[bytes, bytes]], Awaitable[None]]
+#: Called when Redis came back with a new run id (it restarted), before anything is read.
+OnRestart = Callable[[], Awaitable[None]]
 #: Called with an owned data stream that cannot be read, and why.
 OnUnreadable = Callable[[str, str], Awaitable[None]]
 
@@ -75,11 +77,15 @@ class ReadPlan:
 
 
 class ReadScheduler:
-    def __init__(self, w: WorkerContext, drainer: Drainer, on_control: OnControl, on_unreadable: OnUnreadable) -> None:
+    def __init__(
+        self, w: WorkerContext, drainer: Drainer, on_control: OnControl, on_unreadable: OnUnreadable,
+        on_restart: OnRestart,
+    ) -> None:
         self._w = w
         self._drainer = drainer
         self._on_control = on_control
         self._on_unreadable = on_unreadable
+        self._on_restart = on_restart
         self._data_kind = stream_kind(w.service.data_key(w.keys, "x"))
         self._control_keys = w.keys.controls()
         self._control_bkeys = {k.encode() for k in self._control_keys}
@@ -205,6 +211,8 @@ class ReadScheduler:
                             async with asyncio.timeout(next_sweep - now):
                                 await self._rang.wait()
                         continue
+                if not w.redis_ok:
+                    await self._check_restart()
                 self._dirty.clear()
                 self._control_rung = False
                 reply = await reader.read(plan_key, plan.parts()) if not plan.empty else []
@@ -244,6 +252,16 @@ class ReadScheduler:
                     self._on_data(key, entries)
                     if len(entries) >= plan.data_count:
                         self._dirty.add(key.decode())
+
+    async def _check_restart(self) -> None:
+        """Redis was away. If it restarted (a new run id), resume every owned conversation
+        from what it kept before reading anything new (``Leases.resume_all``)."""
+        w = self._w
+        run_id = await server_run_id(w.redis)
+        if run_id != w.run_id:
+            log.warning("redis restarted (run id %s, was %s): it may have lost its last second", run_id, w.run_id)
+            await self._on_restart()
+            w.run_id = run_id
 
     def _control_part(self, wanted: bool) -> tuple[list[str], int]:
         """The control streams and their COUNT, when ``wanted`` and a slot is free. The

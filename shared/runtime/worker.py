@@ -18,6 +18,7 @@ import redis.asyncio as aioredis
 
 from shared.bus.groups import ensure_group
 from shared.bus.program import Fence, QueuedOp, Scripts
+from shared.bus.resp import server_run_id
 from shared.bus.retry import is_transient, retry_forever
 from shared.bus.writer import BatchWriter, FencedWriter
 from shared.metrics import stream_kind
@@ -53,7 +54,7 @@ class OwnershipRuntime:
         self.drainer = Drainer(self.w, on_finished=self._finished, on_room=self._on_room, refill=self._refill)
         self.leases = Leases(self.w, self.drainer, read_soon=self._read_soon)
         self.reader = ReadScheduler(self.w, self.drainer, on_control=self.leases.on_control,
-                                    on_unreadable=self.leases.reject)
+                                    on_unreadable=self.leases.reject, on_restart=self.leases.resume_all)
         self.chores = Chores(self.w, self.drainer, metrics_port)
         self.started = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
@@ -120,6 +121,7 @@ class OwnershipRuntime:
 
     async def _prepare(self) -> None:
         w = self.w
+        w.run_id = await server_run_id(w.redis)
         await w.scripts.load(w.redis)
         for key in w.keys.controls():
             await ensure_group(w.redis, key, w.group)
