@@ -61,15 +61,17 @@ end
 -- still holds the conversation's claim; else they are skipped (each result is "FENCED") and the
 -- result is 0: a peer took the conversation over while this worker was paused or cut off, and
 -- what it queued meanwhile must not be written. 1 if the claim holds. Checked once per claim
--- per program. An op of its own, so that no other op's layout changes.
+-- per program (a program is one partition: one control stream). An op of its own, so that no
+-- other op's layout changes.
 local held = {}
 OPS.F = function(k, a)
-  local claim = k[1] .. ' ' .. a[3]
-  if held[claim] == nil then
+  local h = held[a[3]]
+  if h == nil then
     local p = call('XPENDING', k[1], a[1], a[3], a[3], 1)
-    held[claim] = (p[1] and p[1][2] == a[2]) and 1 or 0
+    h = (p[1] and p[1][2] == a[2]) and 1 or 0
+    held[a[3]] = h
   end
-  return held[claim]
+  return h
 end
 
 -- op E(key | seconds): EXPIRE.
