@@ -23,6 +23,7 @@ See docs/architecture.md ("Ownership and takeover").
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -232,7 +233,8 @@ class Leases:
                 lost_raw = await w.scripts.call(w.redis, "refresh", [control_key], [w.group, w.worker_id, *chunk])
                 lost = [x.decode() if isinstance(x, bytes) else str(x) for x in lost_raw or ()]
                 if lost:
-                    await self.lose(control_key, lost)
+                    # Shielded: a refresh cut short by its timeout must not leave a conversation half dropped.
+                    await asyncio.shield(self.lose(control_key, lost))
 
     async def lose(self, control_key: str, entry_ids: list[str]) -> None:
         """Peers hold these claims now (this worker missed its lease): forget their conversations."""

@@ -4,8 +4,8 @@
 once per outage and the step runs again at its next tick; any other error is
 logged with its traceback and the loop goes on (a chore never kills a worker).
 A step given a timeout that overruns it is cancelled (redis-py then drops the
-connection it waited on) and counts as a transient error: the next tick goes
-out on a fresh connection instead of waiting out a socket timeout.
+connection it waited on) and runs again at once, on a fresh connection, instead
+of waiting out a socket timeout (a silently dead connection).
 """
 
 from __future__ import annotations
@@ -40,8 +40,10 @@ async def periodic(
 ) -> None:
     """Run ``step`` every ``interval_s`` (while ``when()``), forever; see the module doc."""
     failing = False
+    delay_s = interval_s
     while True:
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(delay_s)
+        delay_s = interval_s
         if not when():
             continue
         try:
@@ -50,7 +52,9 @@ async def periodic(
                 log.info("%s: redis is back", what)
             failing = False
         except Exception as exc:
-            if not is_transient(exc):  # an overrun (TimeoutError) is an OSError: transient
+            if isinstance(exc, Overran):
+                delay_s = 0.0  # it took its interval already: again now, on a fresh connection
+            if not is_transient(exc):
                 log.exception("%s failed", what)
             elif not failing:
                 log.warning("%s: redis unavailable (%s); trying again every %.1fs", what, type(exc).__name__,
@@ -58,11 +62,15 @@ async def periodic(
                 failing = True
 
 
+class Overran(TimeoutError):
+    """A periodic step did not finish within its timeout (a TimeoutError: transient)."""
+
+
 async def _within(step: Callable[[], Awaitable[None]], timeout_s: float | None) -> None:
-    """Run ``step``; one that overruns ``timeout_s`` is cancelled and raises TimeoutError.
+    """Run ``step``; one that overruns ``timeout_s`` is cancelled and raises Overran.
     The step runs as a task of its own, so cancelling it never touches the caller's own
-    cancellation (asyncio.timeout on Python 3.11 was seen to swallow a stop that came
-    just as a refresh timed out, leaving the worker unable to shut down)."""
+    cancellation: with asyncio.timeout around the step (Python 3.11), a stop was once seen
+    lost, the refresher left cancelling but asleep and the worker unable to shut down."""
     if timeout_s is None:
         await step()
         return
@@ -73,7 +81,7 @@ async def _within(step: Callable[[], Awaitable[None]], timeout_s: float | None) 
         if not task.done():
             await cancel_and_wait(task)
     if not done:
-        raise TimeoutError(f"no answer within {timeout_s:.2f}s")
+        raise Overran(f"no answer within {timeout_s:.2f}s")
     task.result()
 
 

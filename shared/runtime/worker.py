@@ -78,8 +78,8 @@ class OwnershipRuntime:
         table = w.owned.table
         self._tasks = [
             asyncio.create_task(w.writer.run(), name="writer"),
-            # A refresh not answered within its period is retried on a fresh connection: a silently
-            # dead one would otherwise hold it for a socket timeout, longer than a lease.
+            # A refresh not answered within its period is sent again at once on a fresh connection:
+            # a silently dead one would otherwise hold it for a socket timeout, longer than a lease.
             asyncio.create_task(periodic("refresh", lease_s / 3, self._refresh, timeout_s=lease_s / 3),
                                 name="refresher"),
             asyncio.create_task(periodic("reaper", min(lease_s / 4, 1.0), self.leases.reap_once,
