@@ -68,9 +68,10 @@ class Overran(TimeoutError):
 
 async def _within(step: Callable[[], Awaitable[None]], timeout_s: float | None) -> None:
     """Run ``step``; one that overruns ``timeout_s`` is cancelled and raises Overran.
-    The step runs as a task of its own, so cancelling it never touches the caller's own
-    cancellation: with asyncio.timeout around the step (Python 3.11), a stop was once seen
-    lost, the refresher left cancelling but asleep and the worker unable to shut down."""
+    The step runs as a task of its own, stopped with ``cancel_and_wait``, which repeats a
+    cancellation Python 3.11 may lose inside redis-py (asyncio.timeout would cancel only
+    once: a lost one lets the step run on past its timeout), and which never touches
+    the caller's own cancellation."""
     if timeout_s is None:
         await step()
         return
