@@ -118,6 +118,9 @@ async def test_a_worker_behind_a_blackhole_notices_and_writes_nothing_once_taken
                 await _utter(redis, keys, "c", "u1")
                 await until(_true_when(lambda: old_engine.asked == ["u0", "u1"]))
 
+                # The monitor's stats of u0 go out a second after it: before the cut, so that
+                # what the old owner sends into the cut starts with its answer to u1.
+                await until(lambda: _has_entries(redis, keys.stats(0)))
                 written_before_cut = await redis.xlen(keys.responses("c"))
                 proxy.cut()
                 cut_at = time.monotonic()
@@ -155,6 +158,10 @@ async def test_a_worker_behind_a_blackhole_notices_and_writes_nothing_once_taken
         assert group["pending"] == 0
     finally:
         await proxy.aclose()
+
+
+async def _has_entries(redis: aioredis.Redis, key: str) -> bool:
+    return bool(await redis.xlen(key))
 
 
 def _true_when(check: Any) -> Any:

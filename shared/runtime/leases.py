@@ -33,7 +33,7 @@ from redis.exceptions import ResponseError
 
 from shared.bus.groups import ensure_group
 from shared.bus.program import Fence
-from shared.bus.resp import StreamEntries
+from shared.bus.resp import StreamEntries, server_run_id
 from shared.bus.retry import is_transient, retry_forever
 from shared.bus.writer import FencedWriter
 from shared.models import ENTRY_FIELD, ConversationEnded, ConversationStarted, EntryError, decode_fields
@@ -186,6 +186,8 @@ class Leases:
         w = self._w
         if w.writer.backlog or not w.writer.redis_ok or not w.redis_ok or not w.claims_confirmed():
             return
+        if await server_run_id(w.redis) != w.run_id:
+            return  # Redis restarted and the reader has not resumed from it yet: this memory is stale
         idle_ms = int(w.settings.stuck_after_s * 1000)
         for live in list(w.owned.live.values()):
             if live.closed or live.task is not None or live.queue or live.replay is not None:

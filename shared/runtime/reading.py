@@ -193,6 +193,9 @@ class ReadScheduler:
                 next_sweep, full_sweep = 0.0, True
             plan = ReadPlan()
             try:
+                if not w.redis_ok:
+                    # Before planning: a restart puts conversations back to replaying, out of every read.
+                    await self._check_restart()
                 now = time.monotonic()
                 plan_key: object = None
                 if now >= next_sweep:
@@ -211,8 +214,6 @@ class ReadScheduler:
                             async with asyncio.timeout(next_sweep - now):
                                 await self._rang.wait()
                         continue
-                if not w.redis_ok:
-                    await self._check_restart()
                 self._dirty.clear()
                 self._control_rung = False
                 reply = await reader.read(plan_key, plan.parts()) if not plan.empty else []
