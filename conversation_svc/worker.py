@@ -219,7 +219,7 @@ class ConversationWorkerSession:
         if log.isEnabledFor(logging.DEBUG):
             log.debug("answered in %d deltas", deltas, extra={"conversation_id": cid, "utterance_id": uid})
         self._observe(final, first_delta_ms, done_ms, asked_s, first_delta_s, deltas)
-        self.stats.add(writer, self.stats_key, {
+        self.stats.add(writer.batch, self.stats_key, {  # many conversations' records: not fenced
             "c": cid, "w": ctx.worker_id, "sent": final.sent_ms, "tf": final.final_ms,
             "fd": first_delta_ms, "done": done_ms,
         })

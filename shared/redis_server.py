@@ -179,6 +179,27 @@ class RedisServer:
             self.proc.stderr.close()
         self.proc = None
 
+    def kill(self) -> None:
+        """SIGKILL, as a crash: no shutdown, no last write of the append-only file (what
+        the server wrote before stays in the kernel's cache: a crash of the host would
+        lose what was not fsynced yet, up to a second with ``appendfsync everysec``)."""
+        if self.proc is None:
+            return
+        self.proc.kill()
+        self.proc.wait()
+        if self.proc.stderr:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def aof_files(self) -> list[Path]:
+        """The append-only files, oldest first (Redis 7: ``appendonlydir``, its manifest's order)."""
+        folder = self.data_dir / "appendonlydir"
+        manifest = folder / "appendonly.aof.manifest"
+        if not manifest.exists():
+            return []
+        names = [line.split()[1] for line in manifest.read_text().splitlines() if line.startswith("file ")]
+        return [folder / name for name in names]
+
     def restart(self) -> None:
         self.stop()
         self.start()

@@ -13,7 +13,7 @@ from typing import Protocol
 import redis.asyncio as aioredis
 from pydantic import BaseModel
 
-from shared.bus.writer import BatchWriter
+from shared.bus.writer import BatchWriter, FencedWriter
 from shared.keys import Keys, conversation_of_key
 from shared.logs import scrub
 from shared.models import ConversationStarted, DeadLetter, Entry, now_ms
@@ -29,7 +29,10 @@ DEAD_RAW_MAX_BYTES = 16 * 1024
 
 @dataclass
 class SessionContext:
-    """What a session may use: its keys, the writer, and facts about its claim."""
+    """What a session may use: its keys, the writer, and facts about its claim.
+
+    ``writer`` fences every write by the conversation's claim: once a peer has
+    taken the conversation over, nothing this session queues is written."""
 
     conversation_id: str
     started: ConversationStarted
@@ -39,7 +42,7 @@ class SessionContext:
     worker_id: str
     keys: Keys
     settings: CommonSettings
-    writer: BatchWriter
+    writer: FencedWriter
     redis: aioredis.Redis
 
     def dead_letter(self, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
@@ -88,7 +91,7 @@ class Service(Protocol):
 
 
 def dead_letter(
-    writer: BatchWriter,
+    writer: BatchWriter | FencedWriter,
     settings: CommonSettings,
     stream: str,
     group: str,

@@ -1,6 +1,6 @@
 """The Redis Streams layer against a real Redis: gated acks give exactly-once
-effects, the refresh script never steals a peer's claim, the writer survives
-NOSCRIPT and keeps order."""
+effects, the refresh script never steals a peer's claim, a fence writes nothing
+for a claim a peer holds, the writer survives NOSCRIPT and keeps order."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import redis.asyncio as aioredis
 
 from shared.bus.doorbell import parse_ring
 from shared.bus.groups import ensure_group
-from shared.bus.program import Scripts
+from shared.bus.program import Fence, Scripts
 from shared.bus.resp import connect
-from shared.bus.writer import BatchWriter
+from shared.bus.writer import BatchWriter, FencedWriter
 from shared.keys import Keys
 from shared.redis_server import RedisServer
 from tests.conftest import running
@@ -214,3 +214,61 @@ async def test_a_batch_refused_for_full_memory_is_retried_whole_once_memory_free
         assert (await redis.xpending(src, "g"))["pending"] == 0 and await redis.xlen(dst) == 1
     finally:
         await redis.aclose()
+
+
+async def _claim(redis: aioredis.Redis, control: str, group: str, consumer: str) -> str:
+    """A conversation.started stand-in on ``control``, delivered to ``consumer``: its claim."""
+    return await _pending_entry(redis, control, group, consumer)
+
+
+async def test_a_fence_writes_nothing_once_a_peer_holds_the_claim(redis: aioredis.Redis, prefix: str) -> None:
+    """A worker paused past its lease comes back with writes queued: a gate of an entry
+    the new owner claimed, a gate of one nobody claimed yet, an ungated delta. Behind
+    the old owner's fence none of them is written, the worker hears of it once, and
+    what it queues later behind the same fence is never sent. A fence that holds, and
+    ops behind no fence, in the same program, are written as usual."""
+    control, src, dst = f"{prefix}:ctl", f"{prefix}:src", f"{prefix}:dst"
+    claim = await _claim(redis, control, "g", "old")
+    mine = await _claim(redis, control, "g", "me")
+    claimed, unclaimed = await _pending_entries(redis, src, "g", "old", [b"t1", b"t2"])
+    await redis.xclaim(control, "g", "new", 0, [claim])  # the takeover
+    await redis.xclaim(src, "g", "new", 0, [claimed])  # the new owner's replay has begun
+    old = Fence(control, "g", "old", claim)
+    held = Fence(control, "g", "me", mine)
+    async with running(BatchWriter(redis, Scripts())) as writer:
+        fenced: list[Fence] = []
+        writer.on_fenced = fenced.append
+        results: list[int] = []
+        stale = FencedWriter(writer, old)
+        stale.gate(src, "g", claimed, dst, b"stale done 1", 1000, on_result=results.append)
+        writer.add(dst, b"unfenced", 1000)
+        FencedWriter(writer, held).add(dst, b"held", 1000)
+        stale.add(dst, b"stale delta", 1000)
+        stale.gate(src, "g", unclaimed, dst, b"stale done 2", 1000, on_result=results.append)
+        await writer.flushed()
+        stale.add(dst, b"queued after", 1000)
+        await writer.flushed()
+    assert [fields[b"d"] for _, fields in await redis.xrange(dst)] == [b"unfenced", b"held"]
+    assert fenced == [old] and old.lost and not held.lost
+    assert results == []  # a fenced op has no result: it was never written
+    assert writer.stats.fenced == 4
+    pending = {r["message_id"].decode(): r["consumer"].decode()
+               for r in await redis.xpending_range(src, "g", min="-", max="+", count=10)}
+    assert pending == {claimed: "new", unclaimed: "old"}  # nothing acked: both still to be answered
+
+
+async def test_a_fence_that_holds_changes_nothing(redis: aioredis.Redis, prefix: str) -> None:
+    control, src, dst = f"{prefix}:ctl", f"{prefix}:src", f"{prefix}:dst"
+    claim = await _claim(redis, control, "g", "w1")
+    entry_id = await _pending_entry(redis, src, "g", "w1")
+    fence = Fence(control, "g", "w1", claim)
+    async with running(BatchWriter(redis, Scripts())) as writer:
+        results: list[int] = []
+        fenced_writer = FencedWriter(writer, fence)
+        for i in range(3):
+            fenced_writer.add(dst, f"delta{i}".encode(), 1000)
+        fenced_writer.gate(src, "g", entry_id, dst, b"done", 1000, on_result=results.append)
+        fenced_writer.gate(src, "g", entry_id, dst, b"again", 1000, on_result=results.append)
+        await writer.flushed()
+    assert [fields[b"d"] for _, fields in await redis.xrange(dst)] == [b"delta0", b"delta1", b"delta2", b"done"]
+    assert results == [1, 0] and not fence.lost and writer.stats.fenced == 0

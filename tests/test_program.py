@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from shared.bus.program import ADD, ADD_MANY, GATE, OPS, RING, Program, QueuedOp, lua_source
+from shared.bus.program import ADD, ADD_MANY, FENCE, GATE, OPS, RING, Fence, Program, QueuedOp, lua_source
 from shared.keys import Keys
 
 
@@ -48,3 +48,17 @@ def test_rings_name_the_conversations_written_once_per_kind() -> None:
     assert [(prog.keys[r.key_idxs[0] - 1], r.args) for r in rings] == [
         (keys.bell(0, "transcripts"), [1000, "transcripts", "a b"])
     ]
+
+
+def test_a_run_of_ops_behind_one_fence_gets_one_fence_frame_counting_its_frames() -> None:
+    fence = Fence("ctl", "g", "w1", "5-0")
+    prog = Program()
+    prog.add(QueuedOp(ADD.code, ("dst",), (100, b"d", b"a"), fence=fence))
+    prog.add(QueuedOp(ADD.code, ("dst",), (100, b"d", b"b"), fence=fence))  # folds: still one frame
+    prog.add(QueuedOp(GATE.code, ("src", "dst"), ("g", "1-0", 100, b"d", b"v"), fence=fence))
+    prog.add(QueuedOp(ADD.code, ("dst",), (100, b"d", b"c")))  # no fence: ends the run, does not fold
+    prog.add(QueuedOp(ADD.code, ("dst",), (100, b"d", b"e"), fence=fence))  # a new run, a new frame
+    assert [item.spec for item in prog.items] == [FENCE, ADD_MANY, GATE, ADD, FENCE, ADD]
+    assert prog.keys == ["dst", "ctl", "src"]
+    assert prog.argv()[:7] == ["F", 1, 4, 2, "g", "w1", "5-0"]
+    assert prog.items[0].args == ["g", "w1", "5-0", 2] and prog.items[4].args == ["g", "w1", "5-0", 1]

@@ -8,6 +8,10 @@ test holds the two together).
 
 A frame is ``code, key count, arg count, key indexes..., args...``; a key is
 passed by its index in KEYS so that Redis Cluster sees every key a script touches.
+
+A conversation's ops carry its ``Fence`` (its claim): the program puts an ``F``
+frame before each run of ops behind one fence, and the script skips the run when
+the claim is no longer this worker's (see ``Fence``).
 """
 
 from __future__ import annotations
@@ -57,7 +61,35 @@ GATE = OpSpec("G", ("src", "dst"), ("group", "id", "maxlen", "field", "value"), 
 ACK = OpSpec("K", ("src",), ("group",), rest="ids")
 EXPIRE = OpSpec("E", ("key",), ("seconds",))
 RING = OpSpec("R", ("bell",), ("maxlen", "kind", "ids"))
-OPS: dict[str, OpSpec] = {spec.code: spec for spec in (ADD, ADD_MANY, GATE, ACK, EXPIRE, RING)}
+FENCE = OpSpec("F", ("control",), ("group", "consumer", "id", "ops"))
+OPS: dict[str, OpSpec] = {spec.code: spec for spec in (ADD, ADD_MANY, GATE, ACK, EXPIRE, RING, FENCE)}
+
+#: The result of an op skipped because its fence did not hold (see ``Fence``).
+FENCED = b"FENCED"
+
+
+@dataclass(slots=True, eq=False)
+class Fence:
+    """The claim a conversation's writes depend on: its ``conversation.started``
+    entry (``entry_id`` on ``control_key``), pending for ``consumer`` in ``group``.
+
+    A worker paused or cut off past its lease comes back with writes queued (or
+    in flight) for conversations a peer has meanwhile taken over. The gate alone
+    would not stop them all: XACK does not check who holds an entry, so the old
+    owner could still gate an entry the new owner claimed, or one it read itself
+    after the takeover, and its deltas are not gated at all. So the batch program
+    writes a fenced op only while the claim is still this worker's (op ``F``,
+    checked in the same atomic step as the writes): from the moment a peer takes
+    the claim, nothing the old owner sends for that conversation is written.
+
+    ``lost`` is set once a fence did not hold, or once the worker gave the
+    conversation up: ops still queued behind it are then never sent."""
+
+    control_key: str
+    group: str
+    consumer: str
+    entry_id: str
+    lost: bool = False
 
 
 def lua_source(name: str) -> str:
@@ -97,6 +129,8 @@ class QueuedOp:
     #: Arguments in the op's order (see OPS).
     args: tuple[Any, ...]
     on_result: Callable[[Any], None] | None = None
+    #: The claim this op is written under (None: not a conversation's write, or not fenced).
+    fence: Fence | None = None
     #: Taken into a flush: too late to supersede.
     sent: bool = False
     #: Superseded before it was sent: never written.
@@ -110,8 +144,10 @@ class _Item:
     spec: OpSpec
     key_idxs: list[int]
     args: list[Any]
-    #: The queued ops whose result this frame's result is (none for a ring).
+    #: The queued ops whose result this frame's result is (none for a ring or a fence).
     ops: list[QueuedOp]
+    #: A fence frame's claim.
+    fence: Fence | None = None
 
 
 class Program:
@@ -121,6 +157,9 @@ class Program:
         self.keys: list[str] = []
         self._index: dict[str, int] = {}
         self.items: list[_Item] = []
+        #: The fence frame of the run of ops being added, and that run's fence.
+        self._run: _Item | None = None
+        self._run_fence: Fence | None = None
 
     def _key(self, key: str) -> int:
         idx = self._index.get(key)
@@ -129,10 +168,24 @@ class Program:
             idx = self._index[key] = len(self.keys)
         return idx
 
+    def _append(self, item: _Item, fence: Fence | None) -> None:
+        """Append a frame; a frame behind another fence than the last one's starts a new run,
+        behind a fence frame of its own (the script skips the run if the claim is gone)."""
+        if fence is not self._run_fence:
+            self._run_fence = fence
+            self._run = None
+            if fence is not None:
+                self._run = _Item(FENCE, [self._key(fence.control_key)],
+                                  [fence.group, fence.consumer, fence.entry_id, 0], [], fence)
+                self.items.append(self._run)
+        if self._run is not None:
+            self._run.args[3] += 1
+        self.items.append(item)
+
     def add(self, op: QueuedOp) -> None:
         idxs = [self._key(k) for k in op.keys]
         if op.code != ADD.code:
-            self.items.append(_Item(OPS[op.code], idxs, list(op.args), [op]))
+            self._append(_Item(OPS[op.code], idxs, list(op.args), [op]), op.fence)
             return
         maxlen, fld, value = op.args
         if not isinstance(value, bytes | str):
@@ -145,12 +198,12 @@ class Program:
                 return
         last = self.items[-1] if self.items else None
         if (last is not None and last.spec in (ADD, ADD_MANY) and last.key_idxs == idxs
-                and last.args[:2] == [maxlen, fld]):
+                and last.args[:2] == [maxlen, fld] and op.fence is self._run_fence):
             last.spec = ADD_MANY  # its result is then a count: no caller of a folded add needs its id
             last.args.append(value)
             last.ops.append(op)
             return
-        self.items.append(_Item(ADD, idxs, [maxlen, fld, value], [op]))
+        self._append(_Item(ADD, idxs, [maxlen, fld, value], [op]), op.fence)
 
     def add_rings(self, keys: Keys, maxlen: int) -> None:
         """Ring the doorbells for the conversation streams this program writes (a
@@ -160,7 +213,7 @@ class Program:
         for tag, kinds in ring_ops(written).items():
             for kind, cids in kinds.items():
                 bell = self._key(keys.bell(int(tag), kind))
-                self.items.append(_Item(RING, [bell], [maxlen, kind, " ".join(cids)], []))
+                self._append(_Item(RING, [bell], [maxlen, kind, " ".join(cids)], []), None)
 
     def argv(self) -> list[Any]:
         out: list[Any] = []

@@ -140,6 +140,12 @@ def id_order(entry_id: bytes | str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+async def server_run_id(redis: aioredis.Redis) -> str:
+    """The server's run id (INFO server): a new one every time it starts."""
+    info = await redis.info("server")
+    return str(info["run_id"])
+
+
 async def xrange_entries(
     redis: aioredis.Redis, key: str, min: str = "-", max: str = "+", count: int | None = None, reverse: bool = False
 ) -> StreamEntries:

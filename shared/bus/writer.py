@@ -12,6 +12,11 @@ Contracts:
   top of at-least-once delivery (docs/architecture.md).
 - Plain adds (deltas) are at-least-once: a retry after a lost reply may repeat
   one; deltas carry an ``index`` so readers drop repeats.
+- A conversation's ops are *fenced* by its claim (``FencedWriter``, one per
+  owned conversation): the program writes them only while this worker still
+  holds the claim, so a worker that was paused or cut off past its lease writes
+  nothing for a conversation a peer took over; ``on_fenced`` tells the runtime,
+  which forgets the conversation (``shared.bus.program.Fence``).
 - Every flush also rings the doorbells of the streams it wrote (hints only).
 - A failed flush (Redis away) is retried with backoff until it succeeds;
   nothing queued is dropped. ``wait_below`` gives the reader backpressure.
@@ -30,7 +35,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from shared.backoff import backoff
-from shared.bus.program import ACK, ADD, EXPIRE, GATE, Program, QueuedOp, Scripts
+from shared.bus.program import ACK, ADD, EXPIRE, FENCED, GATE, Fence, Program, QueuedOp, Scripts
 from shared.bus.resp import RawConnection, pack_command
 from shared.bus.retry import failure_reason, is_transient, log_failure
 from shared.keys import Keys, hash_tag
@@ -48,6 +53,8 @@ class WriterStats:
     op_errors: int = 0
     #: Queued adds a later gate superseded before they were sent.
     coalesced: int = 0
+    #: Ops not written because their conversation's claim was no longer this worker's.
+    fenced: int = 0
 
 
 @dataclass
@@ -86,6 +93,9 @@ class BatchWriter:
         #: Called with a gate whose effect Redis refused (e.g. its stream's key holds another type):
         #: nothing of it was written and its source entry is still pending.
         self.on_gate_failed: Callable[[QueuedOp, str], None] | None = None
+        #: Called once with a fence that did not hold: a peer holds that conversation's claim
+        #: now, and nothing queued behind the fence is or will be written.
+        self.on_fenced: Callable[[Fence], None] | None = None
         self.redis_ok = True
         #: While not ``redis_ok``: why, for readiness ("redis unreachable", or the refusal).
         self.failing_with = ""
@@ -108,6 +118,7 @@ class BatchWriter:
         extra_ack_ids: Sequence[str] = (),
         on_result: Callable[[Any], None] | None = None,
         supersedes: Sequence[QueuedOp] = (),
+        fence: Fence | None = None,
     ) -> None:
         """Ack ``gate_id`` on ``src``; if that ack took, XADD ``payload`` to ``dst``
         and ack ``extra_ack_ids`` too. ``on_result`` gets 1 (written) or 0 (already acked).
@@ -115,29 +126,32 @@ class BatchWriter:
         ``supersedes``: adds this effect makes redundant (a response's started
         and delta entries, whose text the done entry carries in full). Those
         not sent yet are dropped: an answer that completes within one flush is
-        one entry, not one per delta; one that streams slowly keeps its deltas."""
+        one entry, not one per delta; one that streams slowly keeps its deltas.
+
+        ``fence``: the claim this write depends on (see ``FencedWriter``)."""
         for op in supersedes:
             if not op.sent and not op.dropped:
                 op.dropped = True
                 self.stats.coalesced += 1
         self._push(QueuedOp(GATE.code, (src, dst), (group, gate_id, maxlen, ENTRY_FIELD, payload, *extra_ack_ids),
-                            on_result))
+                            on_result, fence))
 
     def add(
-        self, dst: str, payload: bytes | str | Callable[[], bytes], maxlen: int, field: bytes = ENTRY_FIELD
+        self, dst: str, payload: bytes | str | Callable[[], bytes], maxlen: int, field: bytes = ENTRY_FIELD,
+        fence: Fence | None = None,
     ) -> QueuedOp:
         """XADD ``payload`` to ``dst``. A callable payload is encoded at send time,
         so an add that a later gate supersedes is never encoded at all."""
-        op = QueuedOp(ADD.code, (dst,), (maxlen, field, payload))
+        op = QueuedOp(ADD.code, (dst,), (maxlen, field, payload), fence=fence)
         self._push(op)
         return op
 
-    def ack(self, src: str, group: str, ids: Sequence[str]) -> None:
+    def ack(self, src: str, group: str, ids: Sequence[str], fence: Fence | None = None) -> None:
         if ids:
-            self._push(QueuedOp(ACK.code, (src,), (group, *ids)))
+            self._push(QueuedOp(ACK.code, (src,), (group, *ids), fence=fence))
 
-    def expire(self, key: str, seconds: int) -> None:
-        self._push(QueuedOp(EXPIRE.code, (key,), (seconds,)))
+    def expire(self, key: str, seconds: int, fence: Fence | None = None) -> None:
+        self._push(QueuedOp(EXPIRE.code, (key,), (seconds,), fence=fence))
 
     async def aclose(self) -> None:
         """Close the writer's connection (after the flush task is stopped)."""
@@ -148,6 +162,11 @@ class BatchWriter:
     @property
     def backlog(self) -> int:
         return self._queued - self._written
+
+    @property
+    def unsent(self) -> int:
+        """Ops queued and not taken into a flush yet (``backlog`` also counts those in flight)."""
+        return len(self._ops)
 
     async def wait_below(self, limit: int) -> None:
         while self.backlog >= limit:
@@ -174,8 +193,12 @@ class BatchWriter:
                 for _ in range(n):
                     op = self._ops.popleft()
                     op.sent = True
-                    if not op.dropped:
-                        batch.append(op)
+                    if op.dropped:
+                        continue
+                    if op.fence is not None and op.fence.lost:
+                        self.stats.fenced += 1  # its conversation is no longer ours: never sent
+                        continue
+                    batch.append(op)
                 if batch:
                     await self._send_until_done(batch)
                 self._written += n
@@ -203,8 +226,9 @@ class BatchWriter:
                 self.redis_ok = True
                 return
             except NoScriptError:
-                # Redis restarted and forgot the script: nothing of the batch ran.
-                await self._scripts.load(self._redis)
+                # Redis restarted and forgot the script: nothing of the batch ran. The next
+                # send loads it again (there, so that a failing load is retried like a send).
+                self._scripts.sha.pop("batch", None)
             except Exception as exc:
                 if not is_transient(exc):
                     # A programming error must not wedge the writer forever: drop the
@@ -238,9 +262,13 @@ class BatchWriter:
         self.stats.flushes += 1
         self.stats.ops += len(batch)
         for prog, results in zip(programs.values(), replies, strict=True):
-            # Doorbell items come last in a program and cover no op: zip stops before them.
-            for item, result in zip(prog.items, results, strict=False):
+            for item, result in zip(prog.items, results, strict=True):
+                if item.fence is not None and result != 1:
+                    self._fence_failed(item.fence, result)
                 if not item.ops:
+                    continue  # a fence or a doorbell ring
+                if result == FENCED:
+                    self.stats.fenced += len(item.ops)
                     continue
                 op = item.ops[0]
                 if isinstance(result, bytes) and result.startswith(b"ERR "):
@@ -257,3 +285,49 @@ class BatchWriter:
                 for covered in item.ops:
                     if covered.on_result is not None:
                         covered.on_result(result)
+
+    def _fence_failed(self, fence: Fence, result: Any) -> None:
+        if isinstance(result, bytes) and result.startswith(b"ERR "):
+            log.error("the claim %s %s could not be checked (%s): writing nothing behind it",
+                      fence.control_key, fence.entry_id, result[4:].decode(errors="replace"))
+        if fence.lost:
+            return
+        fence.lost = True
+        if self.on_fenced is not None:
+            self.on_fenced(fence)
+
+
+class FencedWriter:
+    """One owned conversation's view of the writer: every op it queues is fenced by
+    the conversation's claim (see ``Fence``), so none is written once a peer holds
+    that claim. Same calls as ``BatchWriter``; ``batch`` is the writer itself, for
+    writes that belong to no one conversation."""
+
+    def __init__(self, batch: BatchWriter, fence: Fence) -> None:
+        self.batch = batch
+        self.fence = fence
+
+    def gate(
+        self,
+        src: str,
+        group: str,
+        gate_id: str,
+        dst: str,
+        payload: bytes,
+        maxlen: int,
+        extra_ack_ids: Sequence[str] = (),
+        on_result: Callable[[Any], None] | None = None,
+        supersedes: Sequence[QueuedOp] = (),
+    ) -> None:
+        self.batch.gate(src, group, gate_id, dst, payload, maxlen, extra_ack_ids, on_result, supersedes, self.fence)
+
+    def add(
+        self, dst: str, payload: bytes | str | Callable[[], bytes], maxlen: int, field: bytes = ENTRY_FIELD
+    ) -> QueuedOp:
+        return self.batch.add(dst, payload, maxlen, field, self.fence)
+
+    def ack(self, src: str, group: str, ids: Sequence[str]) -> None:
+        self.batch.ack(src, group, ids, self.fence)
+
+    def expire(self, key: str, seconds: int) -> None:
+        self.batch.expire(key, seconds, self.fence)

@@ -4,13 +4,14 @@ writer, the conversations it owns, its meters, and whether it is stopping."""
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 
 from shared.bus.program import Scripts
 from shared.bus.retry import failure_reason
-from shared.bus.writer import BatchWriter
+from shared.bus.writer import BatchWriter, FencedWriter
 from shared.keys import Keys
 from shared.runtime.conversations import Owned
 from shared.runtime.meters import RuntimeMeters
@@ -32,6 +33,12 @@ class WorkerContext:
     redis_ok: bool = False
     #: While not ``redis_ok``: why, for readiness (``shared.bus.retry.failure_reason``).
     failing_with: str = ""
+    #: When the last refresh that reached Redis began (monotonic): every claim still held
+    #: then was re-claimed after that moment, and a peer takes a claim only once it has been
+    #: idle for ``lease_s``. So until ``lease_s`` after this, this worker's claims are its own.
+    confirmed_s: float = field(default_factory=time.monotonic)
+    #: The Redis server's run id when this worker last looked: a new one means it restarted.
+    run_id: str = ""
 
     @property
     def keys(self) -> Keys:
@@ -51,7 +58,23 @@ class WorkerContext:
         self.redis_ok = False
         self.failing_with = failure_reason(exc)
 
-    def dead(self, stream: str, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1) -> None:
-        """Ack ``entry_id`` of ``stream`` into the dead-letter stream, with the reason."""
+    def unconfirmed_s(self) -> float:
+        """Seconds since the last refresh that reached Redis began."""
+        return time.monotonic() - self.confirmed_s
+
+    def claims_confirmed(self) -> bool:
+        """Are this worker's claims surely still its own? False after two refresh periods
+        (of three per lease) without one reaching Redis: the worker was paused or cut off,
+        and a peer may take its conversations over soon, or already has. A third of the
+        lease is left as margin for a read sent now to arrive before a peer can reap."""
+        return self.unconfirmed_s() < self.settings.lease_s * 2 / 3
+
+    def dead(
+        self, stream: str, entry_id: str, raw: bytes | None, reason: str, deliveries: int = 1,
+        writer: FencedWriter | None = None,
+    ) -> None:
+        """Ack ``entry_id`` of ``stream`` into the dead-letter stream, with the reason
+        (through ``writer``, an owned conversation's, when it is one of its entries)."""
         self.meters.dead(stream).inc()
-        dead_letter(self.writer, self.settings, stream, self.group, self.worker_id, entry_id, raw, reason, deliveries)
+        dead_letter(writer or self.writer, self.settings, stream, self.group, self.worker_id, entry_id, raw, reason,
+                    deliveries)

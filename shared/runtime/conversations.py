@@ -96,6 +96,13 @@ class Live:
     def has_room(self, limits: QueueLimits) -> bool:
         return limits.has_room(len(self.queue), self.queued_bytes)
 
+    def clear(self) -> None:
+        """Forget what is queued, and any replay under way."""
+        self.queue.clear()
+        self.queued_bytes = 0
+        self.failures.clear()
+        self.replay, self.replayed = None, 0
+
 
 class Owned:
     """Owned conversations by id and by data stream, with the claims table.

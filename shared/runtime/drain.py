@@ -151,7 +151,7 @@ class Drainer:
     def _dead_data(
         self, live: Live, entry_id: str, entry: Entry | None, raw: bytes | None, reason: str, deliveries: int = 1
     ) -> None:
-        self._w.dead(live.ctx.data_key, entry_id, raw, reason, deliveries)
+        self._w.dead(live.ctx.data_key, entry_id, raw, reason, deliveries, writer=live.ctx.writer)
         try:
             self._w.service.on_dead_letter(live.ctx, entry, reason)
         except Exception:

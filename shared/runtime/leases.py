@@ -4,7 +4,9 @@
   it the owner; the control entry stays pending (unacked) while it owns it.
 - Refresh: every ``lease_s / 3`` a script re-claims the control entries this
   worker still holds (a peer may have taken some while this worker was paused:
-  those are dropped here, never stolen back).
+  those are dropped here, never stolen back). Every write of a conversation is
+  fenced by its claim (``shared.bus.program.Fence``): one refused for a claim a
+  peer holds drops the conversation here too (``lose``), often before the refresh.
 - Reap: control entries idle for longer than ``lease_s`` belong to a dead
   worker; XAUTOCLAIM takes them, and the new owner claims that conversation's
   pending data entries and replays them first, in order: a page at a time, as
@@ -12,12 +14,16 @@
 - Finish: the conversation ended; ack the control entry, let its keys expire.
 - Hand back (SIGTERM): set the idle time of every owned control entry past the
   lease, so a peer's reaper takes each on its next pass.
+- Resume all (Redis restarted): Redis may have lost its last second, so what the
+  worker remembers may be ahead of what Redis kept; every owned conversation is
+  resumed from Redis as after a takeover (``resume_all``).
 
 See docs/architecture.md ("Ownership and takeover").
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -26,8 +32,10 @@ from typing import Any, cast
 from redis.exceptions import ResponseError
 
 from shared.bus.groups import ensure_group
-from shared.bus.resp import StreamEntries
+from shared.bus.program import Fence
+from shared.bus.resp import StreamEntries, server_run_id
 from shared.bus.retry import is_transient, retry_forever
+from shared.bus.writer import FencedWriter
 from shared.models import ENTRY_FIELD, ConversationEnded, ConversationStarted, EntryError, decode_fields
 from shared.ownership import Claim
 from shared.runtime.context import WorkerContext
@@ -88,9 +96,11 @@ class Leases:
         if not created and not took_over:
             w.dead(control_key, entry_id, started.model_dump_json().encode(), "conversation already started")
             return
+        # Every write of this conversation is fenced by this claim: none lands once a peer holds it.
+        writer = FencedWriter(w.writer, Fence(control_key, w.group, w.worker_id, entry_id))
         ctx = SessionContext(
             conversation_id=conversation_id, started=started, took_over=took_over, data_key=data_key,
-            group=w.group, worker_id=w.worker_id, keys=w.keys, settings=w.settings, writer=w.writer, redis=w.redis,
+            group=w.group, worker_id=w.worker_id, keys=w.keys, settings=w.settings, writer=writer, redis=w.redis,
         )
         # Taken over: the previous owner's pending entries come first (the drain claims
         # them page by page; meanwhile the stream is not read).
@@ -176,8 +186,10 @@ class Leases:
         ``stuck_after_s`` (any consumer's; XCLAIM's min-idle guards a race with a
         fresh read) and handle them again: the gate keeps their effects exactly-once."""
         w = self._w
-        if w.writer.backlog or not w.writer.redis_ok:
+        if w.writer.backlog or not w.writer.redis_ok or not w.redis_ok or not w.claims_confirmed():
             return
+        if await server_run_id(w.redis) != w.run_id:
+            return  # Redis restarted and the reader has not resumed from it yet: this memory is stale
         idle_ms = int(w.settings.stuck_after_s * 1000)
         for live in list(w.owned.live.values()):
             if live.closed or live.task is not None or live.queue or live.replay is not None:
@@ -225,9 +237,24 @@ class Leases:
                 lost_raw = await w.scripts.call(w.redis, "refresh", [control_key], [w.group, w.worker_id, *chunk])
                 lost = [x.decode() if isinstance(x, bytes) else str(x) for x in lost_raw or ()]
                 if lost:
-                    gone = w.owned.table.lose(control_key, lost)
-                    w.meters.lost.inc(len(gone))
-                    await self.drop(gone, "a peer took it over (this worker missed its lease)")
+                    # Shielded: a refresh cut short by its timeout must not leave a conversation half dropped.
+                    await asyncio.shield(self.lose(control_key, lost))
+
+    async def lose(self, control_key: str, entry_ids: list[str]) -> None:
+        """Peers hold these claims now (this worker missed its lease): forget their conversations."""
+        gone = self._w.owned.table.lose(control_key, entry_ids)
+        self._w.meters.lost.inc(len(gone))
+        await self.drop(gone, "a peer took it over (this worker missed its lease)")
+
+    async def fenced(self, fence: Fence) -> None:
+        """A write behind ``fence`` was refused: a peer holds that claim now. Forget the
+        conversation it belongs to, if this worker still has it (and by that very claim)."""
+        for live in list(self._w.owned.live.values()):
+            if live.ctx.writer.fence is fence:
+                log.warning("a write of conversation %s was refused: a peer holds its claim",
+                            live.conversation_id, extra={"conversation_id": live.conversation_id})
+                await self.lose(fence.control_key, [fence.entry_id])
+                return
 
     async def reap_once(self) -> None:
         """Take over the conversations of workers that stopped refreshing their claims."""
@@ -249,18 +276,44 @@ class Leases:
                 if cursor == "0-0" or not claimed:
                     break
 
+    async def resume_all(self) -> None:
+        """Resume every owned conversation from what Redis kept, as after a takeover:
+        stop its session, let what it queued be written, then replay its pending
+        entries from the first, in order, and reopen the session (the conversation
+        service rebuilds its history from the streams). Redis restarted: with
+        ``appendfsync everysec`` a host crash loses up to a second of writes, acks and
+        deliveries among them, so an answer this worker remembers may be gone while
+        its transcript is delivered again (and would be taken for answered), and an
+        entry handled but no longer acked would be left pending behind newer ones."""
+        w = self._w
+        lives = [live for live in w.owned.live.values() if not live.closed]
+        for live in lives:
+            live.clear()  # first: a cancelled drain starts again by itself when it has work left
+            await cancel_and_wait(live.task)
+            await self._drainer.close_session(live)
+        await w.writer.flushed()
+        for live in lives:
+            if live.closed:  # lost meanwhile (its claim may have gone with the lost second)
+                continue
+            live.clear()
+            live.replay = "-"  # its pending entries first, from the first
+            live.ctx.took_over = True  # the session's state from the streams
+            self._drainer.kick(live)
+        log.warning("resumed %d conversations from what redis kept", len(lives))
+
     # --- giving up ------------------------------------------------------------------
 
     async def finish(self, live: Live) -> None:
-        """The conversation ended: close, ack our control entry, let its keys expire."""
+        """The conversation ended: close, let its keys expire, ack our control entry
+        (in that order: both are fenced by the claim that the ack releases)."""
         w = self._w
         cid = live.conversation_id
         _, claim = w.owned.remove(cid)
         await self._drainer.close_session(live)
-        if claim is not None:
-            w.writer.ack(claim.control_key, w.group, [claim.control_entry_id])
         for key in w.service.keys_to_expire(w.keys, cid):
-            w.writer.expire(key, w.settings.conversation_ttl_s)
+            live.ctx.writer.expire(key, w.settings.conversation_ttl_s)
+        if claim is not None:
+            live.ctx.writer.ack(claim.control_key, w.group, [claim.control_entry_id])
         w.meters.owned.set(len(w.owned.table.claims))
         log.info("conversation %s finished", cid, extra={"conversation_id": cid})
 
@@ -274,7 +327,9 @@ class Leases:
         claim = live.claim
         log.error("giving up conversation %s: %s", live.conversation_id, reason,
                   extra={"conversation_id": live.conversation_id})
-        w.dead(claim.control_key, claim.control_entry_id, None, reason)
+        # Fenced by the claim it releases, behind a fence of its own: drop() stops the rest.
+        release = FencedWriter(w.writer, Fence(claim.control_key, w.group, w.worker_id, claim.control_entry_id))
+        w.dead(claim.control_key, claim.control_entry_id, None, reason, writer=release)
         await self.drop([live.conversation_id], reason)
 
     async def drop(self, conversation_ids: Iterable[str], why: str) -> None:
@@ -284,6 +339,7 @@ class Leases:
             live, _ = w.owned.remove(cid)
             if live is None:
                 continue
+            live.ctx.writer.fence.lost = True  # what it still has queued is no longer ours to write
             await cancel_and_wait(live.task)
             await self._drainer.close_session(live)
             log.warning("released conversation %s: %s", cid, why, extra={"conversation_id": cid})

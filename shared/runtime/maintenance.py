@@ -3,6 +3,9 @@
 ``periodic`` runs a step every interval: a transient Redis error is logged
 once per outage and the step runs again at its next tick; any other error is
 logged with its traceback and the loop goes on (a chore never kills a worker).
+A step given a timeout that overruns it is cancelled (redis-py then drops the
+connection it waited on) and runs again at once, on a fresh connection, instead
+of waiting out a socket timeout (a silently dead connection).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from shared.metrics import stream_kind
 from shared.models import ConversationEnded, now_ms
 from shared.runtime.context import WorkerContext
 from shared.runtime.drain import Drainer
+from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -31,25 +35,54 @@ SAMPLE_PIPELINE = 25
 
 
 async def periodic(
-    what: str, interval_s: float, step: Callable[[], Awaitable[None]], when: Callable[[], bool] = lambda: True
+    what: str, interval_s: float, step: Callable[[], Awaitable[None]], when: Callable[[], bool] = lambda: True,
+    timeout_s: float | None = None,
 ) -> None:
     """Run ``step`` every ``interval_s`` (while ``when()``), forever; see the module doc."""
     failing = False
+    delay_s = interval_s
     while True:
-        await asyncio.sleep(interval_s)
+        await asyncio.sleep(delay_s)
+        delay_s = interval_s
         if not when():
             continue
         try:
-            await step()
+            await _within(step, timeout_s)
             if failing:
                 log.info("%s: redis is back", what)
             failing = False
         except Exception as exc:
+            if isinstance(exc, Overran):
+                delay_s = 0.0  # it took its interval already: again now, on a fresh connection
             if not is_transient(exc):
                 log.exception("%s failed", what)
             elif not failing:
                 log_failure(log, what, exc)
                 failing = True
+
+
+class Overran(TimeoutError):
+    """A periodic step did not finish within its timeout (a TimeoutError: transient)."""
+
+
+async def _within(step: Callable[[], Awaitable[None]], timeout_s: float | None) -> None:
+    """Run ``step``; one that overruns ``timeout_s`` is cancelled and raises Overran.
+    The step runs as a task of its own, stopped with ``cancel_and_wait``, which repeats a
+    cancellation Python 3.11 may lose inside redis-py (asyncio.timeout would cancel only
+    once: a lost one lets the step run on past its timeout), and which never touches
+    the caller's own cancellation."""
+    if timeout_s is None:
+        await step()
+        return
+    task = asyncio.ensure_future(step())
+    try:
+        done, _ = await asyncio.wait([task], timeout=timeout_s)
+    finally:
+        if not task.done():
+            await cancel_and_wait(task)
+    if not done:
+        raise Overran(f"no answer within {timeout_s:.2f}s")
+    task.result()
 
 
 class Chores:

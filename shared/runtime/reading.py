@@ -9,7 +9,10 @@ hint: every entry handled is one the group delivered, so a forged or stale
 ring costs a read that finds nothing. Every ``sweep_ms`` the loop also reads
 every owned stream (in SWEEP_SLICES slices), for writers that do not ring and
 for rings lost while Redis was away. Reading pauses while the writer's
-backlog is over its high-water mark (backpressure).
+backlog is over its high-water mark (backpressure), and while the worker's
+claims are not confirmed (no refresh reached Redis for two thirds of a lease:
+paused or cut off, it may have lost conversations to peers, and a read now
+would take entries of conversations it no longer owns).
 
 Per conversation, backpressure is the queue's bound (``QueueLimits``): a
 conversation whose queue is over the low-water mark, or that is still claiming
@@ -32,7 +35,7 @@ from redis.exceptions import ResponseError
 from shared.backoff import backoff
 from shared.bus.doorbell import Doorbell, Ring
 from shared.bus.groups import GroupReader, ensure_group
-from shared.bus.resp import StreamEntries
+from shared.bus.resp import StreamEntries, server_run_id
 from shared.bus.retry import failure_reason, is_transient, log_failure, retry_forever
 from shared.keys import CONTROL_KIND
 from shared.metrics import stream_kind
@@ -45,8 +48,12 @@ log = logging.getLogger(__name__)
 SWEEP_SLICES = 10
 #: Longest doorbell wait of the listener: how soon it notices a stop.
 LISTEN_BLOCK_S = 0.25
+#: How often a worker whose claims are not confirmed looks again.
+UNCONFIRMED_POLL_S = 0.05
 
 OnControl = Callable[[str, str, dict[bytes, bytes]], Awaitable[None]]
+#: Called when Redis came back with a new run id (it restarted), before anything is read.
+OnRestart = Callable[[], Awaitable[None]]
 #: Called with an owned data stream that cannot be read, and why.
 OnUnreadable = Callable[[str, str], Awaitable[None]]
 
@@ -70,11 +77,15 @@ class ReadPlan:
 
 
 class ReadScheduler:
-    def __init__(self, w: WorkerContext, drainer: Drainer, on_control: OnControl, on_unreadable: OnUnreadable) -> None:
+    def __init__(
+        self, w: WorkerContext, drainer: Drainer, on_control: OnControl, on_unreadable: OnUnreadable,
+        on_restart: OnRestart,
+    ) -> None:
         self._w = w
         self._drainer = drainer
         self._on_control = on_control
         self._on_unreadable = on_unreadable
+        self._on_restart = on_restart
         self._data_kind = stream_kind(w.service.data_key(w.keys, "x"))
         self._control_keys = w.keys.controls()
         self._control_bkeys = {k.encode() for k in self._control_keys}
@@ -118,8 +129,8 @@ class ReadScheduler:
             await bell.aclose()
             s = w.writer.stats
             log.info(
-                "reads: %d returning %d entries; writes: %d flushes of %d ops (%d coalesced, %d suppressed)",
-                reader.reads, reader.entries, s.flushes, s.ops, s.coalesced, s.suppressed,
+                "reads: %d returning %d entries; writes: %d flushes of %d ops (%d coalesced, %d suppressed, "
+                "%d fenced)", reader.reads, reader.entries, s.flushes, s.ops, s.coalesced, s.suppressed, s.fenced,
             )
 
     async def _listen(self, bell: Doorbell) -> None:
@@ -164,13 +175,27 @@ class ReadScheduler:
         sweep_s = w.settings.sweep_ms / 1000
         next_sweep = 0.0
         full_sweep = True
+        paused = False
         while not w.stopping.is_set():
             await w.writer.wait_below(self._high_water)
+            if not w.claims_confirmed():
+                if not paused:
+                    log.warning("claims not confirmed for %.1fs (paused or cut off?): not reading until a "
+                                "refresh says which conversations are still ours", w.unconfirmed_s())
+                    paused = True
+                await asyncio.sleep(UNCONFIRMED_POLL_S)
+                continue
+            if paused:
+                paused = False
+                next_sweep, full_sweep = 0.0, True  # rings may have been missed meanwhile
             if self._resync:
                 self._resync = False
                 next_sweep, full_sweep = 0.0, True
             plan = ReadPlan()
             try:
+                if not w.redis_ok:
+                    # Before planning: a restart puts conversations back to replaying, out of every read.
+                    await self._check_restart()
                 now = time.monotonic()
                 plan_key: object = None
                 if now >= next_sweep:
@@ -228,6 +253,16 @@ class ReadScheduler:
                     self._on_data(key, entries)
                     if len(entries) >= plan.data_count:
                         self._dirty.add(key.decode())
+
+    async def _check_restart(self) -> None:
+        """Redis was away. If it restarted (a new run id), resume every owned conversation
+        from what it kept before reading anything new (``Leases.resume_all``)."""
+        w = self._w
+        run_id = await server_run_id(w.redis)
+        if run_id != w.run_id:
+            log.warning("redis restarted (run id %s, was %s): it may have lost its last second", run_id, w.run_id)
+            await self._on_restart()
+            w.run_id = run_id
 
     def _control_part(self, wanted: bool) -> tuple[list[str], int]:
         """The control streams and their COUNT, when ``wanted`` and a slot is free. The

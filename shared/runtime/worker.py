@@ -17,9 +17,10 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from shared.bus.groups import ensure_group
-from shared.bus.program import QueuedOp, Scripts
+from shared.bus.program import Fence, QueuedOp, Scripts
+from shared.bus.resp import server_run_id
 from shared.bus.retry import is_transient, retry_forever
-from shared.bus.writer import BatchWriter
+from shared.bus.writer import BatchWriter, FencedWriter
 from shared.metrics import stream_kind
 from shared.runtime.context import WorkerContext
 from shared.runtime.conversations import Live, Owned, QueueLimits
@@ -46,16 +47,19 @@ class OwnershipRuntime:
         writer = BatchWriter(redis, scripts, bells=settings.keys)
         writer.on_suppressed = meters.suppressed.inc
         writer.on_gate_failed = self._gate_failed
+        writer.on_fenced = self._fenced
         meters.capacity.set(settings.max_sessions)
         owned = Owned(settings.max_sessions, QueueLimits.from_settings(settings))
         self.w = WorkerContext(settings, service, redis, scripts, writer, owned, meters)
         self.drainer = Drainer(self.w, on_finished=self._finished, on_room=self._on_room, refill=self._refill)
         self.leases = Leases(self.w, self.drainer, read_soon=self._read_soon)
         self.reader = ReadScheduler(self.w, self.drainer, on_control=self.leases.on_control,
-                                    on_unreadable=self.leases.reject)
+                                    on_unreadable=self.leases.reject, on_restart=self.leases.resume_all)
         self.chores = Chores(self.w, self.drainer, metrics_port)
         self.started = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
+        #: Conversations being forgotten after a fenced write (kept: a task needs a reference).
+        self._losing: set[asyncio.Task[None]] = set()
 
     @property
     def live(self) -> dict[str, Live]:
@@ -66,13 +70,18 @@ class OwnershipRuntime:
         """Run until :meth:`stop` is called; then drain and hand back."""
         w = self.w
         await retry_forever("start-up", self._prepare)
+        began = time.monotonic()
         await retry_forever("heartbeat", self.chores.heartbeat)
+        w.confirmed_s = began
         w.redis_ok = True
         lease_s = w.settings.lease_s
         table = w.owned.table
         self._tasks = [
             asyncio.create_task(w.writer.run(), name="writer"),
-            asyncio.create_task(periodic("refresh", lease_s / 3, self._refresh), name="refresher"),
+            # A refresh not answered within its period is sent again at once on a fresh connection:
+            # a silently dead one would otherwise hold it for a socket timeout, longer than a lease.
+            asyncio.create_task(periodic("refresh", lease_s / 3, self._refresh, timeout_s=lease_s / 3),
+                                name="refresher"),
             asyncio.create_task(periodic("reaper", min(lease_s / 4, 1.0), self.leases.reap_once,
                                          when=lambda: table.accepting), name="reaper"),
             asyncio.create_task(periodic("control trim", max(5.0, lease_s), self.chores.trim_controls),
@@ -99,6 +108,9 @@ class OwnershipRuntime:
             return self.w.failing_with or "redis unreachable"
         if not self.w.writer.redis_ok:
             return self.w.writer.failing_with or "redis unreachable"
+        if not self.w.claims_confirmed():
+            # A cut that no command has failed on yet (a socket timeout is longer than a lease).
+            return f"claims not confirmed for {self.w.unconfirmed_s():.1f}s (redis unreachable?)"
         return None
 
     def stop(self) -> None:
@@ -109,13 +121,21 @@ class OwnershipRuntime:
 
     async def _prepare(self) -> None:
         w = self.w
+        w.run_id = await server_run_id(w.redis)
         await w.scripts.load(w.redis)
         for key in w.keys.controls():
             await ensure_group(w.redis, key, w.group)
 
     async def _refresh(self) -> None:
+        w = self.w
+        began = time.monotonic()
+        before = len(w.owned.table.claims)
         await self.leases.refresh_once()
-        await self.chores.heartbeat()
+        await self.chores.heartbeat()  # a round trip even with no claim to refresh
+        if not w.claims_confirmed():
+            log.warning("claims confirmed again after %.1fs unconfirmed (was this worker paused or cut off?): "
+                        "%d of %d still ours", w.unconfirmed_s(), len(w.owned.table.claims), before)
+        w.confirmed_s = began
         self.chores.expire_idle()
 
     async def _finished(self, live: Live) -> None:
@@ -133,7 +153,15 @@ class OwnershipRuntime:
         if dst in self.w.keys.deads():
             log.error("dead letter of %s %s could not be written: %s", src, entry_id, reason)
             return
-        self.w.dead(src, entry_id, None, f"its effect could not be written to {dst}: {reason}")
+        writer = FencedWriter(self.w.writer, op.fence) if op.fence is not None else None
+        self.w.dead(src, entry_id, None, f"its effect could not be written to {dst}: {reason}", writer=writer)
+
+    def _fenced(self, fence: Fence) -> None:
+        """A write was refused because a peer holds its conversation's claim: forget
+        that conversation now (the writer calls this synchronously; the rest is a task)."""
+        task = asyncio.create_task(self.leases.fenced(fence), name="fenced")
+        self._losing.add(task)
+        task.add_done_callback(self._losing.discard)
 
     def _on_room(self, live: Live) -> None:
         self.reader.read_soon(live.ctx.data_key)
@@ -155,7 +183,7 @@ class OwnershipRuntime:
         except TimeoutError:
             log.error("writes still pending at shutdown; their entries stay pending for a peer")
         await self.leases.hand_back()
-        for task in self._tasks:
+        for task in [*self._tasks, *self._losing]:
             await cancel_and_wait(task)
         await w.writer.aclose()
         try:

@@ -4,7 +4,7 @@
 -- ARGV is a list of frames, one per op:  code, key count, arg count, key indexes..., args...
 -- Keys are passed by their index in KEYS, so Redis Cluster sees every key the script touches.
 -- Each op runs under pcall, so one bad op cannot abort the rest; the reply holds one result
--- per op (a failed op's result is the string "ERR <reason>").
+-- per op (a failed op's result is the string "ERR <reason>", a fenced one's "FENCED").
 --
 -- The op layouts below are the contract with OPS in program.py: each "-- op" line must match
 -- one OpSpec there, and a unit test checks that they do.
@@ -56,6 +56,24 @@ OPS.K = function(k, a)
   return acked
 end
 
+-- op F(control | group, consumer, id, ops): the fence of a conversation's writes. The next `ops`
+-- frames run only if control entry id is still pending for consumer in group, i.e. this worker
+-- still holds the conversation's claim; else they are skipped (each result is "FENCED") and the
+-- result is 0: a peer took the conversation over while this worker was paused or cut off, and
+-- what it queued meanwhile must not be written. 1 if the claim holds. Checked once per claim
+-- per program (a program is one partition: one control stream). An op of its own, so that no
+-- other op's layout changes.
+local held = {}
+OPS.F = function(k, a)
+  local h = held[a[3]]
+  if h == nil then
+    local p = call('XPENDING', k[1], a[1], a[3], a[3], 1)
+    h = (p[1] and p[1][2] == a[2]) and 1 or 0
+    held[a[3]] = h
+  end
+  return h
+end
+
 -- op E(key | seconds): EXPIRE.
 OPS.E = function(k, a) return call('EXPIRE', k[1], a[1]) end
 
@@ -64,6 +82,7 @@ OPS.E = function(k, a) return call('EXPIRE', k[1], a[1]) end
 OPS.R = function(k, a) return call('XADD', k[1], 'MAXLEN', '~', a[1], '*', a[2], a[3]) end
 
 local out = {}
+local fenced = 0  -- frames left to skip behind a fence that did not hold
 local i, n = 1, #ARGV
 while i <= n do
   local code, nkeys, nargs = ARGV[i], tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
@@ -75,11 +94,19 @@ while i <= n do
   for j = 1, nkeys do keys[j] = KEYS[tonumber(ARGV[i + 2 + j])] end
   local base = i + 2 + nkeys
   for j = 1, nargs do args[j] = ARGV[base + j] end
-  local ok, res = pcall(op, keys, args)
-  if ok then
-    out[#out + 1] = res
+  if fenced > 0 then
+    fenced = fenced - 1
+    out[#out + 1] = 'FENCED'
   else
-    out[#out + 1] = 'ERR ' .. tostring(res)
+    local ok, res = pcall(op, keys, args)
+    if ok then
+      out[#out + 1] = res
+    else
+      out[#out + 1] = 'ERR ' .. tostring(res)
+    end
+    if code == 'F' and res ~= 1 then
+      fenced = tonumber(args[4])  -- not held, or not checkable (e.g. NOGROUP): write nothing behind it
+    end
   end
   i = base + nargs + 1
 end
