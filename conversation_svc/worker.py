@@ -299,6 +299,9 @@ class ConversationService:
         #: session is not open yet (a takeover's replay reads target and cancel together).
         self._sessions: dict[str, ConversationWorkerSession] = {}
         self._early_cancels: dict[str, set[str]] = {}
+        # Tells which worker wrote an answer, in a post-mortem (and in the chaos run's check
+        # that a paused worker wrote nothing for the conversations taken from it).
+        log.info("response ids of this worker start with %s", _RESPONSE_ID_PREFIX)
 
     def on_queued(self, ctx: SessionContext, entry: Entry) -> None:
         """A cancel acts as soon as it is read, not when its turn comes: the answer it
