@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from bench.chaos.events import TOOK_OVER, FaultRecord
+from bench.chaos.events import FaultRecord, takeover_delays
 from bench.chaos.plan import ChaosConfig, PlannedFault
 from bench.chaos.pool import Worker, WorkerPool
 from shared.bus.retry import retry_forever
@@ -21,7 +21,8 @@ from shared.keys import Keys
 from shared.redis_server import RedisServer
 from simulator_svc.observe import owners
 
-#: A paused worker is continued at the latest this many leases after its pause, taken over or not.
+#: A paused worker is continued at the latest this many leases after its pause, taken over or not;
+#: at the end, the takeovers of every fault are waited for as long.
 MAX_PAUSE_LEASES = 10
 
 
@@ -116,8 +117,16 @@ class FaultInjector:
         record.ended_wall = time.time()
         self.pool.resume(victim)
 
-    def _all_taken(self, record: FaultRecord) -> bool:
-        taken = {e.conversation_id for w in self.pool.workers if w.service == record.service
-                 and w.worker_id != record.target for e in w.events()
-                 if e.ts >= record.wall and e.msg.startswith(TOOK_OVER)}
-        return set(record.claims) <= taken
+    async def wait_taken_over(self) -> None:
+        """Until peers took every conversation of every worker killed or paused (bounded):
+        the last kill may come as the last utterances are answered."""
+        deadline = time.monotonic() + MAX_PAUSE_LEASES * self.config.lease_s
+        records = [r for r in self.records if r.kind != "redis"]
+        # Polled: the evidence is in the peers' log files, nothing to wait on.
+        while time.monotonic() < deadline and not await asyncio.to_thread(self._all_taken, *records):  # noqa: ASYNC110
+            await asyncio.sleep(0.5)
+
+    def _all_taken(self, *records: FaultRecord) -> bool:
+        """Every conversation each of ``records`` held was taken by a peer since (the logs read once)."""
+        events = self.pool.events()
+        return all(not takeover_delays(record, events)[1] for record in records)

@@ -89,6 +89,7 @@ async def run_chaos(config: ChaosConfig, log_dir: Path, say: Callable[[str], Non
             await sim.run()
         finally:
             await faults  # every fault is due before the last utterance is sent
+        await injector.wait_taken_over()
         say(f"[chaos] sent; reading the outcome ({time.monotonic() - began:.0f} s in)")
         read, outcome = await _settled_outcome(server, keys, sim)
         elapsed = time.monotonic() - began
