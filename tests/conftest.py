@@ -36,8 +36,7 @@ from tests.openai_engine_helpers import KEY
 ROOT = Path(__file__).resolve().parents[1]
 
 # Hypothesis profiles of the fuzz tests (tests/test_fuzz_*.py). `default`: quick, for
-# developers. `ci`: 10,000 cases per target (the slowest targets fewer, each saying why:
-# tests/fuzz_helpers.cases), derandomized (a fixed seed: a CI failure reproduces anywhere
+# developers. `ci`: 10,000 cases per target, derandomized (a fixed seed: a CI failure reproduces anywhere
 # with HYPOTHESIS_PROFILE=ci), no deadline (a shared 2-core machine has slow moments), no
 # example database. HYPOTHESIS_PROFILE picks one; else `ci` when CI=true (as CI sets it),
 # else `default`. Both derive from hypothesis's own defaults, not from the profile it

@@ -8,7 +8,6 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
-from hypothesis import settings
 from hypothesis import strategies as st
 
 #: Text with a lone surrogate in it: a Python str need not be valid Unicode (and these are
@@ -82,8 +81,3 @@ def edited(bases: Sequence[dict[str, Any]], types: Sequence[str]) -> st.SearchSt
 
     return draw_edited()
 
-
-def cases(ci: int) -> settings:
-    """A slow target's case count: ``ci`` instead of the ci profile's 10,000 (or the
-    loaded profile's count when lower, as in `default`). Each use says why."""
-    return settings(max_examples=min(ci, settings.default.max_examples))
