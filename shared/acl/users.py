@@ -25,6 +25,12 @@ from shared.keys import KeyPatterns
 CONNECT = ("ping", "hello", "client|setname")
 
 
+def _run_id() -> Grant:
+    """Workers notice a restarted Redis by its run id (shared/bus/resp.server_run_id), and then
+    resume their conversations from what it kept (runtime/reading)."""
+    return Grant("the server's run id (INFO server): a restarted Redis is resumed from", ("info",))
+
+
 def _connect(*extra: str) -> Grant:
     return Grant("connection set-up and liveness" + (", script loading" if extra else ""), CONNECT + extra)
 
@@ -57,6 +63,7 @@ def _own_stream(k: KeyPatterns, kind: str, *extra: str) -> Grant:
 def transcriber(k: KeyPatterns) -> User:
     return User("transcriber", "transcriber_svc: input streams in, transcripts out", (
         _connect("script|load"),
+        _run_id(),
         _claims(k),
         # XADD: the relay of a control-stream conversation.ended into the input stream (leases._relay_ended).
         _own_stream(k, "input", "xadd"),
@@ -76,6 +83,7 @@ def transcriber(k: KeyPatterns) -> User:
 def conversation(k: KeyPatterns) -> User:
     return User("conversation", "conversation_svc: transcripts in, responses out", (
         _connect("script|load"),
+        _run_id(),
         _claims(k),
         # XREVRANGE: the turn history rebuilt after a takeover (conversation_svc/worker.py).
         _own_stream(k, "transcripts", "xrevrange"),
