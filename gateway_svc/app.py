@@ -33,6 +33,7 @@ from gateway_svc.resume import ResumeStore
 from gateway_svc.session import RealtimeSession
 from gateway_svc.session_config import SessionConfig, SessionType
 from shared.keys import Keys
+from shared.models import is_ident
 from shared.settings import GatewaySettings
 
 log = logging.getLogger(__name__)
@@ -145,7 +146,7 @@ class Gateway:
         session_type: SessionType = "transcription" if query.get("intent") == "transcription" else "realtime"
         resume_id = query.get("conversation_id")
         if resume_id is not None:
-            resumable = await self.store.load(resume_id) if _valid_id(resume_id) else None
+            resumable = await self.store.load(resume_id) if is_ident(resume_id) else None
             if resumable is None or resumable.owner != principal.key_id:
                 return _http_error(404, "no conversation with that id to resume", "conversation_not_found")
             conversation_id = resume_id
@@ -271,10 +272,6 @@ class Gateway:
 
 def _refusal(verdict: QuotaVerdict) -> str | None:
     return None if verdict.ok else verdict.message
-
-
-def _valid_id(value: str) -> bool:
-    return 0 < len(value) <= 64 and all(c.isalnum() or c in "_.-" for c in value)
 
 
 def _http_error(status: int, message: str, code: str, type_: str = "invalid_request_error",

@@ -25,13 +25,13 @@ from pydantic_core import to_json
 
 from gateway_svc import events
 from gateway_svc.speech_out import audio_delta_chunks, synthesize
+from shared.models import AUDIO_BYTES_PER_MS
 
 log = logging.getLogger(__name__)
 
 #: Items queued for one socket beyond which its client is too slow: the socket is
 #: closed (the client may resume and get what it missed).
 MAX_QUEUED = 20_000
-BYTES_PER_MS = 48  # PCM16 mono at 24 kHz
 
 
 @dataclass(slots=True)
@@ -127,7 +127,7 @@ class Outbox:
                 output_index=0, content_index=0, delta=chunk)).decode())
             self.sent += 1
             sent_bytes += len(chunk) * 3 // 4
-        spoken_ms = min(sent_bytes, len(pcm)) // BYTES_PER_MS
+        spoken_ms = min(sent_bytes, len(pcm)) // AUDIO_BYTES_PER_MS
         if spoken_ms:
             speech.on_spoken(speech.text if sent_bytes >= len(pcm) else _part(speech.text, sent_bytes / len(pcm)),
                              spoken_ms)

@@ -33,11 +33,10 @@ from gateway_svc.pipeline_events import AUDIO_ITEM_PREFIX, REQUEST_PREFIX, TEXT_
 from gateway_svc.resume import ResumeStore
 from gateway_svc.session_config import ConfigError, SessionConfig
 from gateway_svc.vad import ServerVad, ServerVadConfig, SpeechStarted, SpeechStopped
-from shared.models import MAX_TEXT_CHARS
+from shared.models import AUDIO_BYTES_PER_MS, MAX_TEXT_CHARS, is_ident
 
 log = logging.getLogger(__name__)
 
-BYTES_PER_MS = 48  # PCM16 mono at 24 kHz
 #: A manual (``turn_detection: null``) buffer holds at most this much audio before a commit.
 MAX_BUFFER_MS = 120_000
 #: Shortest committed turn (the API refuses less than 100 ms).
@@ -156,19 +155,19 @@ class RealtimeSession:
             raise ClientError("audio is not valid base64", "invalid_value", "audio") from None
         if not pcm:
             return
-        refused = self.allow_audio(len(pcm) / BYTES_PER_MS / 1000)
+        refused = self.allow_audio(len(pcm) / AUDIO_BYTES_PER_MS / 1000)
         if refused is not None:
             raise ClientError(refused, "rate_limit_exceeded", "audio")
         if self.vad is None:
-            if len(self._buffer) + len(pcm) > MAX_BUFFER_MS * BYTES_PER_MS:
+            if len(self._buffer) + len(pcm) > MAX_BUFFER_MS * AUDIO_BYTES_PER_MS:
                 raise ClientError(f"the input audio buffer holds at most {MAX_BUFFER_MS // 1000} s: commit it",
                                   "input_audio_buffer_full", "audio")
             if not self._buffer:
                 self._buffer_start_ms = self._audio_ms
             self._buffer += pcm
-            self._audio_ms += len(pcm) // BYTES_PER_MS
+            self._audio_ms += len(pcm) // AUDIO_BYTES_PER_MS
             return
-        self._audio_ms += len(pcm) // BYTES_PER_MS
+        self._audio_ms += len(pcm) // AUDIO_BYTES_PER_MS
         for vad_event in self.vad.feed(pcm):
             if isinstance(vad_event, SpeechStarted):
                 self._vad_item = _new_item_id(AUDIO_ITEM_PREFIX)
@@ -187,10 +186,11 @@ class RealtimeSession:
         if self.vad is not None:
             raise ClientError("with server_vad, turns are committed by the server; set turn_detection to "
                               "null to commit yourself", "invalid_value", "type")
-        if len(self._buffer) < MIN_COMMIT_MS * BYTES_PER_MS:
+        if len(self._buffer) < MIN_COMMIT_MS * AUDIO_BYTES_PER_MS:
             raise ClientError(f"Error committing input audio buffer: buffer too small. Expected at least "
                               f"{MIN_COMMIT_MS}ms of audio, but buffer only has "
-                              f"{len(self._buffer) // BYTES_PER_MS}ms of audio.", "input_audio_buffer_commit_empty")
+                              f"{len(self._buffer) // AUDIO_BYTES_PER_MS}ms of audio.",
+                              "input_audio_buffer_commit_empty")
         pcm, self._buffer = bytes(self._buffer), bytearray()
         await self._commit_turn(_new_item_id(AUDIO_ITEM_PREFIX), pcm, respond=False)
 
@@ -235,8 +235,9 @@ class RealtimeSession:
             raise ClientError(f"text longer than {MAX_TEXT_CHARS} characters", "string_above_max_length",
                               "item.content")
         given_id = item.get("id")
-        if given_id is not None and (not isinstance(given_id, str) or len(given_id) > 32
-                                     or not given_id.replace("_", "").replace("-", "").isalnum()):
+        # The entry's id check itself (ASCII only; '.' aside, as before): a client id that
+        # passed a looser check here failed in the entry model and ended the socket.
+        if given_id is not None and (not is_ident(given_id, 32) or "." in given_id):
             raise ClientError("item.id must be up to 32 letters, digits, '_' or '-'", "invalid_value", "item.id")
         item_id = f"{TEXT_ITEM_PREFIX}{given_id}" if given_id else _new_item_id(TEXT_ITEM_PREFIX)
         await self._ensure_started()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 import time
 from typing import Annotated, Any, Literal
 
@@ -32,11 +33,20 @@ MAX_ENTRY_BYTES = (MAX_AUDIO_CHUNK_BYTES * 4) // 3 + 4 + 4096
 #: Wire audio format, fixed by the Realtime API's `audio/pcm` input.
 AUDIO_SAMPLE_RATE_HZ = 24_000
 AUDIO_SAMPLE_WIDTH_BYTES = 2
+#: Bytes of one millisecond of wire audio (48).
+AUDIO_BYTES_PER_MS = AUDIO_SAMPLE_RATE_HZ * AUDIO_SAMPLE_WIDTH_BYTES // 1000
 
 ENTRY_FIELD = b"d"
 
 # No ':' in ids: they become parts of key names, split on ':'.
-Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
+IDENT_PATTERN = r"^[A-Za-z0-9_.-]+$"
+Ident = Annotated[str, Field(min_length=1, max_length=64, pattern=IDENT_PATTERN)]
+_IDENT_RE = re.compile(IDENT_PATTERN)
+
+
+def is_ident(value: object, max_length: int = 64) -> bool:
+    """Would ``value`` pass as an ``Ident`` (an id field of an entry) of at most ``max_length``?"""
+    return isinstance(value, str) and 0 < len(value) <= max_length and _IDENT_RE.match(value) is not None
 Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS)]
 
 

@@ -97,3 +97,15 @@ def test_any_json_gets_an_answer_or_an_error(message: Any) -> None:
     out = _run([message])
     if not isinstance(message, dict) or message.get("type") not in {b["type"] for b in CLIENT_BASES}:
         assert [o["type"] for o in out] == ["error"]
+
+
+def test_a_client_item_id_the_entries_would_refuse_is_an_error_event() -> None:
+    """Found by reading: a non-ASCII letter passed the item id check (isalnum) and then
+    failed in the entry model, escaping as an exception that ended the socket."""
+    for bad in ("é", "a.b", "x" * 33, ""):
+        out = _run([{"type": "conversation.item.create", "item": {
+            "type": "message", "role": "user", "id": bad, "content": [{"type": "input_text", "text": "hi"}]}}])
+        assert [(o["type"], o.get("error", {}).get("param")) for o in out] == [("error", "item.id")], bad
+    out = _run([{"type": "conversation.item.create", "item": {
+        "type": "message", "role": "user", "id": "m_1-a", "content": [{"type": "input_text", "text": "hi"}]}}])
+    assert [o["type"] for o in out] == ["conversation.item.added", "conversation.item.done"]
