@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 from bench import report
 from bench.performance_doc import git_stamp, is_full, write_performance
 from bench.phases import Bench
+from bench.procstat import cpu_model
 from bench.sizes import FULL, QUICK, Sizes
 from shared.redis_server import RedisServer, start_embedded
 
@@ -67,7 +68,7 @@ def _meta(
         "python": platform.python_version(),
         "platform": platform.platform(),
         "cpu_count": os.cpu_count(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "memory_bytes": psutil.virtual_memory().total,
         "redis": {
             "origin": server.origin if server else "REDIS_URL",
@@ -84,16 +85,6 @@ def _dump_tasks() -> None:
     """SIGUSR1: print every task's stack (to see where a run waits)."""
     for task in asyncio.all_tasks():
         task.print_stack(file=sys.stderr)
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 async def _amain(quick: bool, out: Path, only: tuple[str, ...] = ()) -> dict[str, Any]:

@@ -43,6 +43,7 @@ from bench.gateway_stack import pipeline
 from bench.gateway_tables import capacity_lines, summary_lines, voice_lines
 from bench.gateway_voice import TRAILING_SILENCE_MS, SpokenUtterance, row_figures, speak_in_a_session
 from bench.performance_doc import git_stamp
+from bench.procstat import cpu_model
 from shared.process import install_fast_loop
 from simulator_svc.simulator import DEFAULT_UTTERANCES
 
@@ -124,16 +125,6 @@ def run_capacity(sessions: tuple[int, ...], turns_per_s: float, seconds: float, 
     return {"setup": "simulated transcription, echo answers; 1 transcriber, 1 conversation worker, own Redis",
             "turns_per_s_per_session": turns_per_s, "seconds": seconds, "deflate": deflate,
             "open_over_s": open_over_s, "gateway_settings": gateway_env, "steps": steps}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def _sessions(text: str) -> tuple[int, ...]:

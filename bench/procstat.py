@@ -11,6 +11,7 @@ the whole machine. The parsers are pure; :func:`read_process` and
 from __future__ import annotations
 
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,3 +71,15 @@ def read_process(pid: int) -> ProcessSample:
 
 def read_machine() -> MachineSample:
     return parse_machine_stat(Path("/proc/stat").read_text())
+
+
+def cpu_model() -> str:
+    """The CPU's model name, for the figures' machine line ("unknown" when nothing says)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
