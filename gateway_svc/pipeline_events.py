@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from gateway_svc import events
 from gateway_svc.outbox import Mark, Outbox, Speech
@@ -39,6 +40,14 @@ TEXT_ITEM_PREFIX = "item_t"
 REQUEST_PREFIX = "req_"
 #: Per-request output modalities remembered (``response.create`` overrides).
 _MAX_REMEMBERED = 256
+
+
+def _remember(memory: OrderedDict[str, Any], key: str, value: Any) -> None:
+    """Add to one of a session's memories of recent ids, forgetting the oldest past
+    ``_MAX_REMEMBERED``: a long session keeps a bounded view."""
+    memory[key] = value
+    while len(memory) > _MAX_REMEMBERED:
+        memory.popitem(last=False)
 
 
 @dataclass
@@ -117,9 +126,7 @@ class PipelineEvents:
         self.requested: OrderedDict[str, list[str]] = OrderedDict()
 
     def remember_request(self, request_id: str, modalities: list[str]) -> None:
-        self.requested[request_id] = modalities
-        while len(self.requested) > _MAX_REMEMBERED:
-            self.requested.popitem(last=False)
+        _remember(self.requested, request_id, modalities)
 
     def handle(self, kind: str, entry_id: str, entry: Entry) -> None:
         if kind == "transcripts":
@@ -187,9 +194,7 @@ class PipelineEvents:
         live = self.live = LiveResponse(response_id=response_id,
                                         item_id=f"item_r{pipeline_response_id}"[:64],
                                         utterance_id=utterance_id, audio=audio, voice=self._voice())
-        self.recent[live.item_id] = live
-        while len(self.recent) > _MAX_REMEMBERED:
-            self.recent.popitem(last=False)
+        _remember(self.recent, live.item_id, live)
         emit = self._emitter(live)
         emit("response.created", response=events.response_object(
             live.response_id, self.conversation_id, "in_progress", live.modalities, []))
@@ -235,9 +240,7 @@ class PipelineEvents:
         if target is None or target.cancelled:
             return None
         self.outbox.drop(target.response_id)
-        self._cancelled[target.utterance_id] = None
-        while len(self._cancelled) > _MAX_REMEMBERED:
-            self._cancelled.popitem(last=False)
+        _remember(self._cancelled, target.utterance_id, None)
         target.ended = False  # its queued end (if any) was dropped: send the cancelled one
         self._close(target, "cancelled", None, {"type": "cancelled", "reason": "turn_detected"})
         return target
@@ -252,9 +255,7 @@ class PipelineEvents:
         live.ended = True
         live.cancelled = status == "cancelled"
         self._last = live
-        self._ended[live.response_id] = None
-        while len(self._ended) > _MAX_REMEMBERED:
-            self._ended.popitem(last=False)
+        _remember(self._ended, live.response_id, None)
         if live.audio and status == "completed":
             self._speak(live, live.splitter.flush())
         emit = self._emitter(live)
