@@ -26,6 +26,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from pydantic import ValidationError
+
 from gateway_svc import events
 from gateway_svc.outbox import Outbox
 from gateway_svc.pipeline import PipelineWriter
@@ -33,7 +35,7 @@ from gateway_svc.pipeline_events import AUDIO_ITEM_PREFIX, REQUEST_PREFIX, TEXT_
 from gateway_svc.resume import ResumeStore
 from gateway_svc.session_config import ConfigError, SessionConfig
 from gateway_svc.vad import ServerVad, ServerVadConfig, SpeechStarted, SpeechStopped
-from shared.models import AUDIO_BYTES_PER_MS, MAX_TEXT_CHARS, is_ident
+from shared.models import AUDIO_BYTES_PER_MS, MAX_TEXT_CHARS, is_ident, pcm16_problem
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +116,14 @@ class RealtimeSession:
             self._error(exc, event_id)
         except ConfigError as exc:
             self._error(ClientError(str(exc), exc.code, exc.param), event_id)
+        except ValidationError as exc:
+            # An entry model refused what the checks above let through (a gateway bug, or
+            # the container heuristic hit by a 1 s piece's first bytes): the client hears
+            # of it, and the socket lives on.
+            log.warning("an entry refused a %s event: %s", message["type"], exc.errors()[0]["msg"],
+                        extra={"conversation_id": self.conversation_id})
+            self._error(ClientError(f"the event could not be written: {exc.errors()[0]['msg']}",
+                                    "invalid_value"), event_id)
 
     def _error(self, exc: ClientError, event_id: str | None) -> None:
         self.outbox.put(events.error(str(exc), type_=exc.type, code=exc.code, param=exc.param,
@@ -155,6 +165,11 @@ class RealtimeSession:
             raise ClientError("audio is not valid base64", "invalid_value", "audio") from None
         if not pcm:
             return
+        # The input entries' own check, per append (where a client's file would start): such
+        # audio used to pass here and then fail in the entry model, ending the socket.
+        problem = pcm16_problem(pcm)
+        if problem is not None:
+            raise ClientError(problem, "invalid_value", "audio")
         refused = self.allow_audio(len(pcm) / AUDIO_BYTES_PER_MS / 1000)
         if refused is not None:
             raise ClientError(refused, "rate_limit_exceeded", "audio")

@@ -114,14 +114,23 @@ class AudioChunk(_Entry):
             raise ValueError(f"audio is not valid base64: {exc}") from None
         if len(raw) > MAX_AUDIO_CHUNK_BYTES:
             raise ValueError(f"audio chunk over {MAX_AUDIO_CHUNK_BYTES} bytes")
-        if len(raw) % AUDIO_SAMPLE_WIDTH_BYTES:
-            raise ValueError("audio length is not a whole number of PCM16 samples")
-        if raw[:4] in (b"RIFF", b"RIFX", b"OggS", b"fLaC", b"ID3\x03", b"ID3\x04"):
-            raise ValueError("audio is a file container (WAV/Ogg/FLAC/MP3), not raw PCM16 24 kHz mono samples")
+        problem = pcm16_problem(raw)
+        if problem is not None:
+            raise ValueError(problem)
         return value
 
     def pcm(self) -> bytes:
         return base64.b64decode(self.audio)
+
+
+def pcm16_problem(raw: bytes) -> str | None:
+    """Why ``raw`` is not raw PCM16 samples as the wire carries them (None: it may be):
+    a half sample, or a file container's header at its start."""
+    if len(raw) % AUDIO_SAMPLE_WIDTH_BYTES:
+        return "audio length is not a whole number of PCM16 samples"
+    if raw[:4] in (b"RIFF", b"RIFX", b"OggS", b"fLaC", b"ID3\x03", b"ID3\x04"):
+        return "audio is a file container (WAV/Ogg/FLAC/MP3), not raw PCM16 24 kHz mono samples"
+    return None
 
 
 class AudioEnd(_Entry):

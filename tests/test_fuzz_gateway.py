@@ -109,3 +109,16 @@ def test_a_client_item_id_the_entries_would_refuse_is_an_error_event() -> None:
     out = _run([{"type": "conversation.item.create", "item": {
         "type": "message", "role": "user", "id": "m_1-a", "content": [{"type": "input_text", "text": "hi"}]}}])
     assert [o["type"] for o in out] == ["conversation.item.added", "conversation.item.done"]
+
+
+def test_audio_the_entries_would_refuse_is_an_error_event() -> None:
+    """Found by reading: an odd-length append, or a WAV file sent as PCM, passed the append
+    and then failed in the audio entry model at the commit, ending the socket."""
+    manual = {"type": "session.update", "session": {"type": "realtime", "audio": {"input": {"turn_detection": None}}}}
+    for pcm in (bytes(9601), b"RIFF" + bytes(9600)):
+        out = _run([manual, {"type": "input_audio_buffer.append", "audio": base64.b64encode(pcm).decode()},
+                    {"type": "input_audio_buffer.commit"}])
+        errors = [(o["error"]["param"], o["error"]["code"]) for o in out if o["type"] == "error"]
+        # The append is refused, so the commit finds an empty buffer.
+        assert errors == [("audio", "invalid_value"), (None, "input_audio_buffer_commit_empty")], errors
+
