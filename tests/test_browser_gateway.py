@@ -29,13 +29,15 @@ async def test_the_page_shows_what_the_microphone_said_and_the_answer(
     stack.start("conversation_svc")
     wait_for_workers(redis_url, prefix, 2, timeout_s=90)
     _, base = start_gateway(stack)
-    wav = write_speech_wav(tmp_path / "mic.wav", "Please book a table for two tonight.")
+    # A sentence the bundled tiny.en model hears steadily through the browser's audio path
+    # ("book a table" was once heard as "look at anal" on a loaded machine).
+    wav = write_speech_wav(tmp_path / "mic.wav", "What is the weather like today?")
     async with browser_page(wav) as opened:
         shown = await converse(opened.page, base, KEY_A, wait_ms=90_000)
         await opened.page.screenshot(path=os.environ.get(SCREENSHOT_ENV) or tmp_path / "page.png")
     assert shown.conversation_id.startswith("conv_")
-    assert "table" in shown.user_text.lower()
+    assert "weather" in shown.user_text.lower()
     assert shown.answer_status == "completed"
-    assert "table" in shown.answer_text.lower() and shown.answer_text.startswith("I've received your transcription")
+    assert "weather" in shown.answer_text.lower() and shown.answer_text.startswith("I've received your transcription")
     assert shown.audio_pieces_received > 0
     assert not opened.errors, opened.errors
