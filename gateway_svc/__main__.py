@@ -19,7 +19,7 @@ from aiohttp import web
 
 from gateway_svc.app import Gateway
 from gateway_svc.auth import KeyRing, load_api_keys
-from shared.bus.resp import connect_to
+from shared.bus.resp import open_redis
 from shared.logs import register_secret, setup_logging
 from shared.process import install_fast_loop
 from shared.settings import ConnectionSettings, ConversationSettings, GatewaySettings, InvalidSettings, load_settings
@@ -47,9 +47,10 @@ def load_keyring(settings: GatewaySettings) -> KeyRing | None:
 async def run(connection: ConnectionSettings, settings: GatewaySettings, keyring: KeyRing | None) -> int:
     # Every socket's writes and delivery marks share this client: a blocking pool makes a
     # burst wait its turn (bench.gateway at 500 sessions ran out of redis-py's default pool).
-    redis = connect_to(connection, blocking_pool=True, max_connections=64)
+    redis = await open_redis(connection, blocking_pool=True, max_connections=64)
     system_prompt = os.environ.get("SYSTEM_PROMPT") or str(ConversationSettings.model_fields["system_prompt"].default)
-    gateway = Gateway(settings, redis, connection.keys, keyring, system_prompt)
+    gateway = Gateway(settings, redis, connection.keys, keyring, system_prompt,
+                      (connection.redis_wait_replicas, connection.redis_wait_timeout_ms))
     runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)

@@ -55,6 +55,8 @@ class Gateway:
     keyring: KeyRing | None
     #: What the deployment's workers use when a conversation brings no instructions (shown to clients).
     system_prompt: str
+    #: REDIS_WAIT_REPLICAS and REDIS_WAIT_TIMEOUT_MS (durability of the client's writes).
+    wait: tuple[int, int] = (0, 1000)
 
     def __post_init__(self) -> None:
         s = self.settings
@@ -64,7 +66,7 @@ class Gateway:
         self.slots = SessionSlots(self.redis, self.keys, self.limits, ttl_s=int(SLOT_REFRESH_S * 3))
         self.store = ResumeStore(self.redis, self.keys, s.resume_ttl_s)
         self.reader = PipelineReader(self.redis, self.keys)
-        self.writer = PipelineWriter(self.redis, self.keys)
+        self.writer = PipelineWriter(self.redis, self.keys, self.wait)
         self.sessions = 0
 
     # --- auth -----------------------------------------------------------------------------------

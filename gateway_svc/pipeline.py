@@ -57,13 +57,16 @@ class PipelineUnavailable(RuntimeError):
 class PipelineWriter:
     """What one session puts on the streams."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, wait: tuple[int, int] = (0, 1000)) -> None:
         self.redis = redis
         self.keys = keys
+        #: REDIS_WAIT_REPLICAS and its timeout: a write is done once that many replicas have it.
+        self.wait = wait
 
     async def _write(self, writes: list[tuple[str, bytes, int | None]]) -> None:
         try:
-            await add_with_rings(self.redis, self.keys, writes)
+            await add_with_rings(self.redis, self.keys, writes, wait_replicas=self.wait[0],
+                                 wait_timeout_ms=self.wait[1])
         except (RedisError, OSError) as exc:
             raise PipelineUnavailable(f"the pipeline is unavailable ({type(exc).__name__}); retry") from exc
 

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 
-from shared.bus.doorbell import Doorbell, Ring
-from shared.bus.resp import RawConnection, StreamReply, pack_command, parse_stream_reply
+from shared.bus.doorbell import BellSet, Ring
+from shared.bus.groups import by_slot
+from shared.bus.nodes import RawCommand, RawLinks
+from shared.bus.resp import StreamReply, pack_command, parse_stream_reply
 from shared.keys import Keys
 
 
@@ -34,9 +36,10 @@ class StreamFollower:
         self._kinds = tuple(kinds)
         self._sweep_s = sweep_s
         self._count = count
-        self._bell: Doorbell | None = None
-        #: Reads go pre-packed over a connection of their own (no redis-py reply callbacks).
-        self._conn: RawConnection | None = None
+        self._bell: BellSet | None = None
+        #: Reads go pre-packed over connections of their own (no redis-py reply callbacks),
+        #: one XREAD per partition on a cluster.
+        self._links: RawLinks | None = None
         #: Last id read of every stream ever followed (a re-followed stream resumes there).
         self._last: dict[str, str] = {}
         self._followed: set[str] = set()
@@ -71,7 +74,7 @@ class StreamFollower:
             await asyncio.sleep(block_ms / 1000)
             return []
         if self._bell is None:
-            self._bell = Doorbell(self._redis, self._keys.bells(self._kinds))
+            self._bell = BellSet(self._redis, self._keys.bells(self._kinds))
             await self._bell.start()
         now = time.monotonic()
         if now >= self._next_sweep:
@@ -85,12 +88,25 @@ class StreamFollower:
         self._dirty.clear()
         if not targets:
             return []
-        if self._conn is None:
-            self._conn = RawConnection(self._redis)
-        ordered = list(targets)
-        packed = pack_command(("XREAD", "COUNT", self._count, "STREAMS", *ordered,
-                               *(self._last[k] for k in ordered)))
-        read = parse_stream_reply((await self._conn.roundtrip(packed, 1))[0])
+        if self._links is None:
+            self._links = RawLinks(self._redis)
+        commands = [
+            RawCommand(group[0], pack_command(("XREAD", "COUNT", self._count, "STREAMS", *group,
+                                               *(self._last[k] for k in group))))
+            for group in by_slot(list(targets), self._links.cluster)
+        ]
+        read: StreamReply = []
+        failure: Exception | None = None
+        for (raw,) in await self._links.send(commands):
+            if isinstance(raw, Exception):
+                failure = failure or raw
+            else:
+                read += parse_stream_reply(raw)
+        if failure is not None:
+            # Read again at the next step; what the other partitions gave is kept below.
+            self._dirty |= targets
+            if not read:
+                raise failure
         for key_b, entries in read:
             key = key_b.decode()
             self._last[key] = entries[-1][0].decode()
@@ -113,5 +129,5 @@ class StreamFollower:
     async def aclose(self) -> None:
         if self._bell is not None:
             await self._bell.aclose()
-        if self._conn is not None:
-            await self._conn.aclose()
+        if self._links is not None:
+            await self._links.aclose()

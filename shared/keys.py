@@ -10,6 +10,7 @@ Pure module.
 
 from __future__ import annotations
 
+import binascii
 import functools
 import zlib
 from collections.abc import Sequence
@@ -29,13 +30,52 @@ def partition_of(conversation_id: str, partitions: int) -> int:
     return zlib.crc32(conversation_id.encode()) % partitions
 
 
+#: Redis Cluster's hash slots.
+CLUSTER_SLOTS = 16384
+
+
+def key_slot(tag: str) -> int:
+    """The cluster slot of a hash tag (CRC16/XMODEM mod 16384, as CLUSTER KEYSLOT)."""
+    return binascii.crc_hqx(tag.encode(), 0) % CLUSTER_SLOTS
+
+
+@functools.lru_cache(maxsize=4096)
+def partition_tag(partition: int, partitions: int) -> str:
+    """The hash tag of a partition's keys: ``<p>``, or ``<p>.<n>`` with the smallest n
+    that puts the tag's slot in the p-th of ``partitions`` equal ranges of slots.
+
+    Plain ``{0}``, ``{1}``... land wherever CRC16 puts them: 12 of them over 3
+    masters may give one master 6 partitions and another 2. A cluster splits its
+    slots into contiguous ranges per master, so tags whose slots are evenly spaced
+    spread evenly over the masters (4 per master for 12 partitions on 3 masters),
+    and still spread after a reshard moves whole ranges. Deterministic: every
+    process and language computes the same tags."""
+    low = partition * CLUSTER_SLOTS // partitions
+    high = (partition + 1) * CLUSTER_SLOTS // partitions
+    tag = str(partition)
+    n = 0
+    while not low <= key_slot(tag) < high:
+        n += 1
+        tag = f"{partition}.{n}"
+    return tag
+
+
+def partition_of_tag(tag: str) -> int:
+    """``3.17`` (or ``3``) -> 3."""
+    return int(tag.partition(".")[0])
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "vab"
     partitions: int = 1
 
     def control(self, partition: int) -> str:
-        return f"{self.prefix}:conversations:{{{partition}}}"
+        return f"{self.prefix}:conversations:{{{self.tag(partition)}}}"
+
+    def tag(self, partition: int) -> str:
+        """The hash tag of a partition (``partition_tag``)."""
+        return partition_tag(partition, self.partitions)
 
     def controls(self) -> list[str]:
         return [self.control(p) for p in range(self.partitions)]
@@ -49,7 +89,7 @@ class Keys:
 
     def _conv(self, conversation_id: str) -> str:
         p = partition_of(conversation_id, self.partitions)
-        return f"{self.prefix}:conv:{{{p}}}:{conversation_id}"
+        return f"{self.prefix}:conv:{{{self.tag(p)}}}:{conversation_id}"
 
     def input(self, conversation_id: str) -> str:
         return self._conv(conversation_id) + ":input"
@@ -69,7 +109,7 @@ class Keys:
 
     def dead(self, partition: int = 0) -> str:
         """Dead letters of one partition (same slot as the streams they came from)."""
-        return f"{self.prefix}:dead:{{{partition}}}"
+        return f"{self.prefix}:dead:{{{self.tag(partition)}}}"
 
     def deads(self) -> list[str]:
         return [self.dead(p) for p in range(self.partitions)]
@@ -78,7 +118,7 @@ class Keys:
         """A partition's doorbell for one stream kind: "these conversations' <kind>
         streams have new entries" (``control``: the control stream has). One bell
         per kind, so a reader wakes only for what it reads."""
-        return f"{self.prefix}:bell:{{{partition}}}:{kind}"
+        return f"{self.prefix}:bell:{{{self.tag(partition)}}}:{kind}"
 
     def bells(self, kinds: Sequence[str]) -> list[str]:
         return [self.bell(p, kind) for p in range(self.partitions) for kind in kinds]
@@ -90,7 +130,7 @@ class Keys:
 
     def stats(self, partition: int = 0) -> str:
         """A short rolling log of answered utterances' timings, for the monitor."""
-        return f"{self.prefix}:stats:{{{partition}}}"
+        return f"{self.prefix}:stats:{{{self.tag(partition)}}}"
 
     def stats_keys(self) -> list[str]:
         return [self.stats(p) for p in range(self.partitions)]
@@ -115,7 +155,7 @@ class Keys:
 
     def partition_of_key(self, key: str) -> int:
         start = key.index("{") + 1
-        return int(key[start : key.index("}", start)])
+        return partition_of_tag(key[start : key.index("}", start)])
 
     @property
     def patterns(self) -> KeyPatterns:

@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from shared.bus.resp import connect_to
+from shared.bus.resp import open_redis
 from shared.engines.base import EngineUnavailable
 from shared.http_server import HealthServer
 from shared.logs import register_secret, setup_logging
@@ -74,7 +74,7 @@ async def serve(
         tune_gc()
         stalls = StallMonitor()
         stalls.start()
-        redis = connect_to(settings)
+        redis = await open_redis(settings)
         runtime = OwnershipRuntime(settings, service, redis, metrics_port=port)
         holder["runtime"] = runtime
         loop = asyncio.get_running_loop()

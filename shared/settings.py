@@ -19,12 +19,17 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import Field, FilePath, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, FilePath, PrivateAttr, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.acl.deploy import read_password_file
 from shared.keys import KEY_PREFIX_PATTERN, Keys
 from shared.models import MAX_ENTRY_BYTES
+
+#: Partitions on a Redis Cluster when PARTITIONS is unset: at least 4 per master up to 4
+#: masters. Every process must agree on the count, so it is a constant, not 4 x the
+#: masters seen at start (that would change when the cluster grows).
+CLUSTER_PARTITIONS = 16
 
 
 def default_worker_id() -> str:
@@ -52,7 +57,17 @@ class ConnectionSettings(BaseSettings):
     redis_client_cert: FilePath | None = None
     redis_client_key: FilePath | None = Field(None, validate_default=True)
     key_prefix: str = Field("vab", pattern=KEY_PREFIX_PATTERN)
-    partitions: int = Field(1, ge=1, le=1024)
+    #: Unset: 1 on one Redis, CLUSTER_PARTITIONS on a cluster (see ``keys``).
+    partitions: int | None = Field(None, ge=1, le=1024)
+    #: ``auto``: a cluster client when REDIS_URL's server is a cluster node (INFO cluster).
+    redis_cluster: Literal["auto", "yes", "no"] = "auto"
+    #: Durability: after each write batch that settles an entry (a gate) or starts or feeds
+    #: a conversation, wait until this many replicas have it (WAIT). 0: asynchronous
+    #: replication, as Redis does by default (a failover may lose the last writes).
+    redis_wait_replicas: int = Field(0, ge=0, le=16)
+    #: How long one WAIT may take; past it the batch is not confirmed and is waited on again.
+    redis_wait_timeout_ms: int = Field(1000, ge=10, le=60_000)
+    _cluster: bool = PrivateAttr(False)
 
     @field_validator("redis_password_file")
     @classmethod
@@ -83,9 +98,19 @@ class ConnectionSettings(BaseSettings):
             raise ValueError("is for TLS: REDIS_URL must then be a rediss:// URL")
         return value
 
+    def resolve_partitions(self, cluster: bool) -> None:
+        """Record whether REDIS_URL is a cluster: an unset PARTITIONS follows it."""
+        self._cluster = cluster
+
+    @property
+    def partition_count(self) -> int:
+        if self.partitions is not None:
+            return self.partitions
+        return CLUSTER_PARTITIONS if self._cluster else 1
+
     @property
     def keys(self) -> Keys:
-        return Keys(prefix=self.key_prefix, partitions=self.partitions)
+        return Keys(prefix=self.key_prefix, partitions=self.partition_count)
 
     def redis_password(self) -> str | None:
         """The password of REDIS_URL's user when it comes from REDIS_PASSWORD_FILE (read now)."""

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 from pydantic import SecretStr
 
-from shared.bus.resp import connect_to
+from shared.bus.resp import open_redis
 from shared.process import install_fast_loop
 from shared.settings import ConnectionSettings, InvalidSettings, env_name, load_settings
 from simulator_svc import admin, monitor
@@ -156,9 +156,10 @@ async def _simulate(args: argparse.Namespace, conn: ConnectionSettings) -> int:
             print("error: --api-key, --audio-out, --barge-in and --cancel-after-ms go with --gateway",
                   file=sys.stderr)
             return 2
-        redis = connect_to(conn)
+        redis = await open_redis(conn)
         try:
-            summary = await Simulation(redis, conn.keys, plan, printer).run()
+            summary = await Simulation(redis, conn.keys, plan, printer,
+                                       (conn.redis_wait_replicas, conn.redis_wait_timeout_ms)).run()
         finally:
             await redis.aclose()
     if args.json:
@@ -213,8 +214,8 @@ def build_tools_parser() -> argparse.ArgumentParser:
 
 
 async def _tool(args: argparse.Namespace, conn: ConnectionSettings) -> int:
+    redis = await open_redis(conn)
     keys = conn.keys
-    redis = connect_to(conn)
     try:
         if args.tool == "monitor":
             source = urlsplit(conn.redis_url.get_secret_value())

@@ -163,9 +163,12 @@ class Simulation:
         keys: Keys,
         plan: SimulationPlan,
         printer: DialoguePrinter | None = None,
+        wait: tuple[int, int] = (0, 1000),
     ) -> None:
         self.redis = redis
         self.keys = keys
+        #: REDIS_WAIT_REPLICAS and its timeout (durability of the utterances written).
+        self.wait = wait
         self.plan = plan
         self.printer = printer or DialoguePrinter(None, plan.conversations)
         self.tracker = Tracker()
@@ -304,7 +307,8 @@ class Simulation:
         writes = [(key, payload, None if key in controls else INPUT_MAXLEN) for key, payload in batch]
 
         async def send() -> None:
-            await add_with_rings(self.redis, self.keys, writes)
+            await add_with_rings(self.redis, self.keys, writes, wait_replicas=self.wait[0],
+                                 wait_timeout_ms=self.wait[1])
 
         await retry_forever("simulator write", send)
 

@@ -30,8 +30,28 @@ def test_conversation_keys_share_their_control_stream_slot() -> None:
         tag = keys.control_for(cid).split("{")[1].split("}")[0]
         for k in keys.conversation_keys(cid):
             assert k.split("{")[1].split("}")[0] == tag
-        assert keys.partition_of_key(keys.input(cid)) == int(tag)
-        assert keys.dead(int(tag)).endswith("{" + tag + "}")
+        p = keys.partition_of_key(keys.input(cid))
+        assert p == partition_of(cid, 16) and keys.tag(p) == tag
+        assert keys.dead(p).endswith("{" + tag + "}")
+
+
+def test_partition_tags_spread_evenly_over_the_slots() -> None:
+    """12 partitions on 3 masters (contiguous thirds of the slots): 4 per master. Plain
+    tags {0}..{11} would not spread (CRC16 puts them anywhere)."""
+    from shared.keys import CLUSTER_SLOTS, key_slot
+
+    for partitions in (3, 12, 16, 64):
+        keys = Keys("p", partitions=partitions)
+        slots = [key_slot(keys.tag(p)) for p in range(partitions)]
+        assert slots == sorted(slots)  # partition p lies in the p-th range of slots
+        for masters in (1, 2, 3, 4):
+            if partitions % masters:
+                continue
+            per_master = [sum(1 for s in slots if s * masters // CLUSTER_SLOTS == m) for m in range(masters)]
+            assert per_master == [partitions // masters] * masters
+    assert Keys("p", partitions=1).tag(0) == "0"  # one Redis: the names of before
+    plain = [key_slot(str(p)) * 3 // CLUSTER_SLOTS for p in range(12)]
+    assert sorted(plain.count(m) for m in range(3)) != [4, 4, 4]
 
 
 def _final(uid: str, text: str) -> TranscriptFinal:
@@ -144,12 +164,12 @@ def test_rings_name_each_conversation_once_per_kind_and_partition() -> None:
                keys.stats(0)]
     rings = ring_ops(written)
     flat = {(tag, kind, cid) for tag, kinds in rings.items() for kind, ids in kinds.items() for cid in ids}
-    assert flat == {(str(partition_of("a", 4)), "input", "a"), (str(partition_of("a", 4)), "transcripts", "a"),
-                    (str(partition_of("b", 4)), "input", "b")}
+    ta, tb = keys.tag(partition_of("a", 4)), keys.tag(partition_of("b", 4))
+    assert flat == {(ta, "input", "a"), (ta, "transcripts", "a"), (tb, "input", "b")}
     assert all(len(ids) == len(set(ids)) for kinds in rings.values() for ids in kinds.values())
     # One bell per partition and kind: a reader wakes only for the streams it reads.
     p = partition_of("a", 4)
-    assert keys.bell_for_key(keys.input("a")) == keys.bell(p, "input") == f"p:bell:{{{p}}}:input"
+    assert keys.bell_for_key(keys.input("a")) == keys.bell(p, "input") == f"p:bell:{{{keys.tag(p)}}}:input"
     assert keys.bell_for_key(keys.control_for("a")) == keys.bell(p, "control")
     assert keys.bells(["input", "control"]) == [keys.bell(q, k) for q in range(4) for k in ("input", "control")]
 

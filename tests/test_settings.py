@@ -64,7 +64,7 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_defaults() -> None:
     common = CommonSettings()
-    assert (common.redis_url.get_secret_value(), common.key_prefix, common.partitions) == \
+    assert (common.redis_url.get_secret_value(), common.key_prefix, common.partition_count) == \
         ("redis://localhost:6379/0", "vab", 1)
     assert (common.lease_s, common.lease_ms, common.max_sessions) == (10.0, 10_000, 500)
     openai = OpenAISettings()

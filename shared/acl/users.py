@@ -21,8 +21,10 @@ from __future__ import annotations
 from shared.acl.rules import Grant, User, read, read_write, write
 from shared.keys import KeyPatterns
 
-#: Connection set-up (HELLO: redis-py's RESP3 handshake) and liveness.
-CONNECT = ("ping", "hello", "client|setname")
+#: Connection set-up (HELLO: redis-py's RESP3 handshake) and liveness; on Redis Cluster the
+#: slot map (CLUSTER SLOTS), ASK redirections (ASKING); the durability setting's WAIT; and
+#: INFO cluster, by which every process tells a cluster from one Redis (REDIS_CLUSTER=auto).
+CONNECT = ("ping", "hello", "client|setname", "cluster|slots", "asking", "wait", "info")
 
 
 def _run_id() -> Grant:

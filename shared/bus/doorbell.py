@@ -13,15 +13,23 @@ delivers; clients show only what they read from the streams themselves.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
-from shared.bus.resp import RawConnection, pack_command, xrange_entries
-from shared.keys import CONTROL_KIND, Keys, ring_target
+from shared.backoff import backoff
+from shared.bus.nodes import RawCommand, RawLinks, is_cluster
+from shared.bus.resp import pack_command, xrange_entries
+from shared.keys import CONTROL_KIND, Keys, hash_tag, partition_of_tag, ring_target
 from shared.models import ENTRY_FIELD
+
+log = logging.getLogger(__name__)
 
 #: Ring fields longer than this are not believed (a ring names at most a batch's conversations).
 MAX_RING_BYTES = 1 << 20
@@ -51,11 +59,11 @@ def parse_ring(flat: Sequence[bytes]) -> list[Ring]:
 
 
 class Doorbell:
-    """Blocks on a few doorbell streams and returns what rang since the last call."""
+    """Blocks on a few doorbell streams of one slot and returns what rang since the last call."""
 
     def __init__(self, redis: aioredis.Redis, keys: Sequence[str]) -> None:
         self._redis = redis
-        self._conn = RawConnection(redis)
+        self._links = RawLinks(redis)
         self._keys = list(keys)
         self._last: dict[str, str] = {}
 
@@ -71,7 +79,9 @@ class Doorbell:
             "XREAD", "COUNT", count, "BLOCK", max(1, block_ms), "STREAMS", *self._keys,
             *(self._last[k] for k in self._keys),
         ))
-        raw = (await self._conn.roundtrip(packed, 1))[0]
+        (raw,) = (await self._links.send([RawCommand(self._keys[0], packed)]))[0]
+        if isinstance(raw, Exception):
+            raise raw
         if not raw:
             return []
         rings: list[Ring] = []
@@ -83,7 +93,74 @@ class Doorbell:
         return rings
 
     async def aclose(self) -> None:
-        await self._conn.aclose()
+        await self._links.aclose()
+
+
+class BellSet:
+    """Doorbells of any number of partitions behind one ``wait``.
+
+    One XREAD may only name keys of one slot on Redis Cluster. On one Redis every
+    bell is in one read (as ``Doorbell``); on a cluster each partition's bells are
+    waited on by a listener of their own (a connection each, to the node of that
+    partition), and ``wait`` returns what any of them heard. A listener's failure is
+    raised from the next ``wait`` (rings may have been missed: the caller sweeps)."""
+
+    #: Longest block of a partition's listener: how soon it notices ``aclose``.
+    LISTEN_MS = 1000
+
+    def __init__(self, redis: aioredis.Redis, keys: Sequence[str]) -> None:
+        groups: dict[str, list[str]] = {}
+        for key in keys:
+            groups.setdefault(hash_tag(key) if is_cluster(redis) else "", []).append(key)
+        self._bells = [Doorbell(redis, group) for group in groups.values()]
+        self._heard: list[Ring] = []
+        self._failure: Exception | None = None
+        self._event = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for bell in self._bells:
+            await bell.start()
+        if len(self._bells) > 1:
+            self._tasks = [asyncio.create_task(self._listen(bell), name="bell") for bell in self._bells]
+
+    async def wait(self, block_ms: int) -> list[Ring]:
+        if len(self._bells) == 1:
+            return await self._bells[0].wait(block_ms)
+        if not self._heard and self._failure is None:
+            self._event.clear()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(block_ms / 1000):
+                    await self._event.wait()
+        failure, self._failure = self._failure, None
+        if failure is not None:
+            raise failure
+        heard, self._heard = self._heard, []
+        return heard
+
+    async def _listen(self, bell: Doorbell) -> None:
+        delays = backoff()
+        while True:
+            try:
+                rings = await bell.wait(self.LISTEN_MS)
+                delays = backoff()
+            except Exception as exc:
+                self._failure = exc
+                self._event.set()
+                await asyncio.sleep(next(delays))
+                continue
+            if rings:
+                self._heard.extend(rings)
+                self._event.set()
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(BaseException):
+                await task
+        for bell in self._bells:
+            await bell.aclose()
 
 
 def ring_ops(keys: Sequence[str]) -> dict[str, dict[str, list[str]]]:
@@ -105,7 +182,7 @@ def add_rings(pipe: Any, keys: Keys, written: Sequence[str], maxlen: int = 10_00
         pipe.xadd(keys.bell_for_key(key), {CONTROL_KIND: "1"}, maxlen=maxlen, approximate=True)
     for tag, kinds in ring_ops([k for k in written if k not in controls]).items():
         for kind, ids in kinds.items():
-            pipe.xadd(keys.bell(int(tag), kind), {kind: " ".join(ids)}, maxlen=maxlen, approximate=True)
+            pipe.xadd(keys.bell(partition_of_tag(tag), kind), {kind: " ".join(ids)}, maxlen=maxlen, approximate=True)
 
 
 async def add_with_rings(
@@ -113,10 +190,13 @@ async def add_with_rings(
     keys: Keys,
     writes: Sequence[tuple[str, bytes | str, int | None]],
     bell_maxlen: int = 10_000,
+    wait_replicas: int = 0,
+    wait_timeout_ms: int = 1000,
 ) -> list[bytes]:
     """A client's writes: XADD each (key, payload, maxlen; None = uncapped, as a
     control stream must be), then ring their doorbells, in one pipelined round
-    trip. Returns the new entry ids in the order of ``writes``."""
+    trip. Returns the new entry ids in the order of ``writes``. ``wait_replicas``: then
+    wait until that many replicas have them (REDIS_WAIT_REPLICAS, durability)."""
     pipe = redis.pipeline(transaction=False)
     for key, payload, maxlen in writes:
         if maxlen is None:
@@ -124,4 +204,21 @@ async def add_with_rings(
         else:
             pipe.xadd(key, {ENTRY_FIELD: payload}, maxlen=maxlen, approximate=True)
     add_rings(pipe, keys, [key for key, _, _ in writes], bell_maxlen)
-    return cast(list[bytes], (await pipe.execute())[: len(writes)])
+    waits = 0
+    if wait_replicas:
+        # WAIT counts the writes of its own connection: on a cluster, one per node
+        # written to, which the pipeline sends on the connection that node's writes took.
+        if isinstance(redis, RedisCluster):
+            nodes = {redis.get_node_from_key(key).name: redis.get_node_from_key(key) for key, _, _ in writes}
+            for node in nodes.values():
+                pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms, target_nodes=node)
+            waits = len(nodes)
+        else:
+            pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms)
+            waits = 1
+    replies = await pipe.execute()
+    short = [acked for acked in replies[len(replies) - waits:] if waits and int(acked) < wait_replicas]
+    if short:
+        log.warning("a client write reached only %s of %d replicas in time (REDIS_WAIT_REPLICAS)",
+                    min(short), wait_replicas)
+    return cast(list[bytes], replies[: len(writes)])

@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from shared.bus.doorbell import ring_ops
-from shared.keys import Keys
+from shared.keys import Keys, partition_of_tag
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +212,12 @@ class Program:
         written = [self.keys[item.key_idxs[-1] - 1] for item in self.items if item.spec in (ADD, ADD_MANY, GATE)]
         for tag, kinds in ring_ops(written).items():
             for kind, cids in kinds.items():
-                bell = self._key(keys.bell(int(tag), kind))
+                bell = self._key(keys.bell(partition_of_tag(tag), kind))
                 self._append(_Item(RING, [bell], [maxlen, kind, " ".join(cids)], []), None)
+
+    def ops(self) -> list[QueuedOp]:
+        """The queued ops this program writes (to send again when it failed)."""
+        return [op for item in self.items for op in item.ops]
 
     def argv(self) -> list[Any]:
         out: list[Any] = []

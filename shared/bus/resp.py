@@ -14,7 +14,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import ResponseError
+
+from shared.bus.retry import retry_forever
 
 if TYPE_CHECKING:
     from shared.settings import ConnectionSettings
@@ -26,6 +29,8 @@ StreamReply = list[tuple[bytes, StreamEntries]]
 #: No reply for this long means the connection is gone (a cut network, a frozen server).
 #: Longer than any blocking read the services send (a doorbell wait is at most a second).
 SOCKET_TIMEOUT_S = 15.0
+#: Connections a cluster client may open to one node (its pool fails rather than waits).
+CLUSTER_NODE_CONNECTIONS = 512
 #: TCP keepalive: a silently dropped peer is noticed within about IDLE + INTERVAL * COUNT.
 KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 10, 5, 3
 
@@ -36,11 +41,13 @@ def keepalive_options() -> dict[int, int]:
     return {getattr(socket, name): value for name, value in wanted.items() if hasattr(socket, name)}
 
 
-def connect(url: str, **kwargs: Any) -> aioredis.Redis:
+def connect(url: str, cluster: bool = False, **kwargs: Any) -> aioredis.Redis:
     """A client that returns bytes (no decoding on the hot path), with a socket
     timeout and TCP keepalive on every connection it makes (the raw ones too).
     ``blocking_pool=True``: callers wait for a pooled connection (``max_connections``,
-    ``timeout``) rather than fail when all are in use."""
+    ``timeout``) rather than fail when all are in use. ``cluster=True``: a Redis
+    Cluster client (``url`` names any node; it finds the others and follows MOVED,
+    ASK and failovers for ordinary commands)."""
     options: dict[str, Any] = {
         "decode_responses": False,
         "socket_connect_timeout": 5,
@@ -53,7 +60,15 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
         "driver_info": None,
         **kwargs,
     }
-    if options.pop("blocking_pool", False):
+    blocking = options.pop("blocking_pool", False)
+    if cluster:
+        options.pop("timeout", None)
+        # A node's pool does not wait for a free connection: give it room for a burst.
+        options["max_connections"] = max(options.get("max_connections", 0), CLUSTER_NODE_CONNECTIONS)
+        # One master down must not stop the partitions the other masters serve.
+        options.setdefault("require_full_coverage", False)
+        return cast(aioredis.Redis, RedisCluster.from_url(url, **options))  # same commands; see nodes.is_cluster
+    if blocking:
         # Many concurrent callers (a gateway's sockets): wait for a free connection
         # instead of failing with "Too many connections" when the pool is in use.
         options.setdefault("max_connections", 64)
@@ -62,10 +77,41 @@ def connect(url: str, **kwargs: Any) -> aioredis.Redis:
     return aioredis.Redis.from_url(url, **options)
 
 
+async def cluster_enabled(url: str, **kwargs: Any) -> bool:
+    """Whether the server at ``url`` is a node of a Redis Cluster (``INFO cluster``)."""
+    probe = connect(url, **kwargs)
+    try:
+        info = await probe.info("cluster")
+        return bool(int(info.get("cluster_enabled", 0)))
+    finally:
+        await probe.aclose()
+
+
+async def open_redis(settings: ConnectionSettings, **kwargs: Any) -> aioredis.Redis:
+    """A client for the settings' Redis as their user (the password from
+    REDIS_PASSWORD_FILE, the TLS files for a ``rediss://`` URL): a cluster client when
+    REDIS_CLUSTER says so, or (``auto``) when the server is a cluster node. Resolves
+    the settings' partition count (PARTITIONS unset: 1 on one Redis, 16 on a cluster)."""
+    url = settings.redis_url.get_secret_value()
+    options = {**settings.redis_client_options(), **kwargs}
+    if settings.redis_cluster == "auto":
+        plain = {k: v for k, v in options.items() if k not in ("blocking_pool", "max_connections", "timeout")}
+        cluster = await retry_forever("redis (is it a cluster?)", lambda: cluster_enabled(url, **plain))
+    else:
+        cluster = settings.redis_cluster == "yes"
+    settings.resolve_partitions(cluster)
+    redis = connect(url, cluster=cluster, **options)
+    if isinstance(redis, RedisCluster):
+        await retry_forever("redis cluster", redis.initialize)
+    return redis
+
+
 def connect_to(settings: ConnectionSettings, **kwargs: Any) -> aioredis.Redis:
-    """``connect`` to the settings' Redis as their user: the password from
-    REDIS_PASSWORD_FILE, the TLS files for a ``rediss://`` URL."""
-    return connect(settings.redis_url.get_secret_value(), **settings.redis_client_options(), **kwargs)
+    """``connect`` to the settings' Redis as their user, on one Redis (REDIS_CLUSTER
+    ``yes`` gives a cluster client; ``auto`` needs :func:`open_redis`)."""
+    settings.resolve_partitions(settings.redis_cluster == "yes")
+    return connect(settings.redis_url.get_secret_value(), cluster=settings.redis_cluster == "yes",
+                   **settings.redis_client_options(), **kwargs)
 
 
 def pack_command(args: Sequence[Any]) -> bytes:
@@ -85,12 +131,18 @@ def pack_command(args: Sequence[Any]) -> bytes:
 class RawConnection:
     """A connection of its own for pre-packed commands and their replies."""
 
-    def __init__(self, redis: aioredis.Redis) -> None:
-        self._conn = redis.connection_pool.make_connection()  # type: ignore[no-untyped-call]
+    def __init__(self, redis: aioredis.Redis | None, conn: Any = None) -> None:
+        self._conn = conn if conn is not None else redis.connection_pool.make_connection()  # type: ignore[union-attr]
 
-    async def roundtrip(self, packed: bytes, replies: int) -> list[Any]:
+    @classmethod
+    def to_node(cls, node: ClusterNode) -> RawConnection:
+        """A raw connection to one node of a cluster, with the cluster client's options."""
+        return cls(None, node.connection_class(**node.connection_kwargs))
+
+    async def roundtrip(self, packed: bytes, replies: int, raise_errors: bool = True) -> list[Any]:
         """Send ``packed`` (``replies`` commands), return their replies in order.
-        The first error reply is raised after every reply has been read."""
+        The first error reply is raised after every reply has been read; with
+        ``raise_errors=False`` each error reply is returned in its place instead."""
         try:
             await self._conn.send_packed_command(packed, check_health=False)
             out: list[Any] = []
@@ -105,7 +157,7 @@ class RawConnection:
             # A reply may still be on its way: this connection cannot be reused.
             await self._conn.disconnect()
             raise
-        if error is not None:
+        if error is not None and raise_errors:
             raise error
         return out
 
@@ -141,7 +193,12 @@ def id_order(entry_id: bytes | str) -> tuple[int, int]:
 
 
 async def server_run_id(redis: aioredis.Redis) -> str:
-    """The server's run id (INFO server): a new one every time it starts."""
+    """The server's run id (INFO server): a new one every time it starts. On a cluster,
+    the run ids of all its masters: it changes when a master restarts or a replica is
+    promoted (the new master may lack the old one's last writes, as after a restart)."""
+    if isinstance(redis, RedisCluster):
+        infos = await redis.info("server", target_nodes=RedisCluster.PRIMARIES)
+        return ",".join(sorted(str(info["run_id"]) for info in infos.values()))
     info = await redis.info("server")
     return str(info["run_id"])
 

@@ -14,13 +14,16 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from redis.exceptions import (
+    AskError,
     BusyLoadingError,
     ClusterDownError,
+    ClusterError,
     MasterDownError,
     NoPermissionError,
     OutOfMemoryError,
     ReadOnlyError,
     ResponseError,
+    SlotNotCoveredError,
     TryAgainError,
 )
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -33,11 +36,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 #: Errors that mean "Redis is away for now": retry with backoff.
+#: On a cluster: no reachable node serves a slot (a master is down, its replica not yet
+#: promoted), or redirections did not settle (a slot still moving).
 TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
     RedisConnectionError,
     RedisTimeoutError,
     ConnectionError,
     OSError,
+    ClusterError,
+    SlotNotCoveredError,
 )
 
 #: Error replies of a Redis that is up but cannot serve for now: loading its AOF after a
@@ -50,6 +57,7 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 #: them a path of their own (a dead letter).
 TRANSIENT_REPLY_CLASSES: tuple[type[BaseException], ...] = (
     BusyLoadingError, OutOfMemoryError, ReadOnlyError, TryAgainError, ClusterDownError, MasterDownError,
+    AskError,  # MOVED too (a subclass): redirections shared.bus.nodes gave up following
 )
 #: The codes redis-py leaves in a plain ResponseError (with their space: BUSYGROUP is no BUSY).
 TRANSIENT_REPLIES = ("MISCONF ", "BUSY ")

@@ -35,8 +35,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from shared.backoff import backoff
+from shared.bus.nodes import RawCommand, RawLinks
 from shared.bus.program import ACK, ADD, EXPIRE, FENCED, GATE, Fence, Program, QueuedOp, Scripts
-from shared.bus.resp import RawConnection, pack_command
+from shared.bus.resp import pack_command
 from shared.bus.retry import failure_reason, is_transient, log_failure
 from shared.keys import Keys, hash_tag
 from shared.models import ENTRY_FIELD
@@ -57,6 +58,15 @@ class WriterStats:
     fenced: int = 0
 
 
+class _Unsent(Exception):
+    """Some partitions' programs failed (their master away): their ops, and why."""
+
+    def __init__(self, ops: list[QueuedOp], cause: Exception) -> None:
+        super().__init__(str(cause))
+        self.ops = ops
+        self.cause = cause
+
+
 @dataclass
 class _Barrier:
     seq: int
@@ -73,9 +83,12 @@ class BatchWriter:
         max_batch: int = 1000,
         bells: Keys | None = None,
         bell_maxlen: int = 10_000,
+        wait_replicas: int = 0,
+        wait_timeout_ms: int = 1000,
     ) -> None:
         self._redis = redis
-        self._conn = RawConnection(redis)
+        #: Raw connections, one per node: each partition's program goes to its slot's master.
+        self._links = RawLinks(redis, wait_replicas, wait_timeout_ms)
         #: Names the doorbells each flush rings for the streams it wrote (None: ring nothing).
         self._bells = bells
         self._bell_maxlen = bell_maxlen
@@ -155,7 +168,7 @@ class BatchWriter:
 
     async def aclose(self) -> None:
         """Close the writer's connection (after the flush task is stopped)."""
-        await self._conn.aclose()
+        await self._links.aclose()
 
     # --- waiting ----------------------------------------------------------
 
@@ -220,20 +233,22 @@ class BatchWriter:
         delays = backoff()
         while True:
             try:
-                await self._send(batch)
-                if not self.redis_ok:
-                    log.info("redis is back: writes flowing again")
-                self.redis_ok = True
-                return
-            except NoScriptError:
-                # Redis restarted and forgot the script: nothing of the batch ran. The next
-                # send loads it again (there, so that a failing load is retried like a send).
-                self._scripts.sha.pop("batch", None)
+                # Only what failed is sent again: on a cluster, the programs of the other
+                # partitions' masters were written (and their results handled).
+                batch = await self._send(batch)
+                if not batch:
+                    if not self.redis_ok:
+                        log.info("redis is back: writes flowing again")
+                    self.redis_ok = True
+                    return
+                continue  # NOSCRIPT: the script was loaded again, send at once
             except Exception as exc:
+                if isinstance(exc, _Unsent):
+                    batch, exc = exc.ops, exc.cause
                 if not is_transient(exc):
                     # A programming error must not wedge the writer forever: drop the
                     # batch loudly (its source entries stay pending and are retried on takeover).
-                    log.exception("dropping a write batch after a non-transient error")
+                    log.error("dropping a write batch after a non-transient error", exc_info=exc)
                     return
                 if self.redis_ok:
                     log_failure(log, "redis write", exc)
@@ -242,8 +257,10 @@ class BatchWriter:
                 self.stats.retries += 1
                 await asyncio.sleep(next(delays))
 
-    async def _send(self, batch: list[QueuedOp]) -> None:
-        """One EVALSHA per partition (hash tag), all in one round trip."""
+    async def _send(self, batch: list[QueuedOp]) -> list[QueuedOp]:
+        """One EVALSHA per partition (hash tag), one round trip per node. Returns the ops
+        to send again at once (their node had forgotten the script: it is loaded again);
+        raises ``_Unsent`` with the ops of partitions that failed for another reason."""
         if "batch" not in self._scripts.sha:
             await self._scripts.load(self._redis)
         programs: dict[str, Program] = {}
@@ -257,34 +274,55 @@ class BatchWriter:
             for prog in programs.values():
                 prog.add_rings(self._bells, self._bell_maxlen)
         sha = self._scripts.sha["batch"]
-        packed = b"".join(pack_command(("EVALSHA", sha, len(p.keys), *p.keys, *p.argv())) for p in programs.values())
-        replies = await self._conn.roundtrip(packed, len(programs))
+        progs = [p for p in programs.values() if p.keys]
+        results = await self._links.send([
+            RawCommand(p.keys[0], pack_command(("EVALSHA", sha, len(p.keys), *p.keys, *p.argv()))) for p in progs
+        ])
         self.stats.flushes += 1
-        self.stats.ops += len(batch)
-        for prog, results in zip(programs.values(), replies, strict=True):
-            for item, result in zip(prog.items, results, strict=True):
-                if item.fence is not None and result != 1:
-                    self._fence_failed(item.fence, result)
-                if not item.ops:
-                    continue  # a fence or a doorbell ring
-                if result == FENCED:
-                    self.stats.fenced += len(item.ops)
-                    continue
-                op = item.ops[0]
-                if isinstance(result, bytes) and result.startswith(b"ERR "):
-                    self.stats.op_errors += 1
-                    reason = result[4:].decode(errors="replace")
-                    log.error("write %s to %s failed: %s", op.code, op.keys[-1], reason)
-                    if op.code == GATE.code and self.on_gate_failed is not None:
-                        self.on_gate_failed(op, reason)
-                    continue
-                if op.code == GATE.code and result == 0:
-                    self.stats.suppressed += 1
-                    if self.on_suppressed:
-                        self.on_suppressed()
-                for covered in item.ops:
-                    if covered.on_result is not None:
-                        covered.on_result(result)
+        again: list[QueuedOp] = []
+        failed: list[QueuedOp] = []
+        cause: Exception | None = None
+        for prog, (reply,) in zip(progs, results, strict=True):
+            if isinstance(reply, NoScriptError):
+                # Redis restarted (or a replica was promoted) without the script: nothing of
+                # this program ran. Load it again (where it failed too: on a cluster, every master).
+                self._scripts.sha.pop("batch", None)
+                again += prog.ops()
+            elif isinstance(reply, Exception):
+                failed += prog.ops()
+                cause = cause or reply
+            else:
+                self._handle(prog, reply)
+        self.stats.ops += len(batch) - len(again) - len(failed)
+        if failed:
+            assert cause is not None
+            raise _Unsent(failed + again, cause)
+        return again
+
+    def _handle(self, prog: Program, results: Any) -> None:
+        for item, result in zip(prog.items, results, strict=True):
+            if item.fence is not None and result != 1:
+                self._fence_failed(item.fence, result)
+            if not item.ops:
+                continue  # a fence or a doorbell ring
+            if result == FENCED:
+                self.stats.fenced += len(item.ops)
+                continue
+            op = item.ops[0]
+            if isinstance(result, bytes) and result.startswith(b"ERR "):
+                self.stats.op_errors += 1
+                reason = result[4:].decode(errors="replace")
+                log.error("write %s to %s failed: %s", op.code, op.keys[-1], reason)
+                if op.code == GATE.code and self.on_gate_failed is not None:
+                    self.on_gate_failed(op, reason)
+                continue
+            if op.code == GATE.code and result == 0:
+                self.stats.suppressed += 1
+                if self.on_suppressed:
+                    self.on_suppressed()
+            for covered in item.ops:
+                if covered.on_result is not None:
+                    covered.on_result(result)
 
     def _fence_failed(self, fence: Fence, result: Any) -> None:
         if isinstance(result, bytes) and result.startswith(b"ERR "):

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 from redis.exceptions import ResponseError
 
 from shared.backoff import backoff
-from shared.bus.doorbell import Doorbell, Ring
-from shared.bus.groups import GroupReader, ensure_group
-from shared.bus.resp import StreamEntries, server_run_id
+from shared.bus.doorbell import BellSet, Ring
+from shared.bus.groups import GroupReader, PartialRead, ensure_group
+from shared.bus.resp import StreamEntries, StreamReply, server_run_id
 from shared.bus.retry import failure_reason, is_transient, log_failure, retry_forever
 from shared.keys import CONTROL_KIND
 from shared.metrics import stream_kind
@@ -110,7 +110,7 @@ class ReadScheduler:
         """Read until the worker is stopping."""
         w = self._w
         reader = GroupReader(w.redis, w.group, w.worker_id)
-        bell = Doorbell(w.redis, w.keys.bells([self._data_kind, CONTROL_KIND]))
+        bell = BellSet(w.redis, w.keys.bells([self._data_kind, CONTROL_KIND]))
         listener: asyncio.Task[None] | None = None
         try:
             await retry_forever("doorbell", bell.start)
@@ -133,7 +133,7 @@ class ReadScheduler:
                 "%d fenced)", reader.reads, reader.entries, s.flushes, s.ops, s.coalesced, s.suppressed, s.fenced,
             )
 
-    async def _listen(self, bell: Doorbell) -> None:
+    async def _listen(self, bell: BellSet) -> None:
         """Stay parked on the doorbells (a connection of their own), so a ring is
         noted as soon as Redis sends it, also while the read loop is busy: under
         load the loop finds the next streams already rung."""
@@ -222,6 +222,10 @@ class ReadScheduler:
                 w.redis_ok = True
                 delays = backoff()
             except Exception as exc:
+                if isinstance(exc, PartialRead):
+                    # Some partitions' masters answered: what they delivered is ours to handle.
+                    await self._handle(exc.reply, plan)
+                    exc = exc.cause
                 if isinstance(exc, ResponseError) and "NOGROUP" in str(exc):
                     await self._recreate_groups(plan.control + plan.data)
                     continue
@@ -243,16 +247,19 @@ class ReadScheduler:
                 next_sweep, full_sweep = 0.0, True  # rings may have been lost meanwhile
                 await asyncio.sleep(next(delays))
                 continue
-            for key, entries in reply:
-                if key in self._control_bkeys:
-                    for entry_id, fields in entries:
-                        await self._on_control(key.decode(), entry_id.decode(), fields)
-                    if len(entries) >= plan.control_count:
-                        self._control_rung = True  # more may be waiting
-                else:
-                    self._on_data(key, entries)
-                    if len(entries) >= plan.data_count:
-                        self._dirty.add(key.decode())
+            await self._handle(reply, plan)
+
+    async def _handle(self, reply: StreamReply, plan: ReadPlan) -> None:
+        for key, entries in reply:
+            if key in self._control_bkeys:
+                for entry_id, fields in entries:
+                    await self._on_control(key.decode(), entry_id.decode(), fields)
+                if len(entries) >= plan.control_count:
+                    self._control_rung = True  # more may be waiting
+            else:
+                self._on_data(key, entries)
+                if len(entries) >= plan.data_count:
+                    self._dirty.add(key.decode())
 
     async def _check_restart(self) -> None:
         """Redis was away. If it restarted (a new run id), resume every owned conversation

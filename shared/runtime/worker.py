@@ -44,7 +44,8 @@ class OwnershipRuntime:
     ) -> None:
         scripts = Scripts()
         meters = RuntimeMeters(service.name, stream_kind(service.data_key(settings.keys, "x")))
-        writer = BatchWriter(redis, scripts, bells=settings.keys)
+        writer = BatchWriter(redis, scripts, bells=settings.keys, wait_replicas=settings.redis_wait_replicas,
+                             wait_timeout_ms=settings.redis_wait_timeout_ms)
         writer.on_suppressed = meters.suppressed.inc
         writer.on_gate_failed = self._gate_failed
         writer.on_fenced = self._fenced
