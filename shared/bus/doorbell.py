@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from shared.backoff import backoff
-from shared.bus.nodes import RawCommand, RawLinks, is_cluster
+from shared.bus.nodes import RawCommand, RawLinks, is_cluster, refresh_slots
 from shared.bus.resp import pack_command, xrange_entries
 from shared.keys import CONTROL_KIND, Keys, hash_tag, partition_of_tag, ring_target
 from shared.models import ENTRY_FIELD
@@ -216,7 +216,15 @@ async def add_with_rings(
         else:
             pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms)
             waits = 1
-    replies = await pipe.execute()
+    try:
+        replies = await pipe.execute()
+    except Exception:
+        if isinstance(redis, RedisCluster):
+            # A node failed (or moved its slots): ask for the slot map now. redis-py's own
+            # refresh in a pipeline is not reliable under concurrent callers (seen: a client
+            # kept connecting to a dead master for a minute after its replica took over).
+            await refresh_slots(redis)
+        raise
     short = [acked for acked in replies[len(replies) - waits:] if waits and int(acked) < wait_replicas]
     if short:
         log.warning("a client write reached only %s of %d replicas in time (REDIS_WAIT_REPLICAS)",

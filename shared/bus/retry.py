@@ -60,7 +60,8 @@ TRANSIENT_REPLY_CLASSES: tuple[type[BaseException], ...] = (
     AskError,  # MOVED too (a subclass): redirections shared.bus.nodes gave up following
 )
 #: The codes redis-py leaves in a plain ResponseError (with their space: BUSYGROUP is no BUSY).
-TRANSIENT_REPLIES = ("MISCONF ", "BUSY ")
+#: UNBLOCKED: a blocking read on a master that a failover just made a replica.
+TRANSIENT_REPLIES = ("MISCONF ", "BUSY ", "UNBLOCKED ")
 #: The ACL refused the command (NOPERM): the deployment's users do not match the code (an
 #: ACL file older than the code, one made for another KEY_PREFIX, a user given the wrong
 #: REDIS_URL). Nothing of the command ran. Waited out like the refusals above, but loudly
