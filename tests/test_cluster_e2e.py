@@ -1,0 +1,218 @@
+"""End to end on a real local Redis Cluster (3 masters, one replica each, started
+from the same server binary as every other test: ``shared.redis_cluster``).
+
+The services are real processes given one node's URL; they find out it is a
+cluster by themselves (REDIS_CLUSTER=auto). With PARTITIONS=12 every master
+serves 4 partitions. Each test checks the pipeline's promises through the
+simulator's summary: every utterance answered exactly once and in order, also
+across a worker SIGKILL, a manual failover and a master SIGKILL.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis as syncredis
+from redis.cluster import RedisCluster as SyncCluster
+
+from shared.devstack import ServiceProcess, Stack
+from shared.keys import Keys, key_slot
+from shared.models import ResponseDone, decode_fields
+from shared.redis_cluster import LocalCluster
+from tests.cluster_helpers import cluster_fixture, start_cluster
+from tests.conftest import base_env
+
+PARTITIONS = 12
+
+#: One cluster for the tests that leave it as they found it (no failover).
+shared_cluster = cluster_fixture("shared_cluster", scope="module")
+
+
+@pytest.fixture
+def cluster() -> Iterator[LocalCluster]:
+    """A cluster of its own, for a test that fails a master over."""
+    with start_cluster() as c:
+        yield c
+
+
+def _stack(cluster: LocalCluster, prefix: str, tmp_path: Path, **extra: str) -> Stack:
+    return Stack(base_env(cluster.url, prefix, PARTITIONS=str(PARTITIONS), **extra), tmp_path / "logs")
+
+
+def _client(cluster: LocalCluster) -> Any:
+    return SyncCluster.from_url(cluster.url)
+
+
+def _close(client: Any) -> None:
+    """Close a sync cluster client and its nodes' connections (its close() leaves them open)."""
+    for node in client.get_nodes():
+        if node.redis_connection is not None:
+            node.redis_connection.connection_pool.disconnect()
+    client.close()
+
+
+def _wait_for_workers(cluster: LocalCluster, prefix: str, count: int, timeout_s: float = 60.0) -> None:
+    client = _client(cluster)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if len(list(client.scan_iter(match=f"{prefix}:worker:*"))) >= count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"fewer than {count} workers up")
+    finally:
+        _close(client)
+
+
+def _sessions_by_pid(cluster: LocalCluster, prefix: str) -> dict[int, int]:
+    """Sessions each worker holds, from the heartbeats (pid -> sessions)."""
+    client = _client(cluster)
+    try:
+        beats = [client.hgetall(key) for key in client.scan_iter(match=f"{prefix}:worker:*")]
+    finally:
+        _close(client)
+    return {int(b[b"pid"]): int(b[b"sessions"]) for b in beats}
+
+
+def _simulation(env: dict[str, str], conversations: int, utterances: int, rate: float) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "simulator_svc", "--json", "--conversations", str(conversations),
+         "--utterances", str(utterances), "--rate", str(rate), "--timeout", "120"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _summary(sim: subprocess.Popen[str]) -> tuple[dict[str, Any], str]:
+    out, err = sim.communicate(timeout=150)
+    lines = [line for line in out.splitlines() if line.startswith("{")]
+    assert lines, f"no summary (rc={sim.returncode}):\n{out}\n{err[-3000:]}"
+    return json.loads(lines[-1]), err
+
+
+def _assert_exactly_once(summary: dict[str, Any], err: str, utterances: int) -> None:
+    assert summary["utterances"] == utterances, summary
+    assert summary["responses_done"] + summary["responses_failed"] == utterances, err[-3000:]
+    assert summary["missing"] == 0, err[-3000:]
+    assert summary["duplicates"] == 0
+    assert summary["out_of_order"] == 0
+
+
+def _answers_per_utterance(cluster: LocalCluster, prefix: str) -> dict[tuple[str, str], int]:
+    """response.done entries per (conversation, utterance) in the responses streams,
+    as the surviving masters hold them."""
+    client = _client(cluster)
+    counts: dict[tuple[str, str], int] = {}
+    try:
+        for key in client.scan_iter(match=f"{prefix}:conv:*:responses"):
+            for _id, fields in client.xrange(key):
+                entry = decode_fields(fields)
+                if isinstance(entry, ResponseDone):
+                    k = (entry.conversation_id, entry.utterance_id)
+                    counts[k] = counts.get(k, 0) + 1
+    finally:
+        _close(client)
+    return counts
+
+
+def _start_workers(stack: Stack, cluster: LocalCluster, prefix: str, conversations: int = 1) -> list[ServiceProcess]:
+    stack.start("transcriber_svc")
+    workers = [stack.start("conversation_svc") for _ in range(conversations)]
+    _wait_for_workers(cluster, prefix, 1 + conversations)
+    return workers
+
+
+def test_twenty_conversations_on_a_cluster_with_keys_on_every_master(
+    shared_cluster: LocalCluster, prefix: str, tmp_path: Path
+) -> None:
+    stack = _stack(shared_cluster, prefix, tmp_path)
+    try:
+        _start_workers(stack, shared_cluster, prefix, conversations=2)
+        summary, err = _summary(_simulation(stack.env, 20, 10, rate=4))
+    finally:
+        stack.stop_all()
+    _assert_exactly_once(summary, err, 20 * 11)  # the greeting turn, then 10 utterances
+    assert summary["responses_failed"] == 0
+    # The partitions' keys live on every master (4 partitions each), as CLUSTER KEYSLOT says.
+    keys = Keys(prefix, PARTITIONS)
+    for master in shared_cluster.masters():
+        plain = syncredis.Redis(port=master.port)
+        try:
+            names = [k.decode() for k in plain.scan_iter(match=f"{prefix}:conv:*", count=1000)]
+            slots = shared_cluster.slots_of(master)
+            tags = {keys.tag(p) for p in range(PARTITIONS)
+                    if any(lo <= key_slot(keys.tag(p)) <= hi for lo, hi in slots)}
+        finally:
+            plain.close()
+        assert len(tags) == PARTITIONS // 3, (master.port, tags)
+        assert names, f"no conversation keys on master {master.port}"
+        assert {n.split("{")[1].split("}")[0] for n in names} <= tags
+
+
+def test_worker_sigkill_on_a_cluster_is_taken_over(shared_cluster: LocalCluster, prefix: str, tmp_path: Path) -> None:
+    stack = _stack(shared_cluster, prefix, tmp_path)
+    try:
+        first, second = _start_workers(stack, shared_cluster, prefix, conversations=2)
+        sim = _simulation(stack.env, 10, 20, rate=2)
+        time.sleep(3.0)
+        held = _sessions_by_pid(shared_cluster, prefix)
+        victim, survivor = (first, second) if held.get(first.pid, 0) >= held.get(second.pid, 0) else (second, first)
+        assert held.get(victim.pid, 0) > 0, held
+        victim.signal(signal.SIGKILL)
+        summary, err = _summary(sim)
+        took_over = "took over" in survivor.log_path.read_text()
+    finally:
+        stack.stop_all()
+    _assert_exactly_once(summary, err, 10 * 21)
+    assert took_over, "the surviving worker took nothing over"
+
+
+@pytest.mark.slow
+def test_manual_failover_mid_run_answers_every_utterance_once(
+    cluster: LocalCluster, prefix: str, tmp_path: Path
+) -> None:
+    stack = _stack(cluster, prefix, tmp_path)
+    try:
+        _start_workers(stack, cluster, prefix)
+        sim = _simulation(stack.env, 12, 24, rate=2)
+        time.sleep(4.0)
+        old = cluster.masters()[0]
+        new = cluster.failover(old)
+        summary, err = _summary(sim)
+    finally:
+        stack.stop_all()
+    assert new.port != old.port
+    _assert_exactly_once(summary, err, 12 * 25)
+    counts = _answers_per_utterance(cluster, prefix)
+    assert len(counts) == summary["responses_done"] and set(counts.values()) == {1}
+
+
+@pytest.mark.slow
+def test_master_sigkill_mid_run_with_replica_acks_loses_nothing(
+    cluster: LocalCluster, prefix: str, tmp_path: Path
+) -> None:
+    """A master dies (SIGKILL): its replica is promoted after the node timeout. With
+    REDIS_WAIT_REPLICAS=1 every write batch was on the replica before it counted as
+    written, so the promoted replica holds everything anyone was told was written."""
+    stack = _stack(cluster, prefix, tmp_path, REDIS_WAIT_REPLICAS="1")
+    try:
+        _start_workers(stack, cluster, prefix)
+        sim = _simulation(stack.env, 12, 24, rate=2)
+        time.sleep(4.0)
+        victim = cluster.masters()[1]
+        promoted = cluster.kill_master(victim)
+        summary, err = _summary(sim)
+    finally:
+        stack.stop_all()
+    assert promoted.port != victim.port
+    _assert_exactly_once(summary, err, 12 * 25)
+    counts = _answers_per_utterance(cluster, prefix)
+    # Exactly one done per utterance in what the promoted replica and the others hold.
+    assert len(counts) == summary["responses_done"] and set(counts.values()) == {1}
