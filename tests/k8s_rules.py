@@ -31,9 +31,6 @@ from tests.k8s_manifests import (
     workloads,
 )
 
-#: Added to ConnectionSettings by the Redis Cluster support, written on another branch
-#: (issue 14); until it lands a process ignores it (unknown variables are ignored).
-SETTINGS_IN_PROGRESS = frozenset({"REDIS_CLUSTER"})
 #: Between the longest a process may take to stop after SIGTERM and the SIGKILL.
 SHUTDOWN_MARGIN_S = 10.0
 #: The longest the gateway waits for its open sockets after SIGTERM: aiohttp's shutdown
@@ -188,8 +185,7 @@ def setting_problems(objs: list[Obj]) -> list[str]:
     for w in workloads(objs):
         for c in pod_spec(w)["containers"]:
             module, where = module_of(c), f"{w['metadata']['name']}/{c['name']}"
-            read = settings_read_by(module) | (SETTINGS_IN_PROGRESS if "REDIS_URL" in settings_read_by(module)
-                                                else set())
+            read = settings_read_by(module)
             entries = list(environment(c, objs))
             values = env_values(c, objs)
             used = {ref for value in values.values() for ref in VAR_REFERENCE.findall(value)}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import re
+import secrets
 import subprocess
 import sys
 import time
@@ -22,18 +23,18 @@ from typing import Any
 import jsonschema
 import kubernetes_validate
 import pytest
-import redis as syncredis
 import yaml
 from kubernetes_validate.utils import all_versions, major_minor
 from prometheus_client.parser import text_string_to_metric_families
 
-from shared.acl.deploy import create_gateway_keys
+from shared.acl.deploy import create_gateway_keys, render
+from shared.acl.users import USER_NAMES
 from shared.devstack import Stack, deterministic_env, wait_http_ready
+from shared.redis_cluster import LocalCluster
 from shared.redis_server import free_port
 from tests import k8s_manifests as k8s
 from tests import k8s_rules as rules
-from tests.acl_helpers import start_acl_redis
-from tests.conftest import wait_for_workers
+from tests.cluster_helpers import start_cluster
 
 Obj = dict[str, Any]
 COMPOSE = yaml.safe_load((k8s.ROOT / "docker-compose.yml").read_text())
@@ -294,24 +295,49 @@ def _missing_series(port: int, scaler: Obj) -> list[str]:
             if not any(name == m and labels.items() <= got.items() for name, got in samples)]
 
 
+def _heartbeats(cluster: LocalCluster, prefix: str) -> dict[str, int]:
+    """service -> metrics port, from the workers' heartbeats (on whichever master holds each)."""
+    ports = {}
+    for node in cluster.masters():
+        client = node.client()
+        for key in client.scan_iter(match=f"{prefix}:worker:*"):
+            beat = client.hgetall(key)
+            ports[beat["service"]] = int(beat["metrics_port"])
+    return ports
+
+
+def _until(what: str, check: Callable[[], bool], timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not check():
+        assert time.monotonic() < deadline, f"not within {timeout_s:g} s: {what}"
+        time.sleep(0.2)
+
+
 @pytest.mark.slow
 def test_the_manifests_run_as_written(tmp_path: Path) -> None:
     """Each tier with the manifests' environment, changed only where a pod differs from this
     host: the Redis address, the Secrets' mounts (files here), the ports, and the engines
-    (the simulated and echo ones, instead of loading local models). Each connects as its ACL
-    user; the smoke Job's command is answered through the gateway; the workers export every
-    series their ScaledObject queries; Redis refused nothing any of them sent."""
+    (the simulated and echo ones, instead of loading local models). The Redis is a cluster of
+    the chart's default shape, 3 masters with a replica each, its nodes given the ACL users
+    as docs/kubernetes.md renders them for the chart. Each tier finds the cluster
+    (REDIS_CLUSTER=auto), connects as its ACL user and waits for a replica (REDIS_WAIT_REPLICAS);
+    the smoke Job's command is answered through the gateway; the workers export every series
+    their ScaledObject queries; no node refused anything any of them sent."""
     objs = objects()
     settings = k8s.configmap_data(objs, "vab-settings")
-    acl = start_acl_redis(tmp_path / "redis", settings["KEY_PREFIX"])
+    prefix = settings["KEY_PREFIX"]
+    passwords = {user: secrets.token_hex(16) for user in USER_NAMES}
+    # The docs' `grep -v '^user default '`: the chart keeps its own default user (here the
+    # harness's, open, which forms the cluster and replicates).
+    users = [line for line in render(prefix, passwords).splitlines() if not line.startswith("user default ")]
+    aclfile = tmp_path / "users.acl"
+    aclfile.write_text("\n".join([*users, "user default on nopass ~* &* +@all"]) + "\n")
     keys_file = create_gateway_keys(tmp_path / "gateway-secrets")
     assert keys_file is not None
-    secrets = {**{f"vab-redis-{user}": {"password": acl.passwords[user]} for user in acl.passwords},
+    mounted = {**{f"vab-redis-{user}": {"password": password} for user, password in passwords.items()},
                "vab-gateway-api-keys": {"api-keys": keys_file.read_text()}}
-    address = f"127.0.0.1:{acl.server.port}"
-    stack = Stack(deterministic_env(acl.server.url, settings["KEY_PREFIX"]), tmp_path / "logs")
 
-    def here(workload: Obj) -> dict[str, str]:
+    def here(workload: Obj, address: str) -> dict[str, str]:
         """The container's variables as the pod gets them, its Secrets' mounts as folders here."""
         container = k8s.pod_spec(workload)["containers"][0]
         env = k8s.env_values(container, objs)
@@ -320,44 +346,38 @@ def test_the_manifests_run_as_written(tmp_path: Path) -> None:
         for mount, secret in k8s.secret_mounts(workload, container).items():
             folder = tmp_path / "mounts" / secret
             folder.mkdir(parents=True, exist_ok=True)
-            for item, content in secrets[secret].items():
+            for item, content in mounted[secret].items():
                 (folder / item).write_text(content)
             env = {var: value.replace(mount + "/", f"{folder}/") for var, value in env.items()}
         return env
 
-    try:
-        for name, engine in (("transcriber", "simulated"), ("conversation", "echo")):
-            env = here(named(objs, "Deployment", name))
-            # Both listen on 9100 in their own pods; here they share a host.
-            env.update(METRICS_PORT="0", **{f"{name.upper()}_ENGINE": engine})
-            stack.start(f"{name}_svc", env)
-        wait_for_workers(acl.server.url, settings["KEY_PREFIX"], 2)
-        port = free_port()
-        gateway = stack.start("gateway_svc", {**here(named(objs, "Deployment", "gateway")),
-                                              "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1"})
-        wait_http_ready(gateway, f"http://127.0.0.1:{port}/readyz")
-
-        job = named(objs, "Job", "smoke-test")
-        command = [sys.executable if c == "python" else c for c in k8s.pod_spec(job)["containers"][0]["command"]]
-        command = [f"http://127.0.0.1:{port}" if c.startswith("http://gateway.") else c for c in command]
-        proc = subprocess.run(command, env={**stack.env, **here(job)}, capture_output=True, text=True, timeout=120,
-                              check=False)
-        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-
-        admin = syncredis.Redis.from_url(acl.server.url, decode_responses=True)
+    with start_cluster(masters=3, replicas=1, extra_args=["--aclfile", str(aclfile)]) as cluster:
+        address = cluster.url.removeprefix("redis://")
+        stack = Stack(deterministic_env(cluster.url, prefix), tmp_path / "logs")
         try:
-            ports = {h["service"]: int(h["metrics_port"]) for key in admin.scan_iter(
-                match=f"{settings['KEY_PREFIX']}:worker:*") for h in [admin.hgetall(key)]}
-            for service, metrics_port in ports.items():
+            for name, engine in (("transcriber", "simulated"), ("conversation", "echo")):
+                env = here(named(objs, "Deployment", name), address)
+                # Both listen on 9100 in their own pods; here they share a host.
+                env.update(METRICS_PORT="0", **{f"{name.upper()}_ENGINE": engine})
+                stack.start(f"{name}_svc", env)
+            _until("both workers' heartbeats", lambda: len(_heartbeats(cluster, prefix)) == 2)
+            port = free_port()
+            gateway = stack.start("gateway_svc", {**here(named(objs, "Deployment", "gateway"), address),
+                                                  "GATEWAY_PORT": str(port), "GATEWAY_HOST": "127.0.0.1"})
+            wait_http_ready(gateway, f"http://127.0.0.1:{port}/readyz")
+
+            job = named(objs, "Job", "smoke-test")
+            command = [sys.executable if c == "python" else c for c in k8s.pod_spec(job)["containers"][0]["command"]]
+            command = [f"http://127.0.0.1:{port}" if c.startswith("http://gateway.") else c for c in command]
+            proc = subprocess.run(command, env={**stack.env, **here(job, address)}, capture_output=True, text=True,
+                                  timeout=120, check=False)
+            assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+
+            for service, metrics_port in _heartbeats(cluster, prefix).items():
                 scaler = named(objs, "ScaledObject", service)
                 # The lag gauges appear with the first sampling, a few seconds after the start.
-                deadline = time.monotonic() + 20
-                while _missing_series(metrics_port, scaler) and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                assert not _missing_series(metrics_port, scaler), service
-            assert admin.acl_log() == []
+                _until(f"{service}'s series", lambda: not _missing_series(metrics_port, scaler))  # noqa: B023
+            for node in cluster.live_nodes():
+                assert node.command("ACL", "LOG") == [], node
         finally:
-            admin.close()
-    finally:
-        stack.stop_all()
-        acl.server.cleanup()
+            stack.stop_all()
