@@ -3,8 +3,8 @@ kubernetes-validate ships (strict: an unknown field fails), for every Kubernetes
 ships; the ScaledObjects against KEDA's CRD (vendored, made strict the same way); the
 project's rules (tests/k8s_rules.py); each validator and rule shown to refuse a broken
 copy; and the manifests run as written: the three tiers with the manifests' settings
-against a Redis with the ACL users, the smoke Job's command through the gateway, and every
-series the autoscaling queries select, exported by the running workers."""
+against a local Redis Cluster holding the ACL users, the smoke Job's command through the
+gateway, and every series the autoscaling queries select, exported by the running workers."""
 
 from __future__ import annotations
 
