@@ -22,9 +22,11 @@ from shared.acl.rules import Grant, User, read, read_write, write
 from shared.keys import KeyPatterns
 
 #: Connection set-up (HELLO: redis-py's RESP3 handshake) and liveness; on Redis Cluster the
-#: slot map (CLUSTER SLOTS), ASK redirections (ASKING); the durability setting's WAIT; and
-#: INFO cluster, by which every process tells a cluster from one Redis (REDIS_CLUSTER=auto).
-CONNECT = ("ping", "hello", "client|setname", "cluster|slots", "asking", "wait", "info")
+#: slot map (CLUSTER SLOTS), the command table (COMMAND: redis-py's cluster client reads it at
+#: start, to find each command's keys), ASK redirections (ASKING); the durability setting's
+#: WAIT; and INFO cluster, by which every process tells a cluster from one Redis
+#: (REDIS_CLUSTER=auto).
+CONNECT = ("ping", "hello", "client|setname", "cluster|slots", "command", "asking", "wait", "info")
 
 
 def _run_id() -> Grant:
