@@ -160,6 +160,7 @@ def run_backend(backend: Backend, load: Load, log_dir: Path, say: Any) -> dict[s
             wait_for_heartbeats(clients, prefix, len(workers), stack)
             pids = [w.pid for w in workers]
             before_redis, (before_cpu, before_rss) = redis_totals(clients), workers_totals(pids)
+            before_each = [read_process(pid).cpu_s for pid in pids]
             say(f"[bench.cluster] {backend.name}: {len(master_urls)} master(s), simulator running")
             args = [sys.executable, "-m", "simulator_svc", "--json", "--no-greeting",
                     "--conversations", str(load.conversations), "--utterances", str(load.utterances),
@@ -167,6 +168,9 @@ def run_backend(backend: Backend, load: Load, log_dir: Path, say: Any) -> dict[s
             with PeakSampler(clients, pids) as sampler:
                 sim = subprocess.run(args, env=env, capture_output=True, text=True, check=False)
             after_redis, (after_cpu, after_rss) = redis_totals(clients), workers_totals(pids)
+            by_tier: dict[str, float] = {}
+            for worker, before_s in zip(workers, before_each, strict=True):
+                by_tier[worker.module] = by_tier.get(worker.module, 0.0) + read_process(worker.pid).cpu_s - before_s
             if not sim.stdout.strip():
                 raise SystemExit(f"simulator printed nothing (exit {sim.returncode}):\n{sim.stderr[-3000:]}")
             summary = json.loads(sim.stdout.strip().splitlines()[-1])
@@ -189,6 +193,7 @@ def run_backend(backend: Backend, load: Load, log_dir: Path, say: Any) -> dict[s
         },
         "workers": {
             "cpu_s": after_cpu - before_cpu,
+            "cpu_s_by_service": by_tier,
             "rss_before_bytes": before_rss,
             "rss_after_bytes": after_rss,
             "peak_rss_delta_bytes": max(0, sampler.peak_rss - before_rss),
