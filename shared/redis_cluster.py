@@ -175,6 +175,33 @@ class LocalCluster:
                 return self._node(entry.node_id)
         raise ClusterError(f"no master serves slot {slot}")
 
+    # -- resharding ------------------------------------------------------------------
+
+    def migrate_slot(self, slot: int, target: Node, keys_per_step: int = 5, step_pause_s: float = 0.0,
+                     timeout_s: float = 30.0) -> int:
+        """Move ``slot`` to the master ``target`` while clients use it, the way
+        ``redis-cli --cluster reshard`` does: IMPORTING on the target, MIGRATING on the
+        source, its keys MIGRATEd a few at a time (``step_pause_s`` between steps keeps
+        the slot half-moved for a while: clients meet ``ASK`` for moved keys, and
+        ``TRYAGAIN`` for a command naming keys on both sides), then ``SETSLOT NODE`` on
+        every master (clients meet ``MOVED``). Returns the number of keys moved."""
+        source = self.master_of_slot(slot)
+        if source.node_id == target.node_id:
+            return 0
+        target.command("CLUSTER", "SETSLOT", slot, "IMPORTING", source.node_id)
+        source.command("CLUSTER", "SETSLOT", slot, "MIGRATING", target.node_id)
+        moved = 0
+        while keys := source.command("CLUSTER", "GETKEYSINSLOT", slot, keys_per_step):
+            source.command("MIGRATE", HOST, target.port, "", 0, 5000, "KEYS", *keys)
+            moved += len(keys)
+            if step_pause_s:
+                time.sleep(step_pause_s)
+        for node in [target, source, *(m for m in self.masters() if m.node_id not in (source.node_id, target.node_id))]:
+            node.command("CLUSTER", "SETSLOT", slot, "NODE", target.node_id)
+        deadline = time.monotonic() + timeout_s
+        self._wait(deadline, f"the cluster to settle after moving slot {slot}", self._unsettled)
+        return moved
+
     # -- failures --------------------------------------------------------------------
 
     def failover(self, master: Node, timeout_s: float = 30.0) -> Node:

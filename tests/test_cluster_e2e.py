@@ -216,3 +216,31 @@ def test_master_sigkill_mid_run_with_replica_acks_loses_nothing(
     counts = _answers_per_utterance(cluster, prefix)
     # Exactly one done per utterance in what the promoted replica and the others hold.
     assert len(counts) == summary["responses_done"] and set(counts.values()) == {1}
+
+
+@pytest.mark.slow
+def test_resharding_mid_run_answers_every_utterance_once(cluster: LocalCluster, prefix: str, tmp_path: Path) -> None:
+    """Two partitions' slots move to another master while the pipeline uses them, a few
+    keys at a time: the services meet ASK (a key already moved), TRYAGAIN (a read naming
+    keys on both sides) and then MOVED, and answer every utterance once, in order."""
+    stack = _stack(cluster, prefix, tmp_path)
+    keys = Keys(prefix, PARTITIONS)
+    first, second = cluster.masters()[:2]
+    slots = [key_slot(keys.tag(p)) for p in range(PARTITIONS)]
+    moving = [s for s in slots if any(lo <= s <= hi for lo, hi in cluster.slots_of(first))][:2]
+    try:
+        _start_workers(stack, cluster, prefix)
+        sim = _simulation(stack.env, 12, 24, rate=2)
+        time.sleep(4.0)
+        moved = [cluster.migrate_slot(slot, second, keys_per_step=2, step_pause_s=0.2) for slot in moving]
+        summary, err = _summary(sim)
+        logs = "".join(p.log_path.read_text() for p in stack.procs)
+    finally:
+        stack.stop_all()
+    assert all(n > 0 for n in moved), moved  # the slots held live streams when they moved
+    assert "MOVED: slot" in logs  # the workers followed the redirection (and refreshed their slot map)
+    for slot in moving:
+        assert cluster.master_of_slot(slot).node_id == second.node_id
+    _assert_exactly_once(summary, err, 12 * 25)
+    counts = _answers_per_utterance(cluster, prefix)
+    assert len(counts) == summary["responses_done"] and set(counts.values()) == {1}

@@ -35,6 +35,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AskError, MovedError, RedisError
 
 from shared.bus.resp import RawConnection, pack_command
+from shared.metrics import REDIRECTS
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +150,14 @@ class RawLinks:
                     results[i] = replies
                     redirect = next((r for r in replies if isinstance(r, AskError)), None)
                     if isinstance(redirect, MovedError):
+                        REDIRECTS.labels("moved").inc()
+                        if not refresh:
+                            log.info("MOVED: slot %d is served by %s:%s now; refreshing the slot map",
+                                     redirect.slot_id, redirect.host, redirect.port)
                         refresh = True
                         redo.append(i)
                     elif redirect is not None:
+                        REDIRECTS.labels("ask").inc()
                         asking[i] = f"{redirect.host}:{redirect.port}"
                         redo.append(i)
             if refresh:
