@@ -26,7 +26,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlsplit
 
 from shared.redis_server import RedisServer, free_port, ping, start_embedded
@@ -130,8 +130,12 @@ class Stack:
 def wait_ready(stack: Stack, redis_url: str, prefix: str, timeout_s: float = 120.0) -> None:
     """Wait for every started worker's heartbeat (engines load before it), or a dead worker."""
     import redis as syncredis
+    from redis.cluster import RedisCluster
 
-    client = syncredis.Redis.from_url(redis_url)
+    client: Any = syncredis.Redis.from_url(redis_url)
+    if int(client.info("cluster").get("cluster_enabled", 0)):
+        client.close()
+        client = RedisCluster.from_url(redis_url)  # heartbeats are on every master: scan them all
     try:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
