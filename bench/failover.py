@@ -94,7 +94,7 @@ class LagSampler:
         self._thread.join()
 
 
-def _close(client: SyncCluster) -> None:
+def _close(client: Any) -> None:
     """Close a sync cluster client and its nodes' connections (its close() leaves them open)."""
     for node in client.get_nodes():
         if node.redis_connection is not None:
@@ -102,11 +102,23 @@ def _close(client: SyncCluster) -> None:
     client.close()
 
 
+def _entries(client: Any, key: str) -> list[Any]:
+    """A whole stream's decodable entries (the runs are small: one XRANGE)."""
+    found = []
+    for _id, fields in client.xrange(key):
+        try:
+            found.append(decode_fields(fields))
+        except EntryError:
+            continue
+    return found
+
+
 def read_streams(url: str, prefix: str, load: Load) -> tuple[set[Utterance], set[Utterance], list[Utterance]]:
     """(sent, kept, dones) from the surviving masters: the run's utterance ids (from its
     run id, as any surviving key name shows it), the utterance.text entries of the input
     streams, one item per response.done entry of the responses streams."""
-    client = SyncCluster.from_url(url)
+    # Any: redis-py's sync cluster client is not fully typed (get_nodes, xrange).
+    client: Any = SyncCluster.from_url(url)
     try:
         names = [k.decode() for k in client.scan_iter(match=f"{prefix}:conv:*", count=1000)]
         found = run_ids(names)
@@ -117,14 +129,12 @@ def read_streams(url: str, prefix: str, load: Load) -> tuple[set[Utterance], set
         kept: set[Utterance] = set()
         dones: list[Utterance] = []
         for cid in sorted({cid for cid, _ in sent}):
-            for key, wanted in ((keys.input(cid), UtteranceText), (keys.responses(cid), ResponseDone)):
-                for _id, fields in client.xrange(key):
-                    try:
-                        entry = decode_fields(fields)
-                    except EntryError:
-                        continue
-                    if isinstance(entry, wanted) and isinstance(entry, UtteranceText | ResponseDone):
-                        (kept.add if wanted is UtteranceText else dones.append)((cid, entry.utterance_id))
+            for entry in _entries(client, keys.input(cid)):
+                if isinstance(entry, UtteranceText):
+                    kept.add((cid, entry.utterance_id))
+            for entry in _entries(client, keys.responses(cid)):
+                if isinstance(entry, ResponseDone):
+                    dones.append((cid, entry.utterance_id))
         return sent, kept, dones
     finally:
         _close(client)
