@@ -198,13 +198,14 @@ def main(argv: list[str] | None = None) -> int:
     load = QUICK if args.quick else FULL
     trials = args.trials or load.trials
     log_dir = Path(tempfile.mkdtemp(prefix="vab-bench-failover-"))
+    commit = git_commit()  # before the run: the checkout may move while it runs
 
     def say(line: str) -> None:
         print(line, file=sys.stderr, flush=True)
 
     runs = {w: [run_trial(w, t, load, log_dir, say) for t in range(trials)] for w in (0, 1)}
     figures = {"command": "python -m bench.failover " + " ".join(sys.argv[1:] if argv is None else argv),
-               "commit": git_commit(), "cpus": os.cpu_count(),
+               "commit": commit, "cpus": os.cpu_count(),
                "load": {"conversations": load.conversations, "utterances": load.utterances, "rate": load.rate,
                         "kill_after_s": load.kill_after_s, "partitions": PARTITIONS, "node_timeout_ms": 1000},
                "rows": [row(w, runs[w]) for w in (0, 1)],

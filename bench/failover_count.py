@@ -92,6 +92,8 @@ def row(wait_replicas: int, trials: list[dict[str, Any]]) -> dict[str, Any]:
         "failover_s_p50": percentile(failovers, 50),
         "failover_s_max": failovers[-1] if failovers else None,
         "replication_lag_max_bytes": max((int(t["lag"]["max_bytes"]) for t in trials), default=0),
+        "replication_lag_samples": sum(int(t["lag"].get("samples", 0)) for t in trials),
+        "replication_lag_nonzero_samples": sum(int(t["lag"].get("nonzero_samples", 0)) for t in trials),
         "replication_lag_before_kill_max_bytes": max((int(t["lag"]["before_kill_bytes"]) for t in trials),
                                                      default=0),
     }
