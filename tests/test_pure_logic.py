@@ -186,3 +186,18 @@ def test_stream_ids_order_by_time_then_sequence() -> None:
 
     assert id_order(b"5-10") > id_order("5-9") > id_order("4-99") > id_order("0-0")
     assert id_order("1795703983893-0") == (1795703983893, 0)
+
+
+def test_a_master_short_of_replicas_is_not_waited_on_for_a_while(monkeypatch: pytest.MonkeyPatch) -> None:
+    """REDIS_WAIT_REPLICAS on a promoted replica with no replica of its own: one WAIT times
+    out, then that node is written to without WAIT until SHORT_OF_REPLICAS_S passed."""
+    from shared.bus import nodes
+
+    clock = [100.0]
+    monkeypatch.setattr(nodes.time, "monotonic", lambda: clock[0])
+    acks = nodes.ReplicaAcks()
+    assert acks.worth_waiting("a:1") and acks.worth_waiting("b:2")
+    acks.short("a:1", 0, 1)
+    assert not acks.worth_waiting("a:1") and acks.worth_waiting("b:2")
+    clock[0] += nodes.SHORT_OF_REPLICAS_S
+    assert acks.worth_waiting("a:1")  # tried again: a replica may be back

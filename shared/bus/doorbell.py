@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
@@ -24,12 +23,10 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from shared.backoff import backoff
-from shared.bus.nodes import RawCommand, RawLinks, is_cluster, refresh_slots
+from shared.bus.nodes import REPLICA_ACKS, RawCommand, RawLinks, is_cluster, refresh_slots
 from shared.bus.resp import pack_command, xrange_entries
 from shared.keys import CONTROL_KIND, Keys, hash_tag, partition_of_tag, ring_target
 from shared.models import ENTRY_FIELD
-
-log = logging.getLogger(__name__)
 
 #: Ring fields longer than this are not believed (a ring names at most a batch's conversations).
 MAX_RING_BYTES = 1 << 20
@@ -204,18 +201,19 @@ async def add_with_rings(
         else:
             pipe.xadd(key, {ENTRY_FIELD: payload}, maxlen=maxlen, approximate=True)
     add_rings(pipe, keys, [key for key, _, _ in writes], bell_maxlen)
-    waits = 0
+    waited: list[str] = []
     if wait_replicas:
         # WAIT counts the writes of its own connection: on a cluster, one per node
         # written to, which the pipeline sends on the connection that node's writes took.
         if isinstance(redis, RedisCluster):
             nodes = {redis.get_node_from_key(key).name: redis.get_node_from_key(key) for key, _, _ in writes}
-            for node in nodes.values():
-                pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms, target_nodes=node)
-            waits = len(nodes)
-        else:
+            for name, node in nodes.items():
+                if REPLICA_ACKS.worth_waiting(name):
+                    pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms, target_nodes=node)
+                    waited.append(name)
+        elif REPLICA_ACKS.worth_waiting(""):
             pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms)
-            waits = 1
+            waited.append("")
     try:
         replies = await pipe.execute()
     except Exception:
@@ -225,8 +223,7 @@ async def add_with_rings(
             # kept connecting to a dead master for a minute after its replica took over).
             await refresh_slots(redis)
         raise
-    short = [acked for acked in replies[len(replies) - waits:] if waits and int(acked) < wait_replicas]
-    if short:
-        log.warning("a client write reached only %s of %d replicas in time (REDIS_WAIT_REPLICAS)",
-                    min(short), wait_replicas)
+    for name, acked in zip(waited, replies[len(replies) - len(waited):], strict=True):
+        if int(acked) < wait_replicas:
+            REPLICA_ACKS.short(name, acked, wait_replicas)
     return cast(list[bytes], replies[: len(writes)])

@@ -35,7 +35,7 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.exceptions import AskError, MovedError, RedisError
 
 from shared.bus.resp import RawConnection, pack_command
-from shared.metrics import REDIRECTS
+from shared.metrics import REDIRECTS, UNREPLICATED
 
 log = logging.getLogger(__name__)
 
@@ -43,8 +43,8 @@ log = logging.getLogger(__name__)
 MAX_REDIRECTS = 5
 #: Slot-map refreshes are at most this often (a failover makes every command fail at once).
 REFRESH_MIN_INTERVAL_S = 0.1
-#: WAITs (of REDIS_WAIT_TIMEOUT_MS each) before a round trip is given up as unconfirmed.
-WAIT_ROUNDS = 3
+#: A node whose WAIT fell short is not waited on for this long (then tried again).
+SHORT_OF_REPLICAS_S = 5.0
 #: ``ASKING``, packed: sent before a command redirected by ``ASK``.
 _ASKING = b"*1\r\n$6\r\nASKING\r\n"
 
@@ -56,6 +56,42 @@ class RawCommand:
     route_key: str
     packed: bytes
     replies: int = 1
+
+
+class ReplicaAcks:
+    """Which nodes are short of replicas (REDIS_WAIT_REPLICAS), for every writer of a process.
+
+    WAIT blocks for its whole timeout when the master has fewer replicas than asked:
+    after a failover the promoted replica has none until the old master comes back (or
+    an operator adds one). Waiting on every write then would make every flush take the
+    timeout (measured by ``python -m bench.failover``: answers took seconds). So a node
+    whose WAIT fell short is noted, loudly, and written to without WAIT for
+    SHORT_OF_REPLICAS_S; then WAIT is tried again. Its writes meanwhile are as durable as
+    without the setting: run two replicas per master to keep the guarantee through a
+    failover."""
+
+    def __init__(self) -> None:
+        self._short_until: dict[str, float] = {}
+
+    def worth_waiting(self, node: str) -> bool:
+        until = self._short_until.get(node)
+        if until is None:
+            return True
+        if time.monotonic() < until:
+            return False
+        del self._short_until[node]
+        return True
+
+    def short(self, node: str, acked: Any, wanted: int) -> None:
+        self._short_until[node] = time.monotonic() + SHORT_OF_REPLICAS_S
+        UNREPLICATED.inc()
+        log.error("writes to %s reached %s of %d replicas within REDIS_WAIT_TIMEOUT_MS: writing to it without "
+                  "WAIT for %.0fs (no replica since a failover? run two replicas per master)",
+                  node or "redis", acked, wanted, SHORT_OF_REPLICAS_S)
+
+
+#: One per process: every writer of it learns from the others' short WAITs.
+REPLICA_ACKS = ReplicaAcks()
 
 
 def is_cluster(redis: aioredis.Redis) -> bool:
@@ -81,7 +117,7 @@ class RawLinks:
         self._conns: dict[str, RawConnection] = {}
         self._refreshed_at = 0.0
         #: Durability (REDIS_WAIT_REPLICAS): every round trip ends with WAIT, and returns
-        #: only once that many replicas have its writes (or after WAIT_ROUNDS timeouts).
+        #: only once that many replicas have its writes (or the WAIT timed out).
         self._wait = pack_command(("WAIT", wait_replicas, wait_timeout_ms)) if wait_replicas else b""
         self._wait_replicas = wait_replicas
         #: Round trips whose writes no replica confirmed in time (a lagging or missing replica).
@@ -169,13 +205,16 @@ class RawLinks:
 
     async def _roundtrip(self, node: str, batch: list[tuple[RawCommand, bool]]) -> list[list[Any]]:
         """One node's commands in one round trip; ``True`` beside a command sends it behind ASKING."""
-        packed = b"".join((_ASKING + cmd.packed) if ask else cmd.packed for cmd, ask in batch) + self._wait
-        count = sum(cmd.replies + ask for cmd, ask in batch) + bool(self._wait)
+        wait = self._wait if self._wait and REPLICA_ACKS.worth_waiting(node) else b""
+        packed = b"".join((_ASKING + cmd.packed) if ask else cmd.packed for cmd, ask in batch) + wait
+        count = sum(cmd.replies + ask for cmd, ask in batch) + bool(wait)
         conn = self._conn(node)
         try:
             flat = await conn.roundtrip(packed, count, raise_errors=False)
-            if self._wait:
-                await self._confirm(node, conn, flat.pop())
+            if wait:
+                self._confirm(node, flat.pop())
+            elif self._wait:
+                self.unconfirmed += 1
         except Exception:
             # The connection dropped itself; a node gone for good (failed over) is forgotten.
             stale = self._conns.pop(node, None)
@@ -190,20 +229,13 @@ class RawLinks:
             pos += cmd.replies
         return out
 
-    async def _confirm(self, node: str, conn: RawConnection, acked: Any) -> None:
-        """Wait (WAIT again, same connection) until enough replicas have this connection's
-        writes; after WAIT_ROUNDS short answers, go on and count the round trip unconfirmed."""
-        for _ in range(WAIT_ROUNDS):
-            if isinstance(acked, int) and acked >= self._wait_replicas:
-                return
-            if isinstance(acked, Exception):
-                break
-            (acked,) = await conn.roundtrip(self._wait, 1, raise_errors=False)
+    def _confirm(self, node: str, acked: Any) -> None:
+        """The WAIT's answer: enough replicas have this round trip's writes, or the node
+        is noted short of replicas (no WAIT for a while: see ``ReplicaAcks``)."""
         if isinstance(acked, int) and acked >= self._wait_replicas:
             return
         self.unconfirmed += 1
-        log.warning("writes to %s reached %s of %d replicas in time (REDIS_WAIT_REPLICAS)",
-                    node or "redis", acked, self._wait_replicas)
+        REPLICA_ACKS.short(node, acked, self._wait_replicas)
 
     async def aclose(self) -> None:
         conns, self._conns = list(self._conns.values()), {}
