@@ -26,6 +26,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 
 from gateway_svc import events
 from gateway_svc.auth import KeyRing, MintRefused, Principal, requested_ttl_s
+from gateway_svc.drain import CLOSE_TIMEOUT_S, OpenSocket, drain_all
 from gateway_svc.outbox import Mark, Outbox, SlowClient
 from gateway_svc.pipeline import PipelineReader, PipelineUnavailable, PipelineWriter
 from gateway_svc.quotas import KeyQuotas, Limits, QuotaVerdict, SessionSlots
@@ -67,7 +68,19 @@ class Gateway:
         self.store = ResumeStore(self.redis, self.keys, s.resume_ttl_s)
         self.reader = PipelineReader(self.redis, self.keys)
         self.writer = PipelineWriter(self.redis, self.keys, self.wait)
-        self.sessions = 0
+        #: The sockets open now, by an id of their own (a drain closes them all).
+        self.open: dict[str, OpenSocket] = {}
+        #: Set at SIGTERM: /readyz says 503 and new sockets are refused.
+        self.draining = False
+
+    @property
+    def sessions(self) -> int:
+        return len(self.open)
+
+    async def drain(self) -> None:
+        """Stop taking sockets and close the open ones with 1001 (gateway_svc/drain.py)."""
+        self.draining = True
+        await drain_all(list(self.open.values()), self.settings.drain_s)
 
     # --- auth -----------------------------------------------------------------------------------
 
@@ -108,6 +121,8 @@ class Gateway:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.Response(status=503, text="draining\n")
         try:
             await asyncio.wait_for(self.redis.ping(), timeout=2)
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with the reason
@@ -141,6 +156,9 @@ class Gateway:
     # --- the socket -------------------------------------------------------------------------------
 
     async def realtime(self, request: web.Request) -> web.StreamResponse:
+        if self.draining:
+            return _http_error(503, "this gateway is shutting down: connect again (another gateway answers)",
+                               "gateway_draining", "server_error")
         principal = self.authenticate(request)
         if principal is None:
             return _http_error(401, "Incorrect API key provided.", "invalid_api_key", "authentication_error")
@@ -178,7 +196,7 @@ class Gateway:
         # a GA error and the session goes on; only a larger one closes the socket (1009).
         ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=max(API_MAX_EVENT_BYTES,
                                                                              self.settings.max_event_bytes),
-                                   heartbeat=30.0)
+                                   heartbeat=30.0, timeout=CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         extra = {"conversation_id": conversation_id}
 
@@ -193,29 +211,30 @@ class Gateway:
             started=resumed)
         session.hello()
 
+        sock = OpenSocket(conversation_id, ws, session, stop_reading=lambda: self.reader.unsubscribe(conversation_id))
+
         def on_entry(kind: str, entry_id: str, entry: Any) -> None:
             try:
                 session.view.handle(kind, entry_id, entry)
             except SlowClient as exc:
                 log.warning("closing a slow client: %s", exc, extra=extra)
-                asyncio.get_running_loop().create_task(ws.close(code=WSCloseCode.TRY_AGAIN_LATER))
+                asyncio.get_running_loop().create_task(sock.close(WSCloseCode.TRY_AGAIN_LATER))
 
         self.reader.subscribe(conversation_id, on_entry, *since)
         sender = asyncio.create_task(self._send_all(outbox, ws, extra))
         keeper = asyncio.create_task(self._keep_slot(principal.key_id, slot))
-        self.sessions += 1
+        self.open[slot] = sock
         log.info("session open (%s)", "resumed" if resumed else "new", extra=extra)
         try:
-            await self._receive_all(ws, session, principal)
+            await self._receive_all(sock, principal)
         finally:
-            self.sessions -= 1
+            del self.open[slot]
             self.reader.unsubscribe(conversation_id)
             sender.cancel()
             keeper.cancel()
             await asyncio.gather(sender, keeper, return_exceptions=True)
-            clean = ws.close_code == WSCloseCode.OK
             try:
-                await session.close(clean)
+                await session.close(sock.ended_by_client)
             except PipelineUnavailable as exc:
                 log.warning("could not end the conversation: %s", exc, extra=extra)
             log.info("session closed (code %s)", ws.close_code, extra=extra)
@@ -242,7 +261,8 @@ class Gateway:
             log.info("sending stopped: %s", exc, extra=extra)
             await ws.close(code=WSCloseCode.GOING_AWAY)
 
-    async def _receive_all(self, ws: web.WebSocketResponse, session: RealtimeSession, principal: Principal) -> None:
+    async def _receive_all(self, sock: OpenSocket, principal: Principal) -> None:
+        ws, session = sock.ws, sock.session
         refused_in_a_row = 0
         async for msg in ws:
             if msg.type == WSMsgType.TEXT:
@@ -251,7 +271,7 @@ class Gateway:
                 if not verdict.ok:
                     refused_in_a_row += 1
                     if refused_in_a_row > MAX_REFUSED_IN_A_ROW:
-                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many refused events")
+                        await sock.close(WSCloseCode.POLICY_VIOLATION, b"too many refused events")
                         return
                     session.outbox.put(events.error(verdict.message, type_=verdict.type, code=verdict.code))
                     continue

@@ -72,6 +72,9 @@ class Outbox:
         self._speaking: str | None = None
         #: Answers dropped while one of their sentences was in flight: it stops there.
         self._dropped: set[str] = set()
+        #: Set while nothing is queued or in flight (what a drain waits for).
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.sent = 0
 
     def put(self, item: Item, tag: str | None = None) -> None:
@@ -80,6 +83,7 @@ class Outbox:
             raise SlowClient(f"more than {MAX_QUEUED} events waiting for the client")
         self._queue.append((tag, item))
         self._ready.set()
+        self._idle.clear()
 
     def event(self, type_: str, tag: str | None = None, **fields: Any) -> None:
         """Queue one server event (``tag``: as for :meth:`put`)."""
@@ -96,10 +100,15 @@ class Outbox:
         if self._speaking == response_id:
             self._dropped.add(response_id)
 
+    async def flushed(self) -> None:
+        """Until everything queued so far (and since) has been sent and its marks recorded."""
+        await self._idle.wait()
+
     async def run(self) -> None:
         """Send until cancelled; raises what the socket raises."""
         while True:
             while not self._queue:
+                self._idle.set()
                 self._ready.clear()
                 await self._ready.wait()
             response_id, item = self._queue.popleft()

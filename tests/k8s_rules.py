@@ -4,14 +4,13 @@ of the manifests as well as none in the real ones."""
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
+from gateway_svc.__main__ import SHUTDOWN_TIMEOUT_S
+from gateway_svc.drain import CLOSE_TIMEOUT_S
 from shared.acl.users import USER_NAMES
 from tests.k8s_manifests import (
     VAR_REFERENCE,
@@ -33,9 +32,9 @@ from tests.k8s_manifests import (
 
 #: Between the longest a process may take to stop after SIGTERM and the SIGKILL.
 SHUTDOWN_MARGIN_S = 10.0
-#: The longest the gateway waits for its open sockets after SIGTERM: aiohttp's shutdown
-#: timeout, which gateway_svc/__main__.py leaves at the library's default.
-GATEWAY_SHUTDOWN_S = float(inspect.signature(web.BaseRunner.__init__).parameters["shutdown_timeout"].default)
+#: What the gateway's stop takes beyond GATEWAY_DRAIN_S at most: the close handshakes'
+#: timeout, then aiohttp's shutdown timeout for what is left (gateway_svc/__main__.py).
+GATEWAY_STOP_BEYOND_DRAIN_S = CLOSE_TIMEOUT_S + SHUTDOWN_TIMEOUT_S
 #: The KEDA trigger metadata each scaler type reads (KEDA's prometheus and cpu scaler docs):
 #: (required, allowed). A misspelt key would be ignored by KEDA, not refused.
 TRIGGER_METADATA = {
@@ -87,16 +86,18 @@ def shutdown_problems(objs: list[Obj]) -> list[str]:
         grace = spec.get("terminationGracePeriodSeconds")
         for c in spec["containers"]:
             module = module_of(c)
+            setting = "DRAIN_TIMEOUT_S" if module in WORKERS else "GATEWAY_DRAIN_S"
+            drain = env_values(c, objs).get(setting)
+            if drain is None:
+                problems.append(f"{name}: {setting} is not set explicitly")
+                continue
             if module in WORKERS:
-                drain = env_values(c, objs).get("DRAIN_TIMEOUT_S")
-                if drain is None:
-                    problems.append(f"{name}: DRAIN_TIMEOUT_S is not set explicitly")
-                    continue
                 if prestop_s(c):
                     problems.append(f"{name}: a worker needs no preStop (SIGTERM drains)")
                 stop_s, what = float(drain), f"DRAIN_TIMEOUT_S {drain}"
             else:
-                stop_s, what = GATEWAY_SHUTDOWN_S, f"aiohttp's shutdown timeout {GATEWAY_SHUTDOWN_S:g}"
+                stop_s = float(drain) + GATEWAY_STOP_BEYOND_DRAIN_S
+                what = f"GATEWAY_DRAIN_S {drain} + close and shutdown timeouts {GATEWAY_STOP_BEYOND_DRAIN_S:g}"
             needed = prestop_s(c) + stop_s + SHUTDOWN_MARGIN_S
             if grace is None or grace < needed:
                 problems.append(f"{name}: terminationGracePeriodSeconds {grace} < preStop + {what} + margin "

@@ -206,6 +206,8 @@ BROKEN_RULES: dict[str, tuple[Callable[[list[Obj]], None], str]] = {
                                         .update(path="/healthz")), "/readyz"),
     "a grace period within the drain": (_edit("Deployment", "transcriber", lambda d: _env(d, "DRAIN_TIMEOUT_S")
                                               .update(value="40")), "terminationGracePeriodSeconds"),
+    "a gateway drain past its grace period": (_edit("Deployment", "gateway", lambda d: _env(d, "GATEWAY_DRAIN_S")
+                                                .update(value="30")), "terminationGracePeriodSeconds"),
     "no explicit drain timeout": (_edit("Deployment", "conversation", lambda d: _container(d)["env"].remove(
         _env(d, "DRAIN_TIMEOUT_S"))), "DRAIN_TIMEOUT_S is not set"),
     "a budget that misses the pods": (_edit("PodDisruptionBudget", "gateway", lambda p: p["spec"]["selector"]
