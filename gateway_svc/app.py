@@ -23,8 +23,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway_svc import events
+from gateway_svc import events, meters
 from gateway_svc.auth import KeyRing, MintRefused, Principal, requested_ttl_s
 from gateway_svc.drain import CLOSE_TIMEOUT_S, OpenSocket, drain_all
 from gateway_svc.outbox import Mark, Outbox, SlowClient
@@ -33,6 +34,7 @@ from gateway_svc.quotas import KeyQuotas, Limits, QuotaVerdict, SessionSlots
 from gateway_svc.resume import ResumeStore
 from gateway_svc.session import RealtimeSession
 from gateway_svc.session_config import SessionConfig, SessionType
+from shared import metrics
 from shared.keys import Keys
 from shared.models import is_ident
 from shared.settings import GatewaySettings
@@ -102,6 +104,7 @@ class Gateway:
         app.router.add_post("/v1/realtime/client_secrets", self.client_secrets)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/", self.page)
         if STATIC_DIR.is_dir():
             app.router.add_static("/static/", STATIC_DIR)
@@ -119,6 +122,12 @@ class Gateway:
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        # CONTENT_TYPE_LATEST carries a charset, which web.Response wants apart.
+        response = web.Response(body=generate_latest(metrics.REGISTRY))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
 
     async def readyz(self, request: web.Request) -> web.Response:
         if self.draining:
@@ -157,10 +166,12 @@ class Gateway:
 
     async def realtime(self, request: web.Request) -> web.StreamResponse:
         if self.draining:
+            meters.refused("draining")
             return _http_error(503, "this gateway is shutting down: connect again (another gateway answers)",
                                "gateway_draining", "server_error")
         principal = self.authenticate(request)
         if principal is None:
+            meters.refused("unauthorized")
             return _http_error(401, "Incorrect API key provided.", "invalid_api_key", "authentication_error")
         query = request.query
         session_type: SessionType = "transcription" if query.get("intent") == "transcription" else "realtime"
@@ -168,6 +179,7 @@ class Gateway:
         if resume_id is not None:
             resumable = await self.store.load(resume_id) if is_ident(resume_id) else None
             if resumable is None or resumable.owner != principal.key_id:
+                meters.refused("not_found")
                 return _http_error(404, "no conversation with that id to resume", "conversation_not_found")
             conversation_id = resume_id
             config = SessionConfig.from_json(resumable.session)
@@ -179,6 +191,7 @@ class Gateway:
             since = ("0-0", "0-0")
         slot = uuid.uuid4().hex
         if not await self.slots.acquire(principal.key_id, slot):
+            meters.refused("session_limit")
             return _http_error(429, f"this key already has {self.limits.max_sessions} sessions open",
                                "session_limit_reached", "rate_limit_exceeded")
         try:
@@ -201,7 +214,11 @@ class Gateway:
         extra = {"conversation_id": conversation_id}
 
         async def mark(m: Mark) -> None:
-            await self.store.delivered(conversation_id, m.stream_kind, m.entry_id)
+            try:
+                await self.store.delivered(conversation_id, m.stream_kind, m.entry_id)
+            except Exception:
+                meters.pipeline_error("mark")
+                raise
 
         outbox = Outbox(ws.send_str, mark)
         session = RealtimeSession(
@@ -224,11 +241,14 @@ class Gateway:
         sender = asyncio.create_task(self._send_all(outbox, ws, extra))
         keeper = asyncio.create_task(self._keep_slot(principal.key_id, slot))
         self.open[slot] = sock
+        meters.SESSIONS_OPEN.set(len(self.open))
+        meters.OPENED["resumed" if resumed else "new"].inc()
         log.info("session open (%s)", "resumed" if resumed else "new", extra=extra)
         try:
             await self._receive_all(sock, principal)
         finally:
             del self.open[slot]
+            meters.SESSIONS_OPEN.set(len(self.open))
             self.reader.unsubscribe(conversation_id)
             sender.cancel()
             keeper.cancel()
@@ -265,6 +285,8 @@ class Gateway:
         ws, session = sock.ws, sock.session
         refused_in_a_row = 0
         async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                meters.EVENTS_IN.inc()
             if msg.type == WSMsgType.TEXT:
                 data: str = msg.data
                 verdict = self.quotas.allow_event(principal.key_id, len(data.encode()), time.monotonic())

@@ -24,6 +24,7 @@ from typing import Any
 from pydantic_core import to_json
 
 from gateway_svc import events
+from gateway_svc.meters import EVENTS_OUT
 from gateway_svc.speech_out import audio_delta_chunks, synthesize
 from shared.models import AUDIO_BYTES_PER_MS
 
@@ -115,6 +116,7 @@ class Outbox:
             if isinstance(item, dict):
                 await self._send_text(to_json(item).decode())
                 self.sent += 1
+                EVENTS_OUT.inc()
             elif isinstance(item, Speech):
                 self._speaking = response_id
                 try:
@@ -135,6 +137,7 @@ class Outbox:
                 "response.output_audio.delta", response_id=speech.response_id, item_id=speech.item_id,
                 output_index=0, content_index=0, delta=chunk)).decode())
             self.sent += 1
+            EVENTS_OUT.inc()
             sent_bytes += len(chunk) * 3 // 4
         spoken_ms = min(sent_bytes, len(pcm)) // AUDIO_BYTES_PER_MS
         if spoken_ms:

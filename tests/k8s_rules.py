@@ -131,7 +131,8 @@ def disruption_problems(objs: list[Obj]) -> list[str]:
 
 def autoscaling_problems(objs: list[Obj]) -> list[str]:
     """One ScaledObject per Deployment: at least one replica, a slow scale-down, triggers KEDA
-    reads, and for the workers queries of their own series (busy slots and backlog)."""
+    reads, and queries of the tier's own series: busy slots and backlog for the workers, open
+    sessions for the gateway."""
     problems = []
     gauges = exported_gauges()
     for d in of_kind(objs, "Deployment"):
@@ -152,6 +153,7 @@ def autoscaling_problems(objs: list[Obj]) -> list[str]:
             problems.append(f"{name}: scale-down needs a stabilization window of 300 s or more and a policy")
         module = module_of(pod_spec(d)["containers"][0])
         queried: set[str] = set()
+        streams = streams_read_by(module) if module in WORKERS else set()  # the gateway reads no group
         for trigger in spec["triggers"]:
             required, allowed = TRIGGER_METADATA.get(trigger["type"], (set(), set()))
             keys = set(trigger.get("metadata", {}))
@@ -163,18 +165,18 @@ def autoscaling_problems(objs: list[Obj]) -> list[str]:
                 queried.add(metric)
                 wanted = {"namespace": namespace, "service": module.removesuffix("_svc")}
                 if metric not in gauges:
-                    problems.append(f"{name}: the query reads {metric}, which no worker exports as a gauge")
+                    problems.append(f"{name}: the query reads {metric}, which no service exports as a gauge")
                 elif set(labels) - {"namespace"} - set(gauges[metric]):
                     problems.append(f"{name}: {metric} has no label among {sorted(set(labels) - {'namespace'})}")
                 elif any(labels.get(k) != v for k, v in wanted.items()) or (
-                        "stream" in labels and labels["stream"] not in streams_read_by(module)):
+                        "stream" in labels and labels["stream"] not in streams):
                     problems.append(f"{name}: {metric}{labels} is not this tier's series ({wanted}, a stream "
-                                    f"of {sorted(streams_read_by(module))})")
-        if module in WORKERS:
-            for need in ("vab_sessions_owned", "vab_session_capacity", "vab_group_lag_entries",
-                         "vab_group_pending_entries"):
-                if need not in queried:
-                    problems.append(f"{name}: no trigger reads {need} (busy slots and backlog)")
+                                    f"of {sorted(streams)})")
+        needs = (("vab_sessions_owned", "vab_session_capacity", "vab_group_lag_entries", "vab_group_pending_entries")
+                 if module in WORKERS else ("vab_gateway_sessions_open",))
+        for need in needs:
+            if need not in queried:
+                problems.append(f"{name}: no trigger reads {need} (the tier's load)")
     return problems
 
 
