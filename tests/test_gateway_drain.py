@@ -8,15 +8,20 @@ streaming when the signal comes."""
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
+import urllib.error
+import urllib.request
 from typing import Any
 
-from websockets.exceptions import ConnectionClosed
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from shared.devstack import ServiceProcess, Stack
 from tests.conftest import wait_for_workers
 from tests.gateway_helpers import client, collect_until, of_type, start_gateway
+from tests.runtime_helpers import until
 
 #: A generous bound on a drained gateway's exit (the figure is printed; it was ~47 s before).
 EXIT_BOUND_S = 15.0
@@ -52,14 +57,30 @@ async def _until_closed(conn: Any) -> tuple[list[Any], ConnectionClosed]:
     raise AssertionError("the socket was not closed")
 
 
-def _sigterm_and_time(gateway: ServiceProcess) -> float:
-    started = time.monotonic()
-    gateway.signal(signal.SIGTERM)
-    code = gateway.wait(EXIT_BOUND_S)
+async def _exit_time(gateway: ServiceProcess, started: float) -> float:
+    """Wait (off the event loop, so the client answers the close handshake) for the exit."""
+    code = await asyncio.to_thread(gateway.wait, EXIT_BOUND_S)
     took = time.monotonic() - started
     print(f"\ngateway exited {took:.2f} s after SIGTERM (code {code})")
     assert code == 0, gateway.log_text()[-3000:]
     return took
+
+
+def _readyz(base: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(base + "/readyz", timeout=2) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as refused:
+        return refused.code, refused.read().decode()
+
+
+async def _draining_seen(base: str) -> None:
+    """Until /readyz says 503 draining (it said 200 before the signal was handled)."""
+    async def draining() -> bool:
+        status, body = await asyncio.to_thread(_readyz, base)
+        return status == 503 and body.strip() == "draining"
+
+    await until(draining, timeout_s=5)
 
 
 async def _open(base: str) -> tuple[Any, str]:
@@ -87,7 +108,7 @@ def _texts(dones: list[Any]) -> list[str]:
 
 async def test_sigterm_lets_the_streaming_answer_finish_then_closes_1001(stack: Stack, redis_url: str,
                                                                          prefix: str) -> None:
-    _slow_pipeline(stack, redis_url, prefix, delta_delay_ms=200)
+    _slow_pipeline(stack, redis_url, prefix, delta_delay_ms=300)
     first, base_1 = start_gateway(stack)
     _, base_2 = start_gateway(stack)
     conn, conversation_id = await _open(base_1)
@@ -96,8 +117,16 @@ async def test_sigterm_lets_the_streaming_answer_finish_then_closes_1001(stack: 
         _answer("hello", 1)]
     await _ask(conn, "are you there")
     await collect_until(conn, _is("response.output_text.delta"))  # the answer is streaming
-    took = _sigterm_and_time(first)
+    started = time.monotonic()
+    first.signal(signal.SIGTERM)
+    # While the answer finishes: not ready, and a new socket is refused (the load balancer's cue).
+    await _draining_seen(base_1)
+    with pytest.raises(InvalidStatus) as refused:
+        async with client(base_1).realtime.connect(model="local"):
+            pass
+    assert refused.value.response.status_code == 503
     seen, closed = await _until_closed(conn)
+    took = await _exit_time(first, started)
     # The answer under way was let finish, whole, before the close.
     assert _texts(of_type(seen, "response.done")) == [_answer("are you there", 2)]
     assert closed.rcvd is not None and closed.rcvd.code == 1001
@@ -117,8 +146,10 @@ async def test_an_answer_longer_than_the_drain_comes_whole_on_resume(stack: Stac
     conn, conversation_id = await _open(base_1)
     await _ask(conn, "tell me a long story please")
     await collect_until(conn, _is("response.output_text.delta"))
-    _sigterm_and_time(first)
+    started = time.monotonic()
+    first.signal(signal.SIGTERM)
     seen, closed = await _until_closed(conn)
+    await _exit_time(first, started)
     assert closed.rcvd is not None and closed.rcvd.code == 1001
     assert not of_type(seen, "response.done")  # cut at the drain's deadline
     # The cut answer is sent again whole, from its response.created, then the next one: once each.
