@@ -74,6 +74,9 @@ class Gateway:
         self.open: dict[str, OpenSocket] = {}
         #: Set at SIGTERM: /readyz says 503 and new sockets are refused.
         self.draining = False
+        #: Drains of sockets whose handshake was under way when the drain began (kept: a task
+        #: nothing refers to may be collected).
+        self._late_drains: set[asyncio.Task[None]] = set()
 
     @property
     def sessions(self) -> int:
@@ -83,6 +86,8 @@ class Gateway:
         """Stop taking sockets and close the open ones with 1001 (gateway_svc/drain.py)."""
         self.draining = True
         await drain_all(list(self.open.values()), self.settings.drain_s)
+        if self._late_drains:
+            await asyncio.wait(set(self._late_drains))
 
     # --- auth -----------------------------------------------------------------------------------
 
@@ -238,11 +243,15 @@ class Gateway:
                 asyncio.get_running_loop().create_task(sock.close(WSCloseCode.TRY_AGAIN_LATER))
 
         self.reader.subscribe(conversation_id, on_entry, *since)
-        sender = asyncio.create_task(self._send_all(outbox, ws, extra))
+        sender = asyncio.create_task(self._send_all(sock, extra))
         keeper = asyncio.create_task(self._keep_slot(principal.key_id, slot))
         self.open[slot] = sock
         meters.SESSIONS_OPEN.set(len(self.open))
         meters.OPENED["resumed" if resumed else "new"].inc()
+        if self.draining:  # its handshake passed just before the drain began: it is drained too
+            late = asyncio.create_task(drain_all([sock], self.settings.drain_s))
+            late.add_done_callback(self._late_drains.discard)
+            self._late_drains.add(late)
         log.info("session open (%s)", "resumed" if resumed else "new", extra=extra)
         try:
             await self._receive_all(sock, principal)
@@ -272,14 +281,14 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - Redis away: the next refresh tries again
                 log.warning("could not refresh a session slot: %s", exc)
 
-    async def _send_all(self, outbox: Outbox, ws: web.WebSocketResponse, extra: dict[str, str]) -> None:
+    async def _send_all(self, sock: OpenSocket, extra: dict[str, str]) -> None:
         try:
-            await outbox.run()
+            await sock.session.outbox.run()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the socket broke: end the receive loop too
             log.info("sending stopped: %s", exc, extra=extra)
-            await ws.close(code=WSCloseCode.GOING_AWAY)
+            await sock.close(WSCloseCode.GOING_AWAY)
 
     async def _receive_all(self, sock: OpenSocket, principal: Principal) -> None:
         ws, session = sock.ws, sock.session
