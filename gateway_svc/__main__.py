@@ -14,6 +14,7 @@ import os
 import signal
 import socket
 import sys
+import time
 
 from aiohttp import web
 
@@ -25,6 +26,8 @@ from shared.process import install_fast_loop
 from shared.settings import ConnectionSettings, ConversationSettings, GatewaySettings, InvalidSettings, load_settings
 
 log = logging.getLogger("gateway_svc")
+#: aiohttp's wait for handlers still running after the drain (its default is 60 s).
+SHUTDOWN_TIMEOUT_S = 2.0
 
 
 def load_keyring(settings: GatewaySettings) -> KeyRing | None:
@@ -51,7 +54,9 @@ async def run(connection: ConnectionSettings, settings: GatewaySettings, keyring
     system_prompt = os.environ.get("SYSTEM_PROMPT") or str(ConversationSettings.model_fields["system_prompt"].default)
     gateway = Gateway(settings, redis, connection.keys, keyring, system_prompt,
                       (connection.redis_wait_replicas, connection.redis_wait_timeout_ms))
-    runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False)
+    # The drain closes every socket first; the shutdown timeout only bounds what is left.
+    runner = web.AppRunner(gateway.app(), access_log=None, handle_signals=False,
+                           shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
     await site.start()
@@ -64,8 +69,11 @@ async def run(connection: ConnectionSettings, settings: GatewaySettings, keyring
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
+    started = time.monotonic()
     log.info("stopping: closing %d sessions (they may resume on another gateway)", gateway.sessions)
+    await gateway.drain()
     await runner.cleanup()
+    log.info("stopped in %.1f s", time.monotonic() - started)
     await redis.aclose()
     return 0
 

@@ -23,15 +23,18 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from aiohttp import WSCloseCode, WSMsgType, web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gateway_svc import events
+from gateway_svc import events, meters
 from gateway_svc.auth import KeyRing, MintRefused, Principal, requested_ttl_s
+from gateway_svc.drain import CLOSE_TIMEOUT_S, OpenSocket, drain_all
 from gateway_svc.outbox import Mark, Outbox, SlowClient
 from gateway_svc.pipeline import PipelineReader, PipelineUnavailable, PipelineWriter
 from gateway_svc.quotas import KeyQuotas, Limits, QuotaVerdict, SessionSlots
 from gateway_svc.resume import ResumeStore
 from gateway_svc.session import RealtimeSession
 from gateway_svc.session_config import SessionConfig, SessionType
+from shared import metrics
 from shared.keys import Keys
 from shared.models import is_ident
 from shared.settings import GatewaySettings
@@ -67,7 +70,24 @@ class Gateway:
         self.store = ResumeStore(self.redis, self.keys, s.resume_ttl_s)
         self.reader = PipelineReader(self.redis, self.keys)
         self.writer = PipelineWriter(self.redis, self.keys, self.wait)
-        self.sessions = 0
+        #: The sockets open now, by an id of their own (a drain closes them all).
+        self.open: dict[str, OpenSocket] = {}
+        #: Set at SIGTERM: /readyz says 503 and new sockets are refused.
+        self.draining = False
+        #: Drains of sockets whose handshake was under way when the drain began (kept: a task
+        #: nothing refers to may be collected).
+        self._late_drains: set[asyncio.Task[None]] = set()
+
+    @property
+    def sessions(self) -> int:
+        return len(self.open)
+
+    async def drain(self) -> None:
+        """Stop taking sockets and close the open ones with 1001 (gateway_svc/drain.py)."""
+        self.draining = True
+        await drain_all(list(self.open.values()), self.settings.drain_s)
+        if self._late_drains:
+            await asyncio.wait(set(self._late_drains))
 
     # --- auth -----------------------------------------------------------------------------------
 
@@ -89,6 +109,7 @@ class Gateway:
         app.router.add_post("/v1/realtime/client_secrets", self.client_secrets)
         app.router.add_get("/healthz", self.healthz)
         app.router.add_get("/readyz", self.readyz)
+        app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/", self.page)
         if STATIC_DIR.is_dir():
             app.router.add_static("/static/", STATIC_DIR)
@@ -107,7 +128,15 @@ class Gateway:
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
+    async def metrics(self, request: web.Request) -> web.Response:
+        # CONTENT_TYPE_LATEST carries a charset, which web.Response wants apart.
+        response = web.Response(body=generate_latest(metrics.REGISTRY))
+        response.headers["Content-Type"] = CONTENT_TYPE_LATEST
+        return response
+
     async def readyz(self, request: web.Request) -> web.Response:
+        if self.draining:
+            return web.Response(status=503, text="draining\n")
         try:
             await asyncio.wait_for(self.redis.ping(), timeout=2)
         except Exception as exc:  # noqa: BLE001 - any failure means "not ready", with the reason
@@ -141,8 +170,13 @@ class Gateway:
     # --- the socket -------------------------------------------------------------------------------
 
     async def realtime(self, request: web.Request) -> web.StreamResponse:
+        if self.draining:
+            meters.refused("draining")
+            return _http_error(503, "this gateway is shutting down: connect again (another gateway answers)",
+                               "gateway_draining", "server_error")
         principal = self.authenticate(request)
         if principal is None:
+            meters.refused("unauthorized")
             return _http_error(401, "Incorrect API key provided.", "invalid_api_key", "authentication_error")
         query = request.query
         session_type: SessionType = "transcription" if query.get("intent") == "transcription" else "realtime"
@@ -150,6 +184,7 @@ class Gateway:
         if resume_id is not None:
             resumable = await self.store.load(resume_id) if is_ident(resume_id) else None
             if resumable is None or resumable.owner != principal.key_id:
+                meters.refused("not_found")
                 return _http_error(404, "no conversation with that id to resume", "conversation_not_found")
             conversation_id = resume_id
             config = SessionConfig.from_json(resumable.session)
@@ -161,6 +196,7 @@ class Gateway:
             since = ("0-0", "0-0")
         slot = uuid.uuid4().hex
         if not await self.slots.acquire(principal.key_id, slot):
+            meters.refused("session_limit")
             return _http_error(429, f"this key already has {self.limits.max_sessions} sessions open",
                                "session_limit_reached", "rate_limit_exceeded")
         try:
@@ -178,12 +214,16 @@ class Gateway:
         # a GA error and the session goes on; only a larger one closes the socket (1009).
         ws = web.WebSocketResponse(protocols=("realtime",), max_msg_size=max(API_MAX_EVENT_BYTES,
                                                                              self.settings.max_event_bytes),
-                                   heartbeat=30.0)
+                                   heartbeat=30.0, timeout=CLOSE_TIMEOUT_S)
         await ws.prepare(request)
         extra = {"conversation_id": conversation_id}
 
         async def mark(m: Mark) -> None:
-            await self.store.delivered(conversation_id, m.stream_kind, m.entry_id)
+            try:
+                await self.store.delivered(conversation_id, m.stream_kind, m.entry_id)
+            except Exception:
+                meters.pipeline_error("mark")
+                raise
 
         outbox = Outbox(ws.send_str, mark)
         session = RealtimeSession(
@@ -193,29 +233,37 @@ class Gateway:
             started=resumed)
         session.hello()
 
+        sock = OpenSocket(conversation_id, ws, session, stop_reading=lambda: self.reader.unsubscribe(conversation_id))
+
         def on_entry(kind: str, entry_id: str, entry: Any) -> None:
             try:
                 session.view.handle(kind, entry_id, entry)
             except SlowClient as exc:
                 log.warning("closing a slow client: %s", exc, extra=extra)
-                asyncio.get_running_loop().create_task(ws.close(code=WSCloseCode.TRY_AGAIN_LATER))
+                asyncio.get_running_loop().create_task(sock.close(WSCloseCode.TRY_AGAIN_LATER))
 
         self.reader.subscribe(conversation_id, on_entry, *since)
-        sender = asyncio.create_task(self._send_all(outbox, ws, extra))
+        sender = asyncio.create_task(self._send_all(sock, extra))
         keeper = asyncio.create_task(self._keep_slot(principal.key_id, slot))
-        self.sessions += 1
+        self.open[slot] = sock
+        meters.SESSIONS_OPEN.set(len(self.open))
+        meters.OPENED["resumed" if resumed else "new"].inc()
+        if self.draining:  # its handshake passed just before the drain began: it is drained too
+            late = asyncio.create_task(drain_all([sock], self.settings.drain_s))
+            late.add_done_callback(self._late_drains.discard)
+            self._late_drains.add(late)
         log.info("session open (%s)", "resumed" if resumed else "new", extra=extra)
         try:
-            await self._receive_all(ws, session, principal)
+            await self._receive_all(sock, principal)
         finally:
-            self.sessions -= 1
+            del self.open[slot]
+            meters.SESSIONS_OPEN.set(len(self.open))
             self.reader.unsubscribe(conversation_id)
             sender.cancel()
             keeper.cancel()
             await asyncio.gather(sender, keeper, return_exceptions=True)
-            clean = ws.close_code == WSCloseCode.OK
             try:
-                await session.close(clean)
+                await session.close(sock.ended_by_client)
             except PipelineUnavailable as exc:
                 log.warning("could not end the conversation: %s", exc, extra=extra)
             log.info("session closed (code %s)", ws.close_code, extra=extra)
@@ -233,25 +281,28 @@ class Gateway:
             except Exception as exc:  # noqa: BLE001 - Redis away: the next refresh tries again
                 log.warning("could not refresh a session slot: %s", exc)
 
-    async def _send_all(self, outbox: Outbox, ws: web.WebSocketResponse, extra: dict[str, str]) -> None:
+    async def _send_all(self, sock: OpenSocket, extra: dict[str, str]) -> None:
         try:
-            await outbox.run()
+            await sock.session.outbox.run()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - the socket broke: end the receive loop too
             log.info("sending stopped: %s", exc, extra=extra)
-            await ws.close(code=WSCloseCode.GOING_AWAY)
+            await sock.close(WSCloseCode.GOING_AWAY)
 
-    async def _receive_all(self, ws: web.WebSocketResponse, session: RealtimeSession, principal: Principal) -> None:
+    async def _receive_all(self, sock: OpenSocket, principal: Principal) -> None:
+        ws, session = sock.ws, sock.session
         refused_in_a_row = 0
         async for msg in ws:
+            if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
+                meters.EVENTS_IN.inc()
             if msg.type == WSMsgType.TEXT:
                 data: str = msg.data
                 verdict = self.quotas.allow_event(principal.key_id, len(data.encode()), time.monotonic())
                 if not verdict.ok:
                     refused_in_a_row += 1
                     if refused_in_a_row > MAX_REFUSED_IN_A_ROW:
-                        await ws.close(code=WSCloseCode.POLICY_VIOLATION, message=b"too many refused events")
+                        await sock.close(WSCloseCode.POLICY_VIOLATION, b"too many refused events")
                         return
                     session.outbox.put(events.error(verdict.message, type_=verdict.type, code=verdict.code))
                     continue

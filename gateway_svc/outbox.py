@@ -24,6 +24,7 @@ from typing import Any
 from pydantic_core import to_json
 
 from gateway_svc import events
+from gateway_svc.meters import EVENTS_OUT
 from gateway_svc.speech_out import audio_delta_chunks, synthesize
 from shared.models import AUDIO_BYTES_PER_MS
 
@@ -72,6 +73,9 @@ class Outbox:
         self._speaking: str | None = None
         #: Answers dropped while one of their sentences was in flight: it stops there.
         self._dropped: set[str] = set()
+        #: Set while nothing is queued or in flight (what a drain waits for).
+        self._idle = asyncio.Event()
+        self._idle.set()
         self.sent = 0
 
     def put(self, item: Item, tag: str | None = None) -> None:
@@ -80,6 +84,7 @@ class Outbox:
             raise SlowClient(f"more than {MAX_QUEUED} events waiting for the client")
         self._queue.append((tag, item))
         self._ready.set()
+        self._idle.clear()
 
     def event(self, type_: str, tag: str | None = None, **fields: Any) -> None:
         """Queue one server event (``tag``: as for :meth:`put`)."""
@@ -96,16 +101,22 @@ class Outbox:
         if self._speaking == response_id:
             self._dropped.add(response_id)
 
+    async def flushed(self) -> None:
+        """Until everything queued so far (and since) has been sent and its marks recorded."""
+        await self._idle.wait()
+
     async def run(self) -> None:
         """Send until cancelled; raises what the socket raises."""
         while True:
             while not self._queue:
+                self._idle.set()
                 self._ready.clear()
                 await self._ready.wait()
             response_id, item = self._queue.popleft()
             if isinstance(item, dict):
                 await self._send_text(to_json(item).decode())
                 self.sent += 1
+                EVENTS_OUT.inc()
             elif isinstance(item, Speech):
                 self._speaking = response_id
                 try:
@@ -126,6 +137,7 @@ class Outbox:
                 "response.output_audio.delta", response_id=speech.response_id, item_id=speech.item_id,
                 output_index=0, content_index=0, delta=chunk)).decode())
             self.sent += 1
+            EVENTS_OUT.inc()
             sent_bytes += len(chunk) * 3 // 4
         spoken_ms = min(sent_bytes, len(pcm)) // AUDIO_BYTES_PER_MS
         if spoken_ms:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from gateway_svc import meters
 from shared.bus.doorbell import add_with_rings
 from shared.follow import StreamFollower
 from shared.keys import Keys
@@ -68,6 +69,7 @@ class PipelineWriter:
             await add_with_rings(self.redis, self.keys, writes, wait_replicas=self.wait[0],
                                  wait_timeout_ms=self.wait[1])
         except (RedisError, OSError) as exc:
+            meters.pipeline_error("write")
             raise PipelineUnavailable(f"the pipeline is unavailable ({type(exc).__name__}); retry") from exc
 
     async def start(self, conversation_id: str, instructions: str | None) -> None:
@@ -146,6 +148,7 @@ class PipelineReader:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - Redis away: retry, and sweep once it is back
+                meters.pipeline_error("read")
                 log.warning("reading the pipeline failed (%s); retrying", exc)
                 self._follower.resync()
                 await asyncio.sleep(0.5)

@@ -16,6 +16,7 @@ resume); a response's id is ``resp_<pipeline response id>`` and its item's
 
 from __future__ import annotations
 
+import asyncio
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -113,6 +114,9 @@ class PipelineEvents:
         self._audio_out = audio_out
         self._voice = voice
         self.live: LiveResponse | None = None
+        #: Set while no answer's frame is open (a gateway's drain waits for it).
+        self.no_live_answer = asyncio.Event()
+        self.no_live_answer.set()
         #: Responses whose frame has ended (done, failed or cancelled): later entries
         #: of theirs (a cancelled answer's deltas and done) send nothing.
         self._ended: OrderedDict[str, None] = OrderedDict()
@@ -191,6 +195,7 @@ class PipelineEvents:
             self._close(live, "incomplete", None, {"type": "incomplete", "reason": "interrupted"})
         modalities = self.requested.pop(utterance_id, None)
         audio = modalities == ["audio"] if modalities is not None else self._audio_out()
+        self.no_live_answer.clear()
         live = self.live = LiveResponse(response_id=response_id,
                                         item_id=f"item_r{pipeline_response_id}"[:64],
                                         utterance_id=utterance_id, audio=audio, voice=self._voice())
@@ -250,6 +255,7 @@ class PipelineEvents:
         """Send the end of the answer's frame (once; a cancelled answer's later done is silent)."""
         if self.live is live:
             self.live = None
+            self.no_live_answer.set()
         if live.ended:
             return
         live.ended = True

@@ -100,3 +100,21 @@ def stream_kind(key: str) -> str:
     if ":conversations:" in key:
         return "control"
     return key.rsplit(":", 1)[-1]
+
+# --- the gateway (gateway_svc/meters.py binds them; service="gateway", as the workers' series) ---
+GATEWAY_SESSIONS_OPEN = Gauge("vab_gateway_sessions_open", "Realtime sockets open on this gateway", ["service"],
+                              registry=REGISTRY)
+GATEWAY_SESSIONS_OPENED = Counter("vab_gateway_sessions_opened_total", "Realtime sockets opened, new or resumed",
+                                  ["service", "kind"], registry=REGISTRY)
+GATEWAY_SESSIONS_REFUSED = Counter(
+    "vab_gateway_sessions_refused_total",
+    "Realtime handshakes refused: unauthorized, not_found (resume), session_limit, draining",
+    ["service", "reason"], registry=REGISTRY,
+)
+GATEWAY_EVENTS = Counter("vab_gateway_events_total", "Realtime events: in (client), out (server, audio included)",
+                         ["service", "direction"], registry=REGISTRY)
+GATEWAY_PIPELINE_ERRORS = Counter(
+    "vab_gateway_pipeline_errors_total",
+    "Redis failures of the gateway: write (a client's event), read (the entry reader), mark (a delivery mark)",
+    ["service", "op"], registry=REGISTRY,
+)

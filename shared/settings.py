@@ -316,6 +316,9 @@ class GatewaySettings(BaseSettings):
     client_secret_ttl_s: int = Field(600, ge=10, le=7200)
     #: The model name the gateway reports in sessions (the pipeline's engines do the work).
     model_name: str = "local"
+    #: On SIGTERM: how long an answer being streamed may take to finish before the open
+    #: sockets are closed (1001; their clients resume on another gateway).
+    drain_s: float = Field(5.0, ge=0, le=60)
 
 
 #: Every settings class whose fields are environment variables (the README's table lists them all).

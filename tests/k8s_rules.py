@@ -4,14 +4,13 @@ of the manifests as well as none in the real ones."""
 
 from __future__ import annotations
 
-import inspect
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
+from gateway_svc.__main__ import SHUTDOWN_TIMEOUT_S
+from gateway_svc.drain import CLOSE_TIMEOUT_S
 from shared.acl.users import USER_NAMES
 from tests.k8s_manifests import (
     VAR_REFERENCE,
@@ -33,9 +32,9 @@ from tests.k8s_manifests import (
 
 #: Between the longest a process may take to stop after SIGTERM and the SIGKILL.
 SHUTDOWN_MARGIN_S = 10.0
-#: The longest the gateway waits for its open sockets after SIGTERM: aiohttp's shutdown
-#: timeout, which gateway_svc/__main__.py leaves at the library's default.
-GATEWAY_SHUTDOWN_S = float(inspect.signature(web.BaseRunner.__init__).parameters["shutdown_timeout"].default)
+#: What the gateway's stop takes beyond GATEWAY_DRAIN_S at most: the close handshakes'
+#: timeout, then aiohttp's shutdown timeout for what is left (gateway_svc/__main__.py).
+GATEWAY_STOP_BEYOND_DRAIN_S = CLOSE_TIMEOUT_S + SHUTDOWN_TIMEOUT_S
 #: The KEDA trigger metadata each scaler type reads (KEDA's prometheus and cpu scaler docs):
 #: (required, allowed). A misspelt key would be ignored by KEDA, not refused.
 TRIGGER_METADATA = {
@@ -87,16 +86,18 @@ def shutdown_problems(objs: list[Obj]) -> list[str]:
         grace = spec.get("terminationGracePeriodSeconds")
         for c in spec["containers"]:
             module = module_of(c)
+            setting = "DRAIN_TIMEOUT_S" if module in WORKERS else "GATEWAY_DRAIN_S"
+            drain = env_values(c, objs).get(setting)
+            if drain is None:
+                problems.append(f"{name}: {setting} is not set explicitly")
+                continue
             if module in WORKERS:
-                drain = env_values(c, objs).get("DRAIN_TIMEOUT_S")
-                if drain is None:
-                    problems.append(f"{name}: DRAIN_TIMEOUT_S is not set explicitly")
-                    continue
                 if prestop_s(c):
                     problems.append(f"{name}: a worker needs no preStop (SIGTERM drains)")
                 stop_s, what = float(drain), f"DRAIN_TIMEOUT_S {drain}"
             else:
-                stop_s, what = GATEWAY_SHUTDOWN_S, f"aiohttp's shutdown timeout {GATEWAY_SHUTDOWN_S:g}"
+                stop_s = float(drain) + GATEWAY_STOP_BEYOND_DRAIN_S
+                what = f"GATEWAY_DRAIN_S {drain} + close and shutdown timeouts {GATEWAY_STOP_BEYOND_DRAIN_S:g}"
             needed = prestop_s(c) + stop_s + SHUTDOWN_MARGIN_S
             if grace is None or grace < needed:
                 problems.append(f"{name}: terminationGracePeriodSeconds {grace} < preStop + {what} + margin "
@@ -130,7 +131,8 @@ def disruption_problems(objs: list[Obj]) -> list[str]:
 
 def autoscaling_problems(objs: list[Obj]) -> list[str]:
     """One ScaledObject per Deployment: at least one replica, a slow scale-down, triggers KEDA
-    reads, and for the workers queries of their own series (busy slots and backlog)."""
+    reads, and queries of the tier's own series: busy slots and backlog for the workers, open
+    sessions for the gateway."""
     problems = []
     gauges = exported_gauges()
     for d in of_kind(objs, "Deployment"):
@@ -151,6 +153,7 @@ def autoscaling_problems(objs: list[Obj]) -> list[str]:
             problems.append(f"{name}: scale-down needs a stabilization window of 300 s or more and a policy")
         module = module_of(pod_spec(d)["containers"][0])
         queried: set[str] = set()
+        streams = streams_read_by(module) if module in WORKERS else set()  # the gateway reads no group
         for trigger in spec["triggers"]:
             required, allowed = TRIGGER_METADATA.get(trigger["type"], (set(), set()))
             keys = set(trigger.get("metadata", {}))
@@ -162,18 +165,18 @@ def autoscaling_problems(objs: list[Obj]) -> list[str]:
                 queried.add(metric)
                 wanted = {"namespace": namespace, "service": module.removesuffix("_svc")}
                 if metric not in gauges:
-                    problems.append(f"{name}: the query reads {metric}, which no worker exports as a gauge")
+                    problems.append(f"{name}: the query reads {metric}, which no service exports as a gauge")
                 elif set(labels) - {"namespace"} - set(gauges[metric]):
                     problems.append(f"{name}: {metric} has no label among {sorted(set(labels) - {'namespace'})}")
                 elif any(labels.get(k) != v for k, v in wanted.items()) or (
-                        "stream" in labels and labels["stream"] not in streams_read_by(module)):
+                        "stream" in labels and labels["stream"] not in streams):
                     problems.append(f"{name}: {metric}{labels} is not this tier's series ({wanted}, a stream "
-                                    f"of {sorted(streams_read_by(module))})")
-        if module in WORKERS:
-            for need in ("vab_sessions_owned", "vab_session_capacity", "vab_group_lag_entries",
-                         "vab_group_pending_entries"):
-                if need not in queried:
-                    problems.append(f"{name}: no trigger reads {need} (busy slots and backlog)")
+                                    f"of {sorted(streams)})")
+        needs = (("vab_sessions_owned", "vab_session_capacity", "vab_group_lag_entries", "vab_group_pending_entries")
+                 if module in WORKERS else ("vab_gateway_sessions_open",))
+        for need in needs:
+            if need not in queried:
+                problems.append(f"{name}: no trigger reads {need} (the tier's load)")
     return problems
 
 

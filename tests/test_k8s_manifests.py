@@ -206,6 +206,8 @@ BROKEN_RULES: dict[str, tuple[Callable[[list[Obj]], None], str]] = {
                                         .update(path="/healthz")), "/readyz"),
     "a grace period within the drain": (_edit("Deployment", "transcriber", lambda d: _env(d, "DRAIN_TIMEOUT_S")
                                               .update(value="40")), "terminationGracePeriodSeconds"),
+    "a gateway drain past its grace period": (_edit("Deployment", "gateway", lambda d: _env(d, "GATEWAY_DRAIN_S")
+                                                .update(value="30")), "terminationGracePeriodSeconds"),
     "no explicit drain timeout": (_edit("Deployment", "conversation", lambda d: _container(d)["env"].remove(
         _env(d, "DRAIN_TIMEOUT_S"))), "DRAIN_TIMEOUT_S is not set"),
     "a budget that misses the pods": (_edit("PodDisruptionBudget", "gateway", lambda p: p["spec"]["selector"]
@@ -230,7 +232,13 @@ BROKEN_RULES: dict[str, tuple[Callable[[list[Obj]], None], str]] = {
                                                                  .replace('stream="input"', 'stream="inputs"'))),
                                         "not this tier's series"),
     "a metric nobody exports": (_edit("ScaledObject", "transcriber", lambda s: s["spec"]["triggers"][0]["metadata"]
-                                      .update(query="sum(vab_sessions_busy)")), "no worker exports"),
+                                      .update(query="sum(vab_sessions_busy)")), "no service exports"),
+    "a gateway scaled on CPU alone": (_edit("ScaledObject", "gateway", lambda s: s["spec"]["triggers"].pop(0)),
+                                      "no trigger reads vab_gateway_sessions_open"),
+    "the gateway's series of another tier": (_edit("ScaledObject", "gateway", lambda s: s["spec"]["triggers"][0]
+                                                   ["metadata"].update(query="sum(vab_gateway_sessions_open"
+                                                                       "{service=\"conversation\"})")),
+                                             "not this tier's series"),
     "a variable that is no setting": (_edit("Deployment", "gateway", lambda d: _container(d)["env"].append(
         {"name": "GATEWAY_PORTS", "value": "8080"})), "no setting gateway_svc reads"),
     "a worker setting on the gateway": (_edit("Deployment", "gateway", lambda d: _container(d)["env"].append(
@@ -377,6 +385,8 @@ def test_the_manifests_run_as_written(tmp_path: Path) -> None:
                 scaler = named(objs, "ScaledObject", service)
                 # The lag gauges appear with the first sampling, a few seconds after the start.
                 _until(f"{service}'s series", lambda: not _missing_series(metrics_port, scaler))  # noqa: B023
+            # The gateway serves its own on its one port (the pod annotations name it).
+            assert not _missing_series(port, named(objs, "ScaledObject", "gateway"))
             for node in cluster.live_nodes():
                 assert node.command("ACL", "LOG") == [], node
         finally:
