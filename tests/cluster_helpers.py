@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import time
 from collections.abc import Iterator
 from typing import Any, Literal
 
 import pytest
+from redis.cluster import RedisCluster as SyncCluster
 from redis.crc import key_slot
 
 from shared.redis_cluster import LocalCluster
@@ -58,3 +60,30 @@ def keys_in(slots: tuple[SlotRange, ...], prefix: str, n: int) -> list[str]:
 
     candidates = (f"{prefix}:{i}" for i in itertools.count())
     return list(itertools.islice((k for k in candidates if inside(k)), n))
+
+
+def cluster_client(cluster: LocalCluster) -> Any:
+    """A sync cluster client (close it with ``close_cluster_client``)."""
+    return SyncCluster.from_url(cluster.url)
+
+
+def close_cluster_client(client: Any) -> None:
+    """Close a sync cluster client and its nodes' connections (its close() leaves them open)."""
+    for node in client.get_nodes():
+        if node.redis_connection is not None:
+            node.redis_connection.connection_pool.disconnect()
+    client.close()
+
+
+def wait_for_cluster_workers(cluster: LocalCluster, prefix: str, count: int, timeout_s: float = 60.0) -> None:
+    """Wait until ``count`` workers wrote their heartbeat (on whichever master holds it)."""
+    client = cluster_client(cluster)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if len(list(client.scan_iter(match=f"{prefix}:worker:*"))) >= count:
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"fewer than {count} workers up")
+    finally:
+        close_cluster_client(client)

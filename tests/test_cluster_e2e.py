@@ -21,13 +21,18 @@ from typing import Any
 
 import pytest
 import redis as syncredis
-from redis.cluster import RedisCluster as SyncCluster
 
 from shared.devstack import ServiceProcess, Stack
 from shared.keys import Keys, key_slot
 from shared.models import ResponseDone, decode_fields
 from shared.redis_cluster import LocalCluster
-from tests.cluster_helpers import cluster_fixture, start_cluster
+from tests.cluster_helpers import (
+    close_cluster_client,
+    cluster_client,
+    cluster_fixture,
+    start_cluster,
+    wait_for_cluster_workers,
+)
 from tests.conftest import base_env
 
 PARTITIONS = 12
@@ -47,38 +52,13 @@ def _stack(cluster: LocalCluster, prefix: str, tmp_path: Path, **extra: str) -> 
     return Stack(base_env(cluster.url, prefix, PARTITIONS=str(PARTITIONS), **extra), tmp_path / "logs")
 
 
-def _client(cluster: LocalCluster) -> Any:
-    return SyncCluster.from_url(cluster.url)
-
-
-def _close(client: Any) -> None:
-    """Close a sync cluster client and its nodes' connections (its close() leaves them open)."""
-    for node in client.get_nodes():
-        if node.redis_connection is not None:
-            node.redis_connection.connection_pool.disconnect()
-    client.close()
-
-
-def _wait_for_workers(cluster: LocalCluster, prefix: str, count: int, timeout_s: float = 60.0) -> None:
-    client = _client(cluster)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if len(list(client.scan_iter(match=f"{prefix}:worker:*"))) >= count:
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"fewer than {count} workers up")
-    finally:
-        _close(client)
-
-
 def _sessions_by_pid(cluster: LocalCluster, prefix: str) -> dict[int, int]:
     """Sessions each worker holds, from the heartbeats (pid -> sessions)."""
-    client = _client(cluster)
+    client = cluster_client(cluster)
     try:
         beats = [client.hgetall(key) for key in client.scan_iter(match=f"{prefix}:worker:*")]
     finally:
-        _close(client)
+        close_cluster_client(client)
     return {int(b[b"pid"]): int(b[b"sessions"]) for b in beats}
 
 
@@ -108,7 +88,7 @@ def _assert_exactly_once(summary: dict[str, Any], err: str, utterances: int) -> 
 def _answers_per_utterance(cluster: LocalCluster, prefix: str) -> dict[tuple[str, str], int]:
     """response.done entries per (conversation, utterance) in the responses streams,
     as the surviving masters hold them."""
-    client = _client(cluster)
+    client = cluster_client(cluster)
     counts: dict[tuple[str, str], int] = {}
     try:
         for key in client.scan_iter(match=f"{prefix}:conv:*:responses"):
@@ -118,14 +98,14 @@ def _answers_per_utterance(cluster: LocalCluster, prefix: str) -> dict[tuple[str
                     k = (entry.conversation_id, entry.utterance_id)
                     counts[k] = counts.get(k, 0) + 1
     finally:
-        _close(client)
+        close_cluster_client(client)
     return counts
 
 
 def _start_workers(stack: Stack, cluster: LocalCluster, prefix: str, conversations: int = 1) -> list[ServiceProcess]:
     stack.start("transcriber_svc")
     workers = [stack.start("conversation_svc") for _ in range(conversations)]
-    _wait_for_workers(cluster, prefix, 1 + conversations)
+    wait_for_cluster_workers(cluster, prefix, 1 + conversations)
     return workers
 
 

@@ -20,11 +20,10 @@ from shared import devstack
 from shared.devstack import Stack
 from shared.keys import Keys, key_slot, partition_of
 from shared.redis_cluster import LocalCluster
-from tests.cluster_helpers import start_cluster
+from tests.cluster_helpers import start_cluster, wait_for_cluster_workers
 from tests.conftest import base_env
 from tests.gateway_helpers import KEY_A, KEY_B, client, collect_until, of_type
 from tests.runtime_helpers import until
-from tests.test_cluster_e2e import _wait_for_workers
 
 PARTITIONS = 12
 #: Conversations opened at most while looking for one on every master (12 partitions,
@@ -97,7 +96,7 @@ async def test_the_gateway_on_a_redis_cluster(prefix: str, tmp_path: Path) -> No
         try:
             stack.start("transcriber_svc")
             answerer = stack.start("conversation_svc")
-            await asyncio.to_thread(_wait_for_workers, cluster, prefix, 2)
+            await asyncio.to_thread(wait_for_cluster_workers, cluster, prefix, 2)
             gateway, base = await asyncio.to_thread(devstack.start_gateway, stack,
                                                     {"GATEWAY_API_KEYS": f"{KEY_A},{KEY_B}"})
             masters = {node.port for node in cluster.masters()}
