@@ -1,4 +1,4 @@
-"""python -m bench.cluster [--quick] [--out FILE]
+"""python -m bench.cluster [--quick] [--rate R] [--out FILE]
 
 One Redis against a local 3-master Redis Cluster (one replica each, PARTITIONS=12),
 and that cluster with REDIS_WAIT_REPLICAS=1: for each, 1 transcriber and 2
@@ -214,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--quick", action="store_true",
                         help=f"{QUICK.conversations} conversations x {QUICK.utterances} utterances instead of "
                              f"{FULL.conversations} x {FULL.utterances}")
+    parser.add_argument("--rate", type=float, metavar="R",
+                        help="utterances per second per conversation (default 1): raise it to saturate the machine")
     parser.add_argument("--out", type=Path, metavar="FILE", help="also write the figures as JSON")
     return parser
 
@@ -221,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     load = QUICK if args.quick else FULL
+    if args.rate:
+        load = Load(conversations=load.conversations, utterances=load.utterances, rate=args.rate)
     log_dir = Path(tempfile.mkdtemp(prefix="vab-bench-cluster-"))
 
     def say(line: str) -> None:
