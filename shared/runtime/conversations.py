@@ -79,6 +79,14 @@ class Live:
     failures: dict[str, int] = field(default_factory=dict)
     last_seen_s: float = field(default_factory=time.monotonic)
     closed: bool = False
+    #: When this worker adopted it (monotonic): one just moved here is moved on last.
+    adopted_s: float = field(default_factory=time.monotonic)
+    #: When its drain task was last asked for (monotonic): the queue delay counts from there.
+    kicked_s: float = 0.0
+    #: An entry is being handled (from its first attempt until it is done): mid-turn.
+    handling: bool = False
+    #: Entries handled so far (a change tells that a turn went on meanwhile).
+    handled: int = 0
 
     @property
     def conversation_id(self) -> str:

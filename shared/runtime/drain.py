@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 
 from shared.engines.base import EngineError
@@ -57,10 +58,13 @@ class Drainer:
     def kick(self, live: Live) -> None:
         """Make sure the conversation's queue is being worked through."""
         if live.task is None and not live.closed:
+            live.kicked_s = time.monotonic()
             live.task = asyncio.create_task(self._drain(live), name=f"session:{live.conversation_id}")
 
     async def _drain(self, live: Live) -> None:
         limits = self._w.owned.limits
+        now = time.monotonic()
+        self._w.queue_delay.observe(now - live.kicked_s, now)  # how long it waited for this worker
         try:
             while not live.closed:
                 if live.replay is not None and live.has_room(limits) and not self._w.stopping.is_set():
@@ -69,6 +73,7 @@ class Drainer:
                 if not live.queue:
                     break
                 entry_id, item, raw = live.queue[0]
+                live.handling = True
                 try:
                     finished = await self._process(live, entry_id, item, raw)
                 except asyncio.CancelledError:
@@ -79,6 +84,8 @@ class Drainer:
                     finished = False
                 full = not live.has_room(limits)
                 live.pop()
+                live.handling = False
+                live.handled += 1
                 if full and live.replay is None and live.has_room(limits):
                     self._on_room(live)  # back to the low-water mark: read it again
                 self.handled += 1
@@ -89,6 +96,7 @@ class Drainer:
                     await self._on_finished(live)
                     return
         finally:
+            live.handling = False
             if live.task is asyncio.current_task():
                 live.task = None
                 if (live.queue or live.replay is not None) and not live.closed and not self._w.stopping.is_set():

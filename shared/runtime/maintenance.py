@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 SAMPLE_STREAMS = 250
 #: XINFO GROUPS calls per pipeline of a sampling tick.
 SAMPLE_PIPELINE = 25
+#: The worker registry outlives its last heartbeat by this many heartbeat lifetimes.
+REGISTRY_TTL_LEASES = 10
 
 
 async def periodic(
@@ -99,23 +101,37 @@ class Chores:
     # --- heartbeat ----------------------------------------------------------------
 
     async def heartbeat(self) -> None:
+        """The heartbeat hash (for the monitor, and for peers deciding how to rebalance),
+        and this worker's entry in its service's registry, where peers find it."""
         w = self._w
         key = w.keys.worker(w.service.name, w.worker_id)
+        registry = w.keys.workers(w.service.name)
+        fields = self.heartbeat_fields()
+        ttl_s = max(3, int(w.settings.lease_s * 3))
         pipe = w.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=self.heartbeat_fields())  # type: ignore[arg-type]
-        pipe.expire(key, max(3, int(w.settings.lease_s * 3)))
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, ttl_s)
+        pipe.zadd(registry, {w.worker_id: int(fields["seen_ms"])})
+        pipe.expire(registry, REGISTRY_TTL_LEASES * ttl_s)
         await pipe.execute()
 
     def heartbeat_fields(self) -> dict[str, str]:
         """What the monitor shows about this worker (all strings: a Redis hash)."""
         w = self._w
         table = w.owned.table
+        now_s = time.monotonic()
+        delay_s = w.queue_delay.median_s(now_s)
+        saturated = w.queue_delay.saturated(now_s)
+        w.meters.saturated.set(int(saturated))
         fields = {
             "service": w.service.name,
             "worker_id": w.worker_id,
             "sessions": len(table.claims),
             "capacity": table.capacity,
             "draining": int(table.draining),
+            "saturated": int(saturated),
+            "handed_back": w.handed_back,
+            "queue_delay_ms": "" if delay_s is None else round(delay_s * 1000, 1),
             "handled": self._drainer.handled,
             "seen_ms": now_ms(),
             "host": socket.gethostname(),

@@ -269,7 +269,7 @@ class ReadScheduler:
         COUNT caps the claims of one read: never more conversations than free slots, nor
         a whole burst (``claim_batch``), so a burst spreads over the workers."""
         table = self._w.owned.table
-        if not (wanted and table.accepting):
+        if not (wanted and table.accepting and self._w.taking_new):
             return [], 0
         return self._control_keys, min(self._w.settings.read_count, table.free_slots, self._w.settings.claim_batch)
 

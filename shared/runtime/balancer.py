@@ -1,0 +1,270 @@
+"""Rebalancing's I/O: read the peers' heartbeats, hand back conversations between
+turns, and take handed-back ones. What to do is decided by
+``shared/runtime/rebalance.py`` (pure); saturation by ``saturation.py``.
+
+- Every ``LEASE_S / 2`` a round reads the peers' heartbeats (through the
+  service's registry: one ZRANGE and one HGETALL per peer) and plans. A worker
+  that should shed stops claiming new conversations (``taking_new``), and, at
+  most once per lease, hands back that many conversations that are between
+  turns through ``Leases.shed``.
+- With REBALANCE on, this is the reaper (``reap_once`` instead of the
+  XAUTOCLAIM of ``Leases.reap_once``): XPENDING lists the control entries idle
+  past the lease, ``pick_claims`` says which to take, XCLAIM with the lease as
+  min-idle takes them (a peer that was faster keeps its own).
+
+See docs/architecture.md ("Rebalancing").
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Any, cast
+
+from shared.bus.resp import StreamEntries
+from shared.models import now_ms
+from shared.ownership import Claim
+from shared.runtime.context import WorkerContext
+from shared.runtime.conversations import Live
+from shared.runtime.drain import Drainer
+from shared.runtime.leases import Leases
+from shared.runtime.rebalance import (
+    HOLD_LEASES,
+    SHED_IDLE_MS,
+    Load,
+    PendingClaim,
+    Plan,
+    Policy,
+    ShedMemory,
+    live_peers,
+    pick_claims,
+    plan,
+)
+from shared.tasks import cancel_and_wait
+
+log = logging.getLogger(__name__)
+
+#: Idle control entries listed per XPENDING call of a reaper pass.
+REAP_PAGE = 100
+#: Most of its own handed-back claims a worker counts (per control stream).
+COUNT_HANDED_BACK = 10_000
+#: Registry members older than this many heartbeat lifetimes are dropped from it.
+PRUNE_AFTER_LEASES = 30
+#: A conversation adopted less than this many leases ago is handed back last.
+SETTLE_LEASES = 3
+
+
+class Balancer:
+    def __init__(self, w: WorkerContext, leases: Leases, drainer: Drainer) -> None:
+        self._w = w
+        self._leases = leases
+        self._drainer = drainer
+        self.policy = Policy.from_settings(w.settings)
+        #: What this worker handed back lately (it takes none of it back meanwhile).
+        self.memory = ShedMemory(hold_s=HOLD_LEASES * w.settings.lease_s)
+        #: The peers' heartbeats as last read, and when (monotonic).
+        self.peers: list[Load] = []
+        self._peers_read_s = float("-inf")
+        #: The last hand-back or take of handed-back conversations (monotonic): at most one
+        #: hand-back per lease, so the heartbeats reflect each move before the next.
+        self._last_move_s = float("-inf")
+
+    @property
+    def interval_s(self) -> float:
+        return self._w.settings.lease_s / 2
+
+    def me(self) -> Load:
+        """This worker's load now (its own count is never stale)."""
+        w = self._w
+        table = w.owned.table
+        return Load(w.worker_id, len(table.claims), table.capacity, w.queue_delay.saturated(time.monotonic()),
+                    table.draining, now_ms(), w.handed_back)
+
+    def plan(self) -> Plan:
+        return plan(self.me(), self.peers, now_ms(), self.policy)
+
+    # --- the peers ---------------------------------------------------------------
+
+    async def read_peers(self) -> None:
+        """The heartbeats of the service's workers that wrote one lately (the registry
+        lists them; a hash that expired meanwhile is skipped), this one's included."""
+        w = self._w
+        registry = w.keys.workers(w.service.name)
+        now = now_ms()
+        lifetime_ms = 3 * w.settings.lease_ms  # a heartbeat hash's expiry
+        pipe = w.redis.pipeline(transaction=False)
+        pipe.zremrangebyscore(registry, "-inf", now - PRUNE_AFTER_LEASES * lifetime_ms)
+        pipe.zrangebyscore(registry, now - lifetime_ms, "+inf")
+        _, members = await pipe.execute()
+        pipe = w.redis.pipeline(transaction=False)
+        for member in members:
+            worker_id = member.decode() if isinstance(member, bytes) else str(member)
+            pipe.hgetall(w.keys.worker(w.service.name, worker_id))
+        hashes = await pipe.execute() if members else []
+        peers = []
+        for raw in hashes:
+            fields = {_text(k): _text(v) for k, v in cast(dict[Any, Any], raw).items()}
+            load = Load.from_heartbeat(fields)
+            if load is not None:
+                peers.append(load)
+        self.peers = peers
+        self._peers_read_s = time.monotonic()
+
+    # --- handing back -------------------------------------------------------------
+
+    async def round(self) -> None:
+        """One rebalancing round: read the peers, plan, hand back what the plan says."""
+        w = self._w
+        if w.owned.table.draining or w.stopping.is_set():
+            return
+        await self.read_peers()
+        await self._count_handed_back()
+        planned = self.plan()
+        w.taking_new = planned.shed == 0
+        if not planned.shed or time.monotonic() - self._last_move_s < w.settings.lease_s:
+            return
+        if not w.claims_confirmed():
+            return  # paused or cut off: which claims are still ours is not known
+        lives = await self._between_turns(planned.shed, busiest_first=planned.reason == "saturated")
+        if not lives:
+            return
+        workers = 1 + len(live_peers(self.me(), self.peers, now_ms(), self.policy.lease_ms))
+        claims = await self.shed(lives, f"{planned.reason}; fair share {planned.fair:.1f} of {workers} workers")
+        now = time.monotonic()
+        for claim in claims:
+            self.memory.add(claim.control_key, claim.control_entry_id, now)
+        if claims:
+            self._last_move_s = now
+
+    async def _count_handed_back(self) -> None:
+        """How many of what this worker handed back no peer took yet: its control entries
+        still pending for it with the hand-back's idle time (none when it shed nothing lately)."""
+        w = self._w
+        if not len(self.memory):
+            w.handed_back = 0
+            return
+        pipe = w.redis.pipeline(transaction=False)
+        for control_key in w.keys.controls():
+            pipe.xpending_range(control_key, w.group, min="-", max="+", count=COUNT_HANDED_BACK, idle=SHED_IDLE_MS,
+                                consumername=w.worker_id)
+        w.handed_back = sum(len(rows) for rows in await pipe.execute())
+
+    async def _between_turns(self, count: int, busiest_first: bool) -> list[Live]:
+        """Up to ``count`` owned conversations between turns: none of their entries
+        being handled, and none handled and not acked yet (an audio utterance under
+        way, an answer whose ack is not written). Those queued and not started may
+        go: they stay pending, and the next owner replays them. Ones adopted lately
+        go last; then the least active (or, for a saturated worker, the most active:
+        they are its load)."""
+        w = self._w
+        now = time.monotonic()
+        settle_s = SETTLE_LEASES * w.settings.lease_s
+        candidates = [live for live in w.owned.live.values()
+                      if not live.closed and live.replay is None and not live.handling]
+        candidates.sort(key=lambda live: (now - live.adopted_s < settle_s, bool(live.queue),
+                                          -live.last_seen_s if busiest_first else live.last_seen_s))
+        candidates = candidates[: 2 * count]
+        if not candidates:
+            return []
+        queued = [sum(1 for entry in live.queue if entry[0] is not None) for live in candidates]
+        handled = [live.handled for live in candidates]
+        pipe = w.redis.pipeline(transaction=False)
+        for live, n in zip(candidates, queued, strict=True):
+            pipe.xpending_range(live.ctx.data_key, w.group, min="-", max="+", count=n + 1,
+                                consumername=w.worker_id)
+        replies = await pipe.execute(raise_on_error=False)
+        chosen = []
+        for live, n, before, rows in zip(candidates, queued, handled, replies, strict=True):
+            if isinstance(rows, Exception) or len(rows) > n:
+                continue  # something handled and not acked: mid-turn (or unknown)
+            if live.closed or live.replay is not None or live.handling or live.handled != before:
+                continue  # a turn went on while we looked
+            chosen.append(live)
+            if len(chosen) == count:
+                break
+        return chosen
+
+    async def shed(self, lives: list[Live], why: str) -> list[Claim]:
+        """Hand these conversations back to rebalance, the worker going on (each is
+        between turns: ``_between_turns``). Forgotten first, so nothing more is read
+        or started for them; their sessions closed; what they queued written while
+        the claims are still ours; then their control entries set idle past the
+        lease, marked as handed back (``SHED_IDLE_MS``), for a peer with room to take
+        (``reap_once``). What they had read and not started stays pending: the next
+        owner replays it. If Redis is away, nothing refreshes those claims any more
+        and any reaper takes them after the lease, as a dead worker's. Returns the
+        claims handed back."""
+        w = self._w
+        claims: list[Claim] = []
+        for live in lives:
+            _, claim = w.owned.remove(live.conversation_id)
+            if claim is not None:
+                claims.append(claim)
+        w.meters.owned.set(len(w.owned.table.claims))
+        for live in lives:
+            await cancel_and_wait(live.task)  # one not started yet (never one mid-turn)
+            await self._drainer.close_session(live)
+        await w.writer.flushed()
+        # A plain XCLAIM to ourselves, as the shutdown's hand-back: the round checked the claims
+        # are confirmed, and one a peer had taken meanwhile would only move once more (its
+        # writes are fenced from this moment), never be lost.
+        marked = await self._leases.set_idle(claims, SHED_IDLE_MS)
+        for live in lives:
+            live.ctx.writer.fence.lost = True
+        if not marked:
+            log.error("could not hand back %d conversations (redis away): peers take them after the lease",
+                      len(claims))
+            return []
+        w.meters.rebalanced.inc(len(claims))
+        log.info("handed back %d conversations to rebalance (%s): %s", len(claims), why,
+                 " ".join(c.conversation_id for c in claims))
+        return claims
+
+    # --- taking -----------------------------------------------------------------------
+
+    async def reap_once(self) -> None:
+        """Take the claims idle past the lease that are this worker's to take: a dead or
+        leaving worker's, and handed-back ones within the plan's ``take``."""
+        w = self._w
+        table = w.owned.table
+        if time.monotonic() - self._peers_read_s > self.interval_s:
+            await self.read_peers()  # a worker just started knows its peers before it takes any
+        take = self.plan().take
+        for control_key in w.keys.controls():
+            start = "-"
+            while table.accepting:
+                rows = [PendingClaim(_text(r["message_id"]), _text(r["consumer"]), int(r["time_since_delivered"]))
+                        for r in await self._leases.pending(control_key, start, REAP_PAGE, w.settings.lease_ms)]
+                shed_here = self.memory.entries(control_key, time.monotonic())
+                picks = pick_claims(rows, w.worker_id, table.free_slots, take, shed_here, w.settings.lease_ms)
+                take -= picks.shed
+                if picks.entry_ids:
+                    await self._claim(control_key, picks.entry_ids, {r.entry_id: r for r in rows})
+                if len(rows) < REAP_PAGE:
+                    break
+                start = "(" + rows[-1].entry_id
+
+    async def _claim(self, control_key: str, entry_ids: list[str], rows: dict[str, PendingClaim]) -> None:
+        w = self._w
+        # Min-idle the lease: an entry a peer claimed (or its owner refreshed) since the listing stays theirs.
+        ids: list[Any] = list(entry_ids)
+        claimed = cast(StreamEntries, await w.redis.xclaim(control_key, w.group, w.worker_id, w.settings.lease_ms, ids))
+        moved: Counter[str] = Counter()
+        for entry_id_b, fields in claimed:
+            if fields is None:
+                continue
+            entry_id = entry_id_b.decode()
+            row = rows.get(entry_id)
+            if row is not None and row.shed:
+                moved[row.consumer] += 1
+            await self._leases.on_control(control_key, entry_id, fields, took_over=True)
+        if moved:
+            self._last_move_s = time.monotonic()
+            for shedder, n in moved.items():
+                log.info("took %d conversations handed back by %s to rebalance", n, shedder)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
