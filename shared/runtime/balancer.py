@@ -6,11 +6,16 @@ turns, and take handed-back ones. What to do is decided by
   service's registry: one ZRANGE and one HGETALL per peer) and plans. A worker
   that should shed stops claiming new conversations (``taking_new``), and, at
   most once per lease, hands back that many conversations that are between
-  turns through ``Leases.shed``.
+  turns (``shed``).
 - With REBALANCE on, this is the reaper (``reap_once`` instead of the
   XAUTOCLAIM of ``Leases.reap_once``): XPENDING lists the control entries idle
   past the lease, ``pick_claims`` says which to take, XCLAIM with the lease as
   min-idle takes them (a peer that was faster keeps its own).
+
+The views stay close to the truth around a move: a shedder publishes its
+heartbeat after forgetting what it hands back and before handing it back, a
+taker right after taking; and a reaper that sees handed-back claims re-reads
+the heartbeats and counts each shedder's offer from the claims themselves.
 
 See docs/architecture.md ("Rebalancing").
 """
@@ -20,9 +25,12 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import replace
 from typing import Any, cast
 
 from shared.bus.resp import StreamEntries
+from shared.bus.retry import is_transient
 from shared.models import now_ms
 from shared.ownership import Claim
 from shared.runtime.context import WorkerContext
@@ -45,8 +53,9 @@ from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-#: Idle control entries listed per XPENDING call of a reaper pass.
+#: Idle control entries listed per XPENDING call of a reaper pass, and at most per pass.
 REAP_PAGE = 100
+REAP_ROWS = 2000
 #: Most of its own handed-back claims a worker counts (per control stream).
 COUNT_HANDED_BACK = 10_000
 #: Registry members older than this many heartbeat lifetimes are dropped from it.
@@ -56,10 +65,14 @@ SETTLE_LEASES = 3
 
 
 class Balancer:
-    def __init__(self, w: WorkerContext, leases: Leases, drainer: Drainer) -> None:
+    def __init__(
+        self, w: WorkerContext, leases: Leases, drainer: Drainer, heartbeat: Callable[[], Awaitable[None]]
+    ) -> None:
         self._w = w
         self._leases = leases
         self._drainer = drainer
+        #: Publishes this worker's heartbeat now (around a move, so peers see it at once).
+        self._heartbeat = heartbeat
         self.policy = Policy.from_settings(w.settings)
         #: What this worker handed back lately (it takes none of it back meanwhile).
         self.memory = ShedMemory(hold_s=HOLD_LEASES * w.settings.lease_s)
@@ -81,8 +94,13 @@ class Balancer:
         return Load(w.worker_id, len(table.claims), table.capacity, w.queue_delay.saturated(time.monotonic()),
                     table.draining, now_ms(), w.handed_back)
 
-    def plan(self) -> Plan:
-        return plan(self.me(), self.peers, now_ms(), self.policy)
+    def plan(self, offered: Mapping[str, int] | None = None) -> Plan:
+        """This worker's plan now. ``offered``: what each worker has handed back and nobody
+        took yet, as the claims say (else as the heartbeats say)."""
+        peers = self.peers
+        if offered is not None:
+            peers = [replace(p, handed_back=offered.get(p.worker_id, 0)) for p in peers]
+        return plan(self.me(), peers, now_ms(), self.policy)
 
     # --- the peers ---------------------------------------------------------------
 
@@ -129,13 +147,20 @@ class Balancer:
         lives = await self._between_turns(planned.shed, busiest_first=planned.reason == "saturated")
         if not lives:
             return
-        workers = 1 + len(live_peers(self.me(), self.peers, now_ms(), self.policy.lease_ms))
-        claims = await self.shed(lives, f"{planned.reason}; fair share {planned.fair:.1f} of {workers} workers")
+        claims = await self.shed(lives, self._why(planned))
         now = time.monotonic()
         for claim in claims:
             self.memory.add(claim.control_key, claim.control_entry_id, now)
         if claims:
             self._last_move_s = now
+
+    def _why(self, planned: Plan) -> str:
+        if planned.reason == "saturated":
+            delay_s = self._w.queue_delay.median_s(time.monotonic())
+            delay = "?" if delay_s is None else f"{delay_s * 1000:.0f}"
+            return f"saturated: queue delay {delay} ms; keeps {planned.fair:.0f}"
+        workers = 1 + len(live_peers(self.me(), self.peers, now_ms(), self.policy.lease_ms))
+        return f"{planned.reason}; fair share {planned.fair:.1f} of {workers} workers"
 
     async def _count_handed_back(self) -> None:
         """How many of what this worker handed back no peer took yet: its control entries
@@ -197,6 +222,7 @@ class Balancer:
         claims handed back."""
         w = self._w
         claims: list[Claim] = []
+        forgotten_s = time.monotonic()
         for live in lives:
             _, claim = w.owned.remove(live.conversation_id)
             if claim is not None:
@@ -206,6 +232,14 @@ class Balancer:
             await cancel_and_wait(live.task)  # one not started yet (never one mid-turn)
             await self._drainer.close_session(live)
         await w.writer.flushed()
+        if time.monotonic() - forgotten_s > w.settings.lease_s / 3:
+            # The flush waited out a Redis outage: these claims, refreshed no more, may be past
+            # the lease already and taken by a peer; a hand-back now would take them from it.
+            log.warning("not handing back %d conversations (the writer waited): peers take them after the lease",
+                        len(claims))
+            return []
+        w.handed_back += len(claims)
+        await self._publish()  # before the hand-back: whoever sees it sees this worker without them
         # A plain XCLAIM to ourselves, as the shutdown's hand-back: the round checked the claims
         # are confirmed, and one a peer had taken meanwhile would only move once more (its
         # writes are fenced from this moment), never be lost.
@@ -228,24 +262,49 @@ class Balancer:
         leaving worker's, and handed-back ones within the plan's ``take``."""
         w = self._w
         table = w.owned.table
-        if time.monotonic() - self._peers_read_s > self.interval_s:
-            await self.read_peers()  # a worker just started knows its peers before it takes any
-        take = self.plan().take
-        for control_key in w.keys.controls():
-            start = "-"
-            while table.accepting:
-                rows = [PendingClaim(_text(r["message_id"]), _text(r["consumer"]), int(r["time_since_delivered"]))
-                        for r in await self._leases.pending(control_key, start, REAP_PAGE, w.settings.lease_ms)]
-                shed_here = self.memory.entries(control_key, time.monotonic())
-                picks = pick_claims(rows, w.worker_id, table.free_slots, take, shed_here, w.settings.lease_ms)
-                take -= picks.shed
-                if picks.entry_ids:
-                    await self._claim(control_key, picks.entry_ids, {r.entry_id: r for r in rows})
-                if len(rows) < REAP_PAGE:
-                    break
-                start = "(" + rows[-1].entry_id
+        idle = {key: await self._idle_claims(key) for key in w.keys.controls()}
+        rows = [row for key_rows in idle.values() for row in key_rows]
+        offered = Counter(row.consumer for row in rows if row.shed)
+        if set(offered) - {w.worker_id} or time.monotonic() - self._peers_read_s > self.interval_s:
+            await self.read_peers()  # fresh views before taking handed-back ones (or any, just started)
+        take = self.plan(offered).take
+        took = 0
+        for control_key, key_rows in idle.items():
+            if not table.accepting:
+                break
+            shed_here = self.memory.entries(control_key, time.monotonic())
+            picks = pick_claims(key_rows, w.worker_id, table.free_slots, take, shed_here, w.settings.lease_ms)
+            take -= picks.shed
+            if picks.entry_ids:
+                took += await self._claim(control_key, picks.entry_ids, {r.entry_id: r for r in key_rows})
+        if took:
+            self._last_move_s = time.monotonic()
+            await self._publish()  # peers planning their takes see these taken
 
-    async def _claim(self, control_key: str, entry_ids: list[str], rows: dict[str, PendingClaim]) -> None:
+    async def _publish(self) -> None:
+        """The heartbeat, now; Redis away: the periodic one will do (it only steers)."""
+        try:
+            await self._heartbeat()
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+
+    async def _idle_claims(self, control_key: str) -> list[PendingClaim]:
+        """The control entries idle past the lease (at most REAP_ROWS: the rest next pass)."""
+        w = self._w
+        out: list[PendingClaim] = []
+        start = "-"
+        while len(out) < REAP_ROWS:
+            page = await self._leases.pending(control_key, start, REAP_PAGE, w.settings.lease_ms)
+            out += [PendingClaim(_text(r["message_id"]), _text(r["consumer"]), int(r["time_since_delivered"]))
+                    for r in page]
+            if len(page) < REAP_PAGE:
+                break
+            start = "(" + out[-1].entry_id
+        return out
+
+    async def _claim(self, control_key: str, entry_ids: list[str], rows: dict[str, PendingClaim]) -> int:
+        """XCLAIM these and adopt them; how many handed-back ones came."""
         w = self._w
         # Min-idle the lease: an entry a peer claimed (or its owner refreshed) since the listing stays theirs.
         ids: list[Any] = list(entry_ids)
@@ -259,10 +318,9 @@ class Balancer:
             if row is not None and row.shed:
                 moved[row.consumer] += 1
             await self._leases.on_control(control_key, entry_id, fields, took_over=True)
-        if moved:
-            self._last_move_s = time.monotonic()
-            for shedder, n in moved.items():
-                log.info("took %d conversations handed back by %s to rebalance", n, shedder)
+        for shedder, n in moved.items():
+            log.info("took %d conversations handed back by %s to rebalance", n, shedder)
+        return sum(moved.values())
 
 
 def _text(value: Any) -> str:

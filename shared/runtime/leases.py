@@ -13,7 +13,8 @@
   its queue has room (the drain asks for each page), before it reads new ones.
 - Finish: the conversation ended; ack the control entry, let its keys expire.
 - Hand back (SIGTERM): set the idle time of every owned control entry past the
-  lease, so a peer's reaper takes each on its next pass.
+  lease, so a peer's reaper takes each on its next pass (``set_idle``; the
+  rebalancer hands back single conversations the same way: balancer.py).
 - Resume all (Redis restarted): Redis may have lost its last second, so what the
   worker remembers may be ahead of what Redis kept; every owned conversation is
   resumed from Redis as after a takeover (``resume_all``).

@@ -32,8 +32,8 @@ log = logging.getLogger(__name__)
 SAMPLE_STREAMS = 250
 #: XINFO GROUPS calls per pipeline of a sampling tick.
 SAMPLE_PIPELINE = 25
-#: The worker registry outlives its last heartbeat by this many heartbeat lifetimes.
-REGISTRY_TTL_LEASES = 10
+#: The worker registry outlives the last heartbeat written to it this many heartbeat lifetimes.
+REGISTRY_TTL_HEARTBEATS = 10
 
 
 async def periodic(
@@ -112,7 +112,7 @@ class Chores:
         pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
         pipe.expire(key, ttl_s)
         pipe.zadd(registry, {w.worker_id: int(fields["seen_ms"])})
-        pipe.expire(registry, REGISTRY_TTL_LEASES * ttl_s)
+        pipe.expire(registry, REGISTRY_TTL_HEARTBEATS * ttl_s)
         await pipe.execute()
 
     def heartbeat_fields(self) -> dict[str, str]:

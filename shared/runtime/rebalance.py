@@ -1,33 +1,36 @@
-"""Rebalancing policy: how many live conversations a worker hands back, and how
-many handed-back ones it may take (pure: no I/O, unit-tested alone).
+"""Rebalancing policy: how many live conversations a worker hands back, and
+which handed-back ones it takes (pure: no I/O, unit-tested alone).
 
 There is no coordinator. Each worker reads its peers' heartbeats (sessions,
-capacity, saturated, draining) and decides for itself, the way Akka Cluster
-Sharding's least-shard-allocation strategy decides for its coordinator:
+capacity, saturated, draining, handed back and not taken yet) and decides for
+itself, the way Akka Cluster Sharding's least-shard-allocation strategy
+decides for its coordinator:
 
 - **Fair share.** The conversations of the live workers are shared out in
-  proportion to their capacity (``MAX_SESSIONS``), over the workers that can
+  proportion to their capacity (``MAX_SESSIONS``) over the workers that can
   take more: a saturated worker keeps what it holds less what it sheds, the
   others share the rest. A worker's *target* is its share rounded up.
-- **Shed** (hand back): a worker over its share by more than the threshold
-  (``REBALANCE_THRESHOLD``, 20 %) hands back down to its target; a saturated
-  one hands back a quarter of what it holds. Never more than its peers have
-  room for (a conversation nobody would take stays where it is), nor more than
-  ``REBALANCE_MAX_MOVES`` per round.
-- **Take**: a worker under its target may take that many handed-back
-  conversations; one over it, saturated or draining takes none.
+- **One allocation** (``_Allocation``): every worker simulates the same moves
+  over the same heartbeats (saturated workers give a quarter; one over its
+  share by more than ``REBALANCE_THRESHOLD`` gives down to its target; a
+  worker under its share by as much is given some by the one most over), so
+  they agree on who gives how many to whom without talking. A worker then
+  hands back what it gives (at most ``REBALANCE_MAX_MOVES`` a round), or takes
+  what it receives. Nothing is given that no worker has room for.
 
 Handed-back conversations are told apart from a dead worker's by their idle
 time: a hand-back to rebalance sets it to ``SHED_IDLE_MS`` (about 31 years),
 which no claim reaches by ageing; so ``idle - SHED_IDLE_MS`` is how long ago it
-was shed. A dead or leaving worker's claims are taken at once by any reaper with
-a free slot, whatever the shares say (``pick_claims``): a heartbeat outlives its
-worker by up to ``3 x LEASE_S``, so a count read from it may be stale, and
-takeover after a crash must not wait on it. Against ping-pong: the shedder never
-takes back what it shed (for ``HOLD_LEASES`` leases, ``ShedMemory``) unless nobody
-else did for ``ORPHAN_LEASES`` leases; a worker sheds at most once per lease
-(the heartbeats settle in between); and the threshold leaves a band where
-nothing moves.
+was handed back. A dead or leaving worker's claims are taken at once by any
+reaper with a free slot, whatever the shares say (``pick_claims``): a
+heartbeat outlives its worker by up to ``3 x LEASE_S``, so a count read from it
+may be stale, and takeover after a crash must not wait on it. Against
+ping-pong: a worker takes a handed-back conversation within its allocation
+only, never one it handed back itself (for ``ORPHAN_LEASES``) or lately (for
+``HOLD_LEASES``, ``ShedMemory``); one that nobody took within
+``OPEN_LEASES`` is anyone's but its shedder's. The threshold leaves a band
+where nothing moves, and a worker hands back at most once per lease (the
+heartbeats settle in between).
 
 Heartbeats only steer; they never decide ownership: every move goes through
 the claims in Redis (the hand-back's XCLAIM, the taker's XCLAIM with a
@@ -47,12 +50,16 @@ from shared.settings import CommonSettings
 #: Idle time a hand-back to rebalance gives a claim (ms, about 31.7 years): far past any
 #: lease, and below the server's clock in ms (XCLAIM turns a larger one into 0).
 SHED_IDLE_MS = 10**12
-#: A handed-back conversation nobody with room took for this many leases is taken by any
-#: worker with a free slot except its shedder; after ORPHAN_LEASES by its shedder too.
+#: A handed-back conversation nobody took within its allocation for this many leases is
+#: taken by any worker with a free slot except its shedder; after ORPHAN_LEASES by its
+#: shedder too.
 OPEN_LEASES = 1
 ORPHAN_LEASES = 3
-#: How long a worker refuses to take back a conversation it shed, in leases.
+#: How long a worker takes none of what it handed back within its allocation, in leases.
 HOLD_LEASES = 10
+#: A heartbeat older than this part of a lease is a dead or stopped worker's: two were
+#: missed (one is written every third of a lease), and its claims may be taken soon.
+FRESH_LEASES = 2 / 3
 #: A saturated worker sheds this fraction of its conversations per round (at least one).
 SATURATED_SHED_FRACTION = 0.25
 
@@ -123,10 +130,10 @@ def saturated_step(sessions: int) -> int:
 
 
 def live_peers(me: Load, peers: Iterable[Load], now_ms: int, lease_ms: int) -> list[Load]:
-    """The peers that may hold or take conversations: heartbeat written within a lease
-    (one is written every third of a lease), not draining, not this worker."""
+    """The peers that may hold or take conversations: heartbeat written lately
+    (``FRESH_LEASES``), not draining, not this worker."""
     return [p for p in peers
-            if p.worker_id != me.worker_id and not p.draining and now_ms - p.seen_ms <= lease_ms]
+            if p.worker_id != me.worker_id and not p.draining and now_ms - p.seen_ms <= FRESH_LEASES * lease_ms]
 
 
 def plan(me: Load, peers: Iterable[Load], now_ms: int, policy: Policy) -> Plan:
@@ -255,8 +262,8 @@ def pick_claims(
 ) -> Picks:
     """Which idle claims a reaper with ``free_slots`` takes: every dead or leaving
     worker's (at once, whatever the shares), and handed-back ones within ``take``
-    unless this worker shed them (``shed_here``, or its own consumer name). One
-    left untaken for OPEN_LEASES is open to any worker but its shedder, for
+    but none this worker handed back lately (``shed_here``). One left untaken for
+    OPEN_LEASES is open to any worker but its shedder (its consumer name), for
     ORPHAN_LEASES to its shedder too."""
     ids: list[str] = []
     shed = 0
@@ -267,13 +274,10 @@ def pick_claims(
             ids.append(row.entry_id)
             continue
         age = row.shed_age_ms
-        if age >= ORPHAN_LEASES * lease_ms:
-            pass
-        elif row.consumer == me or row.entry_id in shed_here:
+        if row.consumer == me and age < ORPHAN_LEASES * lease_ms:
             continue
-        elif age < OPEN_LEASES * lease_ms:
-            if shed >= take:
-                continue
+        if age < OPEN_LEASES * lease_ms and (row.entry_id in shed_here or shed >= take):
+            continue
         ids.append(row.entry_id)
         shed += 1
     return Picks(ids, shed)

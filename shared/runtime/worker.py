@@ -2,9 +2,9 @@
 
 Start-up: load the scripts, create the control streams' group, publish a
 heartbeat, then run the reader with the writer and the periodic chores beside
-it. Shutdown (SIGTERM, :meth:`stop`): stop reading, let queued work finish up
-to ``drain_timeout_s``, flush the writer, hand every owned conversation back,
-close connections last.
+it (with REBALANCE, the rebalancer's rounds too). Shutdown (SIGTERM,
+:meth:`stop`): stop reading, let queued work finish up to ``drain_timeout_s``,
+flush the writer, hand every owned conversation back, close connections last.
 """
 
 from __future__ import annotations
@@ -58,7 +58,8 @@ class OwnershipRuntime:
                                     on_unreadable=self.leases.reject, on_restart=self.leases.resume_all)
         self.chores = Chores(self.w, self.drainer, metrics_port)
         #: Live rebalancing (REBALANCE); None: a worker takes only new and orphaned conversations.
-        self.balancer = Balancer(self.w, self.leases, self.drainer) if settings.rebalance else None
+        self.balancer = (Balancer(self.w, self.leases, self.drainer, self.chores.heartbeat) if settings.rebalance
+                         else None)
         self.started = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         #: Conversations being forgotten after a fenced write (kept: a task needs a reference).
