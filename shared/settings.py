@@ -161,9 +161,9 @@ class CommonSettings(ConnectionSettings):
     rebalance_threshold: float = Field(0.2, ge=0.0, le=10.0)
     #: Most conversations one worker hands back per round (a round every LEASE_S / 2).
     rebalance_max_moves: int = Field(20, ge=1)
-    #: Queue delay (median, over the last LEASE_S) at which a worker counts as saturated and
-    #: hands conversations back even at its fair share; 0: never saturated.
-    rebalance_saturated_ms: int = Field(500, ge=0)
+    #: Queue delay (how late a 100 ms timer fires: the median over the last LEASE_S) at which a
+    #: worker counts as saturated and hands conversations back even at its fair share; 0: never.
+    rebalance_saturated_ms: int = Field(250, ge=0)
 
     #: The /metrics /healthz /readyz port: 0 picks a free one (logged, and published
     #: in the worker's heartbeat), so several workers share a host with no set-up.

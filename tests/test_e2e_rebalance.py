@@ -27,10 +27,11 @@ pytestmark = pytest.mark.slow
 TOLERANCE = 0.2
 
 
-def _simulate(env: dict[str, str], conversations: int, utterances: int, rate: float) -> subprocess.Popen[str]:
+def _simulate(env: dict[str, str], conversations: int, utterances: int, rate: float,
+              *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "simulator_svc", "--json", "--conversations", str(conversations), "--utterances",
-         str(utterances), "--rate", str(rate), "--timeout", "120"],
+         str(utterances), "--rate", str(rate), "--timeout", "120", *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
 
@@ -103,14 +104,16 @@ def test_workers_that_join_under_load_get_their_share_of_the_live_conversations(
 
 def test_a_saturated_worker_hands_conversations_to_a_peer(stack: Stack, redis_url: str, prefix: str) -> None:
     conversations, utterances = 16, 20
-    # A longer lease: the saturated worker's event loop is held up to seconds at a time, and must not
-    # miss it (that would move its conversations as a dead worker's, not as a hand-back).
-    env = {"LEASE_S": "5", "REBALANCE_SATURATED_MS": "200"}
+    # Each answer holds the hot worker's event loop 100 ms: more than it can serve at its share. The
+    # simulator keeps at most 12 utterances unanswered (users wait for answers), so the hot worker's
+    # backlog, and how long its loop is held at a time, stay bounded: saturated, not dead. And a longer
+    # lease: it must not miss it (its conversations would move as a dead worker's, not as a hand-back).
+    env = {"LEASE_S": "5", "REBALANCE_SATURATED_MS": "100"}
     stack.start("transcriber_svc", env)
     hot = stack.start("conversation_svc", {**env, "ECHO_BLOCK_MS": "100"})
     cool = stack.start("conversation_svc", env)
     wait_for_workers(redis_url, prefix, 3)
-    sim = _simulate({**stack.env, **env}, conversations, utterances, rate=1.6)
+    sim = _simulate({**stack.env, **env}, conversations, utterances, 2.0, "--max-in-flight", "12")
     _finish(sim)
     _assert_history_survived(redis_url, prefix, conversations=conversations, turns=utterances + 1)
     shed = _said(hot, "to rebalance (saturated")

@@ -18,9 +18,9 @@ from shared.runtime.rebalance import (
     Plan,
     Policy,
     ShedMemory,
+    overloaded_step,
     pick_claims,
     plan,
-    saturated_step,
 )
 from shared.runtime.saturation import MIN_SAMPLES, QueueDelay
 
@@ -30,8 +30,8 @@ POLICY = Policy(LEASE_MS, threshold=0.2, max_moves=20)
 
 
 def w(worker_id: str, sessions: int, capacity: int = 500, saturated: bool = False, draining: bool = False,
-      age_ms: int = 0) -> Load:
-    return Load(worker_id, sessions, capacity, saturated, draining, NOW - age_ms)
+      age_ms: int = 0, overloaded: bool = False) -> Load:
+    return Load(worker_id, sessions, capacity, saturated or overloaded, draining, NOW - age_ms, overloaded=overloaded)
 
 
 def plan_of(me: Load, *peers: Load, policy: Policy = POLICY) -> Plan:
@@ -75,9 +75,9 @@ def test_small_counts_do_not_churn() -> None:
 
 
 def test_never_more_than_the_peers_have_room_for() -> None:
-    # A saturated worker sheds 3 of 10; a peer at its capacity takes none, one with 2 free slots 2.
-    assert plan_of(w("hot", 10, saturated=True), w("full", 10, capacity=10)).shed == 0
-    assert plan_of(w("hot", 10, saturated=True), w("roomy", 8, capacity=10)).shed == 2
+    # An overloaded worker sheds 3 of 10; a peer at its capacity takes none, one with 2 free slots 2.
+    assert plan_of(w("hot", 10, overloaded=True), w("full", 10, capacity=10)).shed == 0
+    assert plan_of(w("hot", 10, overloaded=True), w("roomy", 8, capacity=10)).shed == 2
 
 
 def test_shares_follow_capacity() -> None:
@@ -101,26 +101,47 @@ def test_a_draining_worker_plans_nothing() -> None:
 # --- saturation ------------------------------------------------------------------------------------------------
 
 
-def test_a_saturated_worker_sheds_a_quarter_even_at_its_share_and_takes_nothing() -> None:
-    hot, cool = w("hot", 10, saturated=True), w("cool", 10)
+def test_an_overloaded_worker_sheds_a_quarter_even_at_its_share_and_takes_nothing() -> None:
+    hot, cool = w("hot", 10, overloaded=True), w("cool", 10)
     p = plan_of(hot, cool)
-    assert (p.shed, p.take, p.reason) == (saturated_step(10), 0, "saturated") == (3, 0, "saturated")
+    assert (p.shed, p.take, p.reason) == (overloaded_step(10), 0, "saturated") == (3, 0, "saturated")
     # Its peer makes room for what it sheds: 20 less the 7 it keeps.
     assert plan_of(cool, hot).take == 3
-    assert plan_of(w("hot", 1, saturated=True), cool).shed == 1
+    assert plan_of(w("hot", 1, overloaded=True), cool).shed == 1
+
+
+def test_a_worker_takes_back_what_it_handed_back_when_nobody_is_to_take_it_any_more() -> None:
+    # It handed back 3 to "b", which then became saturated: nobody is to take them.
+    me = dataclasses.replace(w("me", 7), handed_back=3)
+    p = plan_of(me, w("b", 10, saturated=True))
+    assert (p.shed, p.take_back) == (0, 3)
+    rows = [shed("1", consumer="me"), shed("2", consumer="me"), shed("3", consumer="me"), shed("4", consumer="b")]
+    picks = pick_claims(rows, "me", 10, 0, set(), LEASE_MS, take_back=p.take_back)
+    assert picks.entry_ids == ["1", "2", "3"] and picks.taken_back == 3 and picks.shed == 0
+    # While a taker still has room for them, they stay on offer; a saturated shedder leaves them too.
+    assert plan_of(me, w("b", 3)).take_back == 0
+    assert plan_of(dataclasses.replace(me, saturated=True), w("b", 10, saturated=True)).take_back == 0
+
+
+def test_a_worker_saturated_lately_keeps_what_it_has_and_is_given_nothing() -> None:
+    held, cool = w("held", 4, saturated=True), w("cool", 16)
+    assert plan_of(held, cool) == Plan(fair=4.0)  # no hand-back, no take
+    # cool is at its share: all that held does not keep
+    assert plan_of(cool, held) == Plan(fair=16.0)
+    assert pick_claims([shed("1", age_ms=LEASE_MS)], "held", 10, 0, set(), LEASE_MS, saturated=True).entry_ids == []
 
 
 def test_a_saturated_worker_keeps_its_conversations_when_nobody_can_take_them() -> None:
-    assert plan_of(w("hot", 10, saturated=True), w("also", 10, saturated=True)).shed == 0
-    assert plan_of(w("hot", 10, saturated=True)).shed == 0
+    assert plan_of(w("hot", 10, overloaded=True), w("also", 10, saturated=True)).shed == 0
+    assert plan_of(w("hot", 10, overloaded=True)).shed == 0
 
 
 def test_a_saturated_peer_takes_no_share_of_the_rest() -> None:
     # me and b share what hot does not keep (12 less the 3 it sheds): (12 + 10 + 12 - 9) / 2 = 12.5.
-    p = plan_of(w("me", 12), w("b", 10), w("hot", 12, saturated=True))
+    p = plan_of(w("me", 12), w("b", 10), w("hot", 12, overloaded=True))
     assert p.fair == pytest.approx(12.5) and p.shed == 0 and p.take == 0
-    assert plan_of(w("b", 10), w("me", 12), w("hot", 12, saturated=True)).take == 3  # the most room first
-    assert plan_of(w("hot", 12, saturated=True), w("me", 12), w("b", 10)).shed == 3
+    assert plan_of(w("b", 10), w("me", 12), w("hot", 12, overloaded=True)).take == 3  # the most room first
+    assert plan_of(w("hot", 12, overloaded=True), w("me", 12), w("b", 10)).shed == 3
 
 
 # --- which idle claims a reaper takes ----------------------------------------------------------------------------
@@ -196,11 +217,11 @@ def test_the_memory_of_what_was_shed_is_per_stream_bounded_and_forgets() -> None
 
 def test_a_heartbeat_is_read_into_a_load_and_a_broken_one_is_skipped() -> None:
     fields = {"worker_id": "w1", "sessions": "4", "capacity": "500", "saturated": "1", "draining": "0",
-              "seen_ms": "123", "host": "h"}
-    assert Load.from_heartbeat(fields) == Load("w1", 4, 500, True, False, 123)
+              "seen_ms": "123", "host": "h", "handed_back": "2", "overloaded": "1"}
+    assert Load.from_heartbeat(fields) == Load("w1", 4, 500, True, False, 123, handed_back=2, overloaded=True)
     assert Load.from_heartbeat({**fields, "sessions": "many"}) is None
     assert Load.from_heartbeat({k: v for k, v in fields.items() if k != "seen_ms"}) is None
-    old = {k: v for k, v in fields.items() if k != "saturated"}  # a worker from before rebalancing
+    old = {k: v for k, v in fields.items() if k not in ("saturated", "handed_back", "overloaded")}  # from before
     assert Load.from_heartbeat(old) == Load("w1", 4, 500, False, False, 123)
 
 
@@ -254,29 +275,38 @@ def test_rounds_converge_within_the_threshold(seed: int) -> None:
 # --- saturation ------------------------------------------------------------------------------------------------------
 
 
-def test_a_worker_is_saturated_by_its_median_queue_delay_and_stays_so_for_the_hold() -> None:
-    meter = QueueDelay(threshold_s=0.5, window_s=10.0, hold_s=20.0)
+def test_a_worker_is_overloaded_by_its_median_queue_delay_and_saturated_for_the_hold() -> None:
+    meter = QueueDelay(threshold_s=0.4, window_s=10.0, hold_s=20.0)
     for i in range(MIN_SAMPLES - 1):
-        meter.observe(2.0, now_s=i * 0.1)
-    assert not meter.saturated(1.0)  # too few samples say nothing
-    meter.observe(2.0, now_s=1.0)
-    assert meter.saturated(1.0) and meter.median_s(1.0) == 2.0
+        meter.observe(0.5, now_s=i * 0.1)
+    assert not meter.overloaded(1.0) and not meter.saturated(1.0)  # too few samples say nothing
+    meter.observe(0.5, now_s=1.0)
+    assert meter.overloaded(1.0) and meter.saturated(1.0) and meter.median_s(1.0) == 0.5
     for i in range(3 * MIN_SAMPLES):
         meter.observe(0.001, now_s=2.0 + i * 0.01)
     assert meter.median_s(3.0) == pytest.approx(0.001)
-    assert meter.saturated(3.0)  # under the mark, but within the hold since it was last over
-    assert not meter.saturated(21.5)  # the old samples left the window; the hold is over
+    assert not meter.overloaded(3.0)  # it sheds no more...
+    assert meter.saturated(3.0)  # ...and takes none within the hold since it was last over
+    assert not meter.saturated(21.5)
 
 
-def test_a_few_slow_starts_do_not_make_a_worker_saturated() -> None:
+def test_a_loop_held_most_of_the_window_is_saturated_on_few_samples() -> None:
+    # Held 1.5 s at a time, the 100 ms probe fires four times in 6 s.
+    meter = QueueDelay(threshold_s=0.25, window_s=10.0, hold_s=20.0)
+    for i in range(4):
+        meter.observe(1.5, now_s=1.6 * (i + 1))
+    assert meter.overloaded(6.5) and meter.median_s(6.5) == 1.5
+
+
+def test_a_few_stalls_do_not_make_a_worker_saturated() -> None:
     meter = QueueDelay(threshold_s=0.5, window_s=10.0, hold_s=20.0)
     for i in range(50):
         meter.observe(3.0 if i % 10 == 0 else 0.002, now_s=i * 0.05)
-    assert not meter.saturated(3.0)
+    assert not meter.overloaded(3.0) and not meter.saturated(3.0)
 
 
 def test_no_threshold_means_never_saturated() -> None:
     meter = QueueDelay(threshold_s=0.0, window_s=10.0, hold_s=0.0)
     for i in range(50):
         meter.observe(9.0, now_s=i * 0.01)
-    assert not meter.saturated(1.0) and meter.median_s(1.0) == 9.0
+    assert not meter.overloaded(1.0) and not meter.saturated(1.0) and meter.median_s(1.0) == 9.0

@@ -79,9 +79,11 @@ class Balancer:
         #: The peers' heartbeats as last read, and when (monotonic).
         self.peers: list[Load] = []
         self._peers_read_s = float("-inf")
-        #: The last hand-back or take of handed-back conversations (monotonic): at most one
-        #: hand-back per lease, so the heartbeats reflect each move before the next.
-        self._last_move_s = float("-inf")
+        #: The last hand-back, and the last take of handed-back conversations (monotonic): at
+        #: most one hand-back per lease, none within a lease of a take (the heartbeats show each
+        #: move before the next is planned); a saturated worker waits only for its last hand-back.
+        self._last_shed_s = float("-inf")
+        self._last_take_s = float("-inf")
 
     @property
     def interval_s(self) -> float:
@@ -91,16 +93,18 @@ class Balancer:
         """This worker's load now (its own count is never stale)."""
         w = self._w
         table = w.owned.table
-        return Load(w.worker_id, len(table.claims), table.capacity, w.queue_delay.saturated(time.monotonic()),
-                    table.draining, now_ms(), w.handed_back)
+        now = time.monotonic()
+        return Load(w.worker_id, len(table.claims), table.capacity, w.queue_delay.saturated(now), table.draining,
+                    now_ms(), w.handed_back, w.queue_delay.overloaded(now))
 
     def plan(self, offered: Mapping[str, int] | None = None) -> Plan:
         """This worker's plan now. ``offered``: what each worker has handed back and nobody
         took yet, as the claims say (else as the heartbeats say)."""
-        peers = self.peers
+        me, peers = self.me(), self.peers
         if offered is not None:
+            me = replace(me, handed_back=offered.get(me.worker_id, 0))
             peers = [replace(p, handed_back=offered.get(p.worker_id, 0)) for p in peers]
-        return plan(self.me(), peers, now_ms(), self.policy)
+        return plan(me, peers, now_ms(), self.policy)
 
     # --- the peers ---------------------------------------------------------------
 
@@ -140,10 +144,10 @@ class Balancer:
         await self._count_handed_back()
         planned = self.plan()
         w.taking_new = planned.shed == 0
-        if not planned.shed or time.monotonic() - self._last_move_s < w.settings.lease_s:
+        since_s = time.monotonic() - max(self._last_shed_s,
+                                         self._last_take_s if planned.reason != "saturated" else float("-inf"))
+        if not planned.shed or since_s < w.settings.lease_s:
             return
-        if not w.claims_confirmed():
-            return  # paused or cut off: which claims are still ours is not known
         lives = await self._between_turns(planned.shed, busiest_first=planned.reason == "saturated")
         if not lives:
             return
@@ -152,7 +156,7 @@ class Balancer:
         for claim in claims:
             self.memory.add(claim.control_key, claim.control_entry_id, now)
         if claims:
-            self._last_move_s = now
+            self._last_shed_s = now
 
     def _why(self, planned: Plan) -> str:
         if planned.reason == "saturated":
@@ -178,36 +182,47 @@ class Balancer:
     async def _between_turns(self, count: int, busiest_first: bool) -> list[Live]:
         """Up to ``count`` owned conversations between turns: none of their entries
         being handled, and none handled and not acked yet (an audio utterance under
-        way, an answer whose ack is not written). Those queued and not started may
-        go: they stay pending, and the next owner replays them. Ones adopted lately
-        go last; then the least active (or, for a saturated worker, the most active:
-        they are its load)."""
+        way). Those queued and not started may go: they stay pending, and the next
+        owner replays them. Ones adopted lately go last; then the least active (or,
+        for a saturated worker, the most active: they are its load).
+
+        The candidates are held (``moving``: no entry of theirs starts) while their
+        pending entries are counted, so what is counted stays true however busy the
+        worker is; those that stay are let go on at once."""
         w = self._w
         now = time.monotonic()
         settle_s = SETTLE_LEASES * w.settings.lease_s
         candidates = [live for live in w.owned.live.values()
-                      if not live.closed and live.replay is None and not live.handling]
+                      if not live.closed and live.replay is None and not live.handling and not live.moving]
         candidates.sort(key=lambda live: (now - live.adopted_s < settle_s, bool(live.queue),
                                           -live.last_seen_s if busiest_first else live.last_seen_s))
         candidates = candidates[: 2 * count]
         if not candidates:
             return []
-        queued = [sum(1 for entry in live.queue if entry[0] is not None) for live in candidates]
-        handled = [live.handled for live in candidates]
-        pipe = w.redis.pipeline(transaction=False)
-        for live, n in zip(candidates, queued, strict=True):
-            pipe.xpending_range(live.ctx.data_key, w.group, min="-", max="+", count=n + 1,
-                                consumername=w.worker_id)
-        replies = await pipe.execute(raise_on_error=False)
-        chosen = []
-        for live, n, before, rows in zip(candidates, queued, handled, replies, strict=True):
-            if isinstance(rows, Exception) or len(rows) > n:
-                continue  # something handled and not acked: mid-turn (or unknown)
-            if live.closed or live.replay is not None or live.handling or live.handled != before:
-                continue  # a turn went on while we looked
-            chosen.append(live)
-            if len(chosen) == count:
-                break
+        for live in candidates:
+            live.moving = True
+        chosen: list[Live] = []
+        try:
+            for live in candidates:
+                await cancel_and_wait(live.task)  # one not started yet: never one mid-turn
+                live.task = None  # (cancelled before it started, it never ran its own finally)
+            await w.writer.flushed()  # the acks of turns just done are written
+            pipe = w.redis.pipeline(transaction=False)
+            for live in candidates:
+                queued = sum(1 for entry in live.queue if entry[0] is not None)
+                pipe.xpending_range(live.ctx.data_key, w.group, min="-", max="+", count=queued + 1,
+                                    consumername=w.worker_id)
+            replies = await pipe.execute(raise_on_error=False)
+            for live, rows in zip(candidates, replies, strict=True):
+                queued = sum(1 for entry in live.queue if entry[0] is not None)
+                # Pending for us beyond what waits in its queue: handled, not acked (mid-turn).
+                if len(chosen) < count and not live.closed and not isinstance(rows, Exception) and len(rows) <= queued:
+                    chosen.append(live)
+        finally:
+            for live in candidates:
+                if live not in chosen:
+                    live.moving = False
+                    self._drainer.kick(live)
         return chosen
 
     async def shed(self, lives: list[Live], why: str) -> list[Claim]:
@@ -222,7 +237,6 @@ class Balancer:
         claims handed back."""
         w = self._w
         claims: list[Claim] = []
-        forgotten_s = time.monotonic()
         for live in lives:
             _, claim = w.owned.remove(live.conversation_id)
             if claim is not None:
@@ -232,17 +246,12 @@ class Balancer:
             await cancel_and_wait(live.task)  # one not started yet (never one mid-turn)
             await self._drainer.close_session(live)
         await w.writer.flushed()
-        if time.monotonic() - forgotten_s > w.settings.lease_s / 3:
-            # The flush waited out a Redis outage: these claims, refreshed no more, may be past
-            # the lease already and taken by a peer; a hand-back now would take them from it.
-            log.warning("not handing back %d conversations (the writer waited): peers take them after the lease",
-                        len(claims))
-            return []
+        claims = await self._still_ours(claims)
         w.handed_back += len(claims)
         await self._publish()  # before the hand-back: whoever sees it sees this worker without them
-        # A plain XCLAIM to ourselves, as the shutdown's hand-back: the round checked the claims
-        # are confirmed, and one a peer had taken meanwhile would only move once more (its
-        # writes are fenced from this moment), never be lost.
+        # A plain XCLAIM to ourselves, as the shutdown's hand-back. A claim a peer took in the
+        # instant since _still_ours looked would move once more (its writes fenced from this
+        # moment on), never be lost.
         marked = await self._leases.set_idle(claims, SHED_IDLE_MS)
         for live in lives:
             live.ctx.writer.fence.lost = True
@@ -254,6 +263,24 @@ class Balancer:
         log.info("handed back %d conversations to rebalance (%s): %s", len(claims), why,
                  " ".join(c.conversation_id for c in claims))
         return claims
+
+    async def _still_ours(self, claims: list[Claim]) -> list[Claim]:
+        """The claims still pending for this worker (a worker held up, by an outage or its
+        own load, may have lost some to a peer meanwhile: those are the peer's now)."""
+        w = self._w
+        if not claims:
+            return []
+        pipe = w.redis.pipeline(transaction=False)
+        for claim in claims:
+            pipe.xpending_range(claim.control_key, w.group, min=claim.control_entry_id, max=claim.control_entry_id,
+                                count=1)
+        rows = await pipe.execute()
+        ours = [claim for claim, found in zip(claims, rows, strict=True)
+                if found and _text(found[0]["consumer"]) == w.worker_id]
+        if len(ours) < len(claims):
+            log.warning("%d of the conversations to hand back were taken by a peer meanwhile",
+                        len(claims) - len(ours))
+        return ours
 
     # --- taking -----------------------------------------------------------------------
 
@@ -267,18 +294,21 @@ class Balancer:
         offered = Counter(row.consumer for row in rows if row.shed)
         if set(offered) - {w.worker_id} or time.monotonic() - self._peers_read_s > self.interval_s:
             await self.read_peers()  # fresh views before taking handed-back ones (or any, just started)
-        take = self.plan(offered).take
+        planned = self.plan(offered)
+        take, take_back, saturated = planned.take, planned.take_back, self.me().saturated
         took = 0
         for control_key, key_rows in idle.items():
             if not table.accepting:
                 break
             shed_here = self.memory.entries(control_key, time.monotonic())
-            picks = pick_claims(key_rows, w.worker_id, table.free_slots, take, shed_here, w.settings.lease_ms)
+            picks = pick_claims(key_rows, w.worker_id, table.free_slots, take, shed_here, w.settings.lease_ms,
+                                saturated, take_back)
             take -= picks.shed
+            take_back -= picks.taken_back
             if picks.entry_ids:
                 took += await self._claim(control_key, picks.entry_ids, {r.entry_id: r for r in key_rows})
         if took:
-            self._last_move_s = time.monotonic()
+            self._last_take_s = time.monotonic()
             await self._publish()  # peers planning their takes see these taken
 
     async def _publish(self) -> None:
@@ -319,7 +349,11 @@ class Balancer:
                 moved[row.consumer] += 1
             await self._leases.on_control(control_key, entry_id, fields, took_over=True)
         for shedder, n in moved.items():
-            log.info("took %d conversations handed back by %s to rebalance", n, shedder)
+            if shedder == w.worker_id:
+                w.handed_back = max(0, w.handed_back - n)
+                log.info("took back %d conversations it had handed back: no peer is to take them now", n)
+            else:
+                log.info("took %d conversations handed back by %s to rebalance", n, shedder)
         return sum(moved.values())
 
 

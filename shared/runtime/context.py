@@ -19,8 +19,9 @@ from shared.runtime.saturation import QueueDelay
 from shared.service import Service, dead_letter
 from shared.settings import CommonSettings
 
-#: A worker stays saturated this many leases after its queue delay was last over the mark.
-SATURATION_HOLD_LEASES = 5
+#: A worker stays saturated (takes no conversations) this many leases after its queue delay
+#: was last over the mark.
+SATURATION_HOLD_LEASES = 20
 
 
 @dataclass

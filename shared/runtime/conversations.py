@@ -81,12 +81,11 @@ class Live:
     closed: bool = False
     #: When this worker adopted it (monotonic): one just moved here is moved on last.
     adopted_s: float = field(default_factory=time.monotonic)
-    #: When its drain task was last asked for (monotonic): the queue delay counts from there.
-    kicked_s: float = 0.0
     #: An entry is being handled (from its first attempt until it is done): mid-turn.
     handling: bool = False
-    #: Entries handled so far (a change tells that a turn went on meanwhile).
-    handled: int = 0
+    #: Being looked at for a hand-back to rebalance: no entry is started meanwhile (what is
+    #: read waits in its queue), so it stays between turns until it goes or stays.
+    moving: bool = False
 
     @property
     def conversation_id(self) -> str:

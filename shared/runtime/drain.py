@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable, Callable
 
 from shared.engines.base import EngineError
@@ -56,17 +55,16 @@ class Drainer:
             self._on_queued(live.ctx, item)
 
     def kick(self, live: Live) -> None:
-        """Make sure the conversation's queue is being worked through."""
-        if live.task is None and not live.closed:
-            live.kicked_s = time.monotonic()
+        """Make sure the conversation's queue is being worked through. A task that is
+        done counts as none: one cancelled before it started never ran its ``finally``
+        (``Leases.resume_all`` and the rebalancer cancel drains that may not have started)."""
+        if (live.task is None or live.task.done()) and not live.closed and not live.moving:
             live.task = asyncio.create_task(self._drain(live), name=f"session:{live.conversation_id}")
 
     async def _drain(self, live: Live) -> None:
         limits = self._w.owned.limits
-        now = time.monotonic()
-        self._w.queue_delay.observe(now - live.kicked_s, now)  # how long it waited for this worker
         try:
-            while not live.closed:
+            while not live.closed and not live.moving:
                 if live.replay is not None and live.has_room(limits) and not self._w.stopping.is_set():
                     await self._replay_page(live)
                     continue
@@ -85,7 +83,6 @@ class Drainer:
                 full = not live.has_room(limits)
                 live.pop()
                 live.handling = False
-                live.handled += 1
                 if full and live.replay is None and live.has_room(limits):
                     self._on_room(live)  # back to the low-water mark: read it again
                 self.handled += 1

@@ -24,6 +24,7 @@ from shared.metrics import stream_kind
 from shared.models import ConversationEnded, now_ms
 from shared.runtime.context import WorkerContext
 from shared.runtime.drain import Drainer
+from shared.runtime.saturation import PROBE_INTERVAL_S
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -121,6 +122,7 @@ class Chores:
         table = w.owned.table
         now_s = time.monotonic()
         delay_s = w.queue_delay.median_s(now_s)
+        overloaded = w.queue_delay.overloaded(now_s)
         saturated = w.queue_delay.saturated(now_s)
         w.meters.saturated.set(int(saturated))
         fields = {
@@ -130,6 +132,7 @@ class Chores:
             "capacity": table.capacity,
             "draining": int(table.draining),
             "saturated": int(saturated),
+            "overloaded": int(overloaded),
             "handed_back": w.handed_back,
             "queue_delay_ms": "" if delay_s is None else round(delay_s * 1000, 1),
             "handled": self._drainer.handled,
@@ -139,6 +142,18 @@ class Chores:
             "metrics_port": self._metrics_port if self._metrics_port is not None else "",
         }
         return {k: str(v) for k, v in fields.items()}
+
+    # --- queue delay ----------------------------------------------------------------
+
+    async def probe_queue_delay(self) -> None:
+        """Forever: how late a short timer fires is how long ready work waits for this
+        worker (its saturation: shared/runtime/saturation.py)."""
+        meter = self._w.queue_delay
+        while True:
+            due = time.monotonic() + PROBE_INTERVAL_S
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            now = time.monotonic()
+            meter.observe(now - due, now)
 
     # --- idle conversations ---------------------------------------------------------
 

@@ -2,16 +2,18 @@
 which handed-back ones it takes (pure: no I/O, unit-tested alone).
 
 There is no coordinator. Each worker reads its peers' heartbeats (sessions,
-capacity, saturated, draining, handed back and not taken yet) and decides for
-itself, the way Akka Cluster Sharding's least-shard-allocation strategy
-decides for its coordinator:
+capacity, saturated and overloaded, draining, handed back and not taken yet)
+and decides for itself, the way Akka Cluster Sharding's least-shard-allocation
+strategy decides for its coordinator:
 
 - **Fair share.** The conversations of the live workers are shared out in
   proportion to their capacity (``MAX_SESSIONS``) over the workers that can
-  take more: a saturated worker keeps what it holds less what it sheds, the
-  others share the rest. A worker's *target* is its share rounded up.
+  take more: a saturated worker (overloaded now, or lately: see
+  saturation.py) takes none and keeps what it holds, less what it sheds while
+  overloaded; the others share the rest. A worker's *target* is its share
+  rounded up.
 - **One allocation** (``_Allocation``): every worker simulates the same moves
-  over the same heartbeats (saturated workers give a quarter; one over its
+  over the same heartbeats (overloaded workers give a quarter; one over its
   share by more than ``REBALANCE_THRESHOLD`` gives down to its target; a
   worker under its share by as much is given some by the one most over), so
   they agree on who gives how many to whom without talking. A worker then
@@ -28,7 +30,7 @@ may be stale, and takeover after a crash must not wait on it. Against
 ping-pong: a worker takes a handed-back conversation within its allocation
 only, never one it handed back itself (for ``ORPHAN_LEASES``) or lately (for
 ``HOLD_LEASES``, ``ShedMemory``); one that nobody took within
-``OPEN_LEASES`` is anyone's but its shedder's. The threshold leaves a band
+``OPEN_LEASES`` is anyone's but its shedder's (and a saturated worker's). The threshold leaves a band
 where nothing moves, and a worker hands back at most once per lease (the
 heartbeats settle in between).
 
@@ -60,14 +62,16 @@ HOLD_LEASES = 10
 #: A heartbeat older than this part of a lease is a dead or stopped worker's: two were
 #: missed (one is written every third of a lease), and its claims may be taken soon.
 FRESH_LEASES = 2 / 3
-#: A saturated worker sheds this fraction of its conversations per round (at least one).
+#: An overloaded worker sheds this fraction of its conversations per round (at least one).
 SATURATED_SHED_FRACTION = 0.25
 
 
 @dataclass(frozen=True, slots=True)
 class Load:
     """One worker as its heartbeat tells it (``seen_ms``: when it was written).
-    ``handed_back``: conversations it handed back to rebalance that nobody took yet."""
+    ``saturated``: it takes none (overloaded now or lately); ``overloaded``: it
+    sheds a quarter of what it holds. ``handed_back``: conversations it handed
+    back to rebalance that nobody took yet."""
 
     worker_id: str
     sessions: int
@@ -76,6 +80,7 @@ class Load:
     draining: bool = False
     seen_ms: int = 0
     handed_back: int = 0
+    overloaded: bool = False
 
     @property
     def holding(self) -> int:
@@ -97,6 +102,7 @@ class Load:
                 draining=fields.get("draining") == "1",
                 seen_ms=int(fields["seen_ms"]),
                 handed_back=max(0, int(fields.get("handed_back") or 0)),
+                overloaded=fields.get("overloaded") == "1",
             )
         except (KeyError, ValueError):
             return None
@@ -116,16 +122,20 @@ class Policy:
 @dataclass(frozen=True, slots=True)
 class Plan:
     """What one worker should do now: hand back ``shed`` conversations, or take up to
-    ``take`` handed-back ones (never both). ``fair``: its share; ``reason`` why it sheds."""
+    ``take`` handed-back ones (never both). ``take_back``: of what it handed back and
+    nobody took yet, how many the pool no longer gives away (a taker it counted on
+    became saturated or left): it takes those back. ``fair``: its share; ``reason``
+    why it sheds."""
 
     shed: int = 0
     take: int = 0
     fair: float = 0.0
     reason: str = ""
+    take_back: int = 0
 
 
-def saturated_step(sessions: int) -> int:
-    """What a saturated worker sheds per round (what it keeps is the rest)."""
+def overloaded_step(sessions: int) -> int:
+    """What an overloaded worker sheds per round (what it keeps is the rest)."""
     return min(sessions, max(1, math.ceil(sessions * SATURATED_SHED_FRACTION)))
 
 
@@ -147,21 +157,24 @@ def plan(me: Load, peers: Iterable[Load], now_ms: int, policy: Policy) -> Plan:
         return Plan()  # it hands everything back on its way out anyway
     alloc = _Allocation([me, *live_peers(me, peers, now_ms, policy.lease_ms)], policy.threshold)
     alloc.run()
-    shed = min(max(0, alloc.given[me.worker_id] - me.handed_back), policy.max_moves)
-    if me.saturated:
-        return Plan(shed=shed, fair=float(me.holding - saturated_step(me.holding)), reason="saturated" if shed else "")
+    given = alloc.given[me.worker_id]
+    shed = min(max(0, given - me.handed_back), policy.max_moves)
+    if me.saturated:  # what it handed back stays on offer (it takes none, its own neither)
+        kept = me.holding - (overloaded_step(me.holding) if me.overloaded else 0)
+        return Plan(shed=shed, fair=float(kept), reason="saturated" if shed else "")
+    take_back = max(0, me.handed_back - given)
     fair = alloc.share(me)
     if shed:
         over = me.holding > fair * (1 + policy.threshold)
         return Plan(shed=shed, fair=fair, reason="over its fair share" if over else "a peer is short")
-    return Plan(take=alloc.received[me.worker_id], fair=fair)
+    return Plan(take=alloc.received[me.worker_id], fair=fair, take_back=take_back)
 
 
 class _Allocation:
     """Who gives how many to whom, simulated on the workers' counts (what each holds
     or has on offer), in a fixed order:
 
-    1. a saturated worker gives a quarter of what it holds;
+    1. an overloaded worker gives a quarter of what it holds;
     2. one over its share by more than the threshold gives down to its target
        (the most over first);
     3. while a worker is under its share by more than the threshold, the one
@@ -176,7 +189,8 @@ class _Allocation:
         self.workers = sorted(workers, key=lambda w: w.worker_id)
         self.threshold = threshold
         self.receivers = [w for w in self.workers if not w.saturated]
-        kept = sum(w.holding - saturated_step(w.holding) for w in self.workers if w.saturated)
+        kept = sum(w.holding - (overloaded_step(w.holding) if w.overloaded else 0)
+                   for w in self.workers if w.saturated)
         self.pool = sum(w.holding for w in self.workers) - kept
         self.capacity = sum(w.capacity for w in self.receivers)
         self.count = {w.worker_id: w.holding for w in self.workers}
@@ -193,7 +207,8 @@ class _Allocation:
         givers = sorted(self.workers, key=lambda w: (not w.saturated, self.share(w) - w.holding, w.worker_id))
         for w in givers:
             if w.saturated:
-                self._give(w, saturated_step(w.holding))
+                if w.overloaded:
+                    self._give(w, overloaded_step(w.holding))
             elif w.holding > self.share(w) * (1 + self.threshold):
                 self._give(w, w.holding - self.target(w))
         while self._even_out_one():
@@ -210,7 +225,8 @@ class _Allocation:
             n -= k
 
     def _even_out_one(self) -> bool:
-        short = [r for r in self.receivers if self.count[r.worker_id] < self.share(r) * (1 - self.threshold)]
+        short = [r for r in self.receivers if self.count[r.worker_id] < self.share(r) * (1 - self.threshold)
+                 and self.count[r.worker_id] < self.target(r)]
         if not short:
             return False
         taker = min(short, key=lambda r: self.count[r.worker_id] - self.share(r))
@@ -253,20 +269,24 @@ class PendingClaim:
 @dataclass(frozen=True, slots=True)
 class Picks:
     entry_ids: list[str]
-    #: How many of them were handed back to rebalance (they count against the take budget).
+    #: How many of them others handed back to rebalance (they count against the take budget).
     shed: int
+    #: How many of them this worker had handed back itself.
+    taken_back: int = 0
 
 
 def pick_claims(
-    rows: Iterable[PendingClaim], me: str, free_slots: int, take: int, shed_here: Container[str], lease_ms: int
+    rows: Iterable[PendingClaim], me: str, free_slots: int, take: int, shed_here: Container[str], lease_ms: int,
+    saturated: bool = False, take_back: int = 0,
 ) -> Picks:
     """Which idle claims a reaper with ``free_slots`` takes: every dead or leaving
     worker's (at once, whatever the shares), and handed-back ones within ``take``
-    but none this worker handed back lately (``shed_here``). One left untaken for
-    OPEN_LEASES is open to any worker but its shedder (its consumer name), for
-    ORPHAN_LEASES to its shedder too."""
+    but none this worker handed back lately (``shed_here``); of its own, up to
+    ``take_back``. One left untaken for OPEN_LEASES is open to any worker but its
+    shedder (its consumer name) and a saturated one, for ORPHAN_LEASES to every
+    worker."""
     ids: list[str] = []
-    shed = 0
+    shed = taken_back = 0
     for row in rows:
         if len(ids) >= free_slots:
             break
@@ -274,13 +294,17 @@ def pick_claims(
             ids.append(row.entry_id)
             continue
         age = row.shed_age_ms
-        if row.consumer == me and age < ORPHAN_LEASES * lease_ms:
+        if row.consumer == me and taken_back < take_back:
+            taken_back += 1
+            ids.append(row.entry_id)
+            continue
+        if (row.consumer == me or saturated) and age < ORPHAN_LEASES * lease_ms:
             continue
         if age < OPEN_LEASES * lease_ms and (row.entry_id in shed_here or shed >= take):
             continue
         ids.append(row.entry_id)
         shed += 1
-    return Picks(ids, shed)
+    return Picks(ids, shed, taken_back)
 
 
 class ShedMemory:

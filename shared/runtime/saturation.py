@@ -1,18 +1,18 @@
 """Is this worker saturated? Measured by its queue delay (pure).
 
-The queue delay of a conversation is how long its work waited for the worker:
-from the moment its drain was asked to run (an entry read, a conversation
-adopted) to the moment it began. An idle worker starts it at once (well under a
-millisecond); one whose event loop is busy (a CPU-bound engine, more
-conversations than it can serve) starts it only after the work ahead of it, and
-that wait grows with the overload. Work waiting behind its own conversation's
-previous turn is not counted: that is the conversation's pace, and moving it
-would not help.
+The queue delay is how long work that is ready waits for the worker: how late a
+timer set every ``PROBE_INTERVAL_S`` fires (``Chores.probe_queue_delay``). Every
+entry read, every answer and every write of a worker runs on its event loop;
+when the loop is held (a CPU-bound engine, more conversations than it serves),
+all of that waits behind the work ahead, unread entries in Redis included, and
+the timer fires late by as much. An idle worker's fires within a millisecond.
 
-Saturated: the median delay over the last ``window_s`` is over ``threshold_s``,
-from at least ``MIN_SAMPLES`` samples. It stays saturated until the median is
-back under half the threshold and ``hold_s`` has passed since it was last over
-(hysteresis: a worker that sheds load is not sent it back at once).
+Overloaded: the median delay over the last ``window_s`` is over ``threshold_s``,
+from at least ``MIN_SAMPLES`` samples, or from fewer that were late for half the
+window in all (a loop held that long fires its timer that rarely). An
+overloaded worker sheds conversations. Saturated: overloaded now, or within
+``hold_s`` (hysteresis: a worker that shed load is not sent it back at once,
+and takes none meanwhile).
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from __future__ import annotations
 import statistics
 from collections import deque
 
-#: Fewer samples in the window than this say nothing (a handful of slow starts is noise).
+#: How often the probe's timer is set.
+PROBE_INTERVAL_S = 0.1
+#: Fewer samples in the window than this say nothing.
 MIN_SAMPLES = 10
 #: Samples kept (the newest): bounds memory and the median's cost on a busy worker.
 MAX_SAMPLES = 1000
@@ -33,7 +35,6 @@ class QueueDelay:
         self.window_s = window_s
         self.hold_s = hold_s
         self._samples: deque[tuple[float, float]] = deque(maxlen=MAX_SAMPLES)
-        self._saturated = False
         self._over_at = float("-inf")
 
     def observe(self, delay_s: float, now_s: float) -> None:
@@ -43,18 +44,20 @@ class QueueDelay:
         """The median delay over the window; None with too few samples."""
         while self._samples and now_s - self._samples[0][0] > self.window_s:
             self._samples.popleft()
-        if len(self._samples) < MIN_SAMPLES:
+        if len(self._samples) < MIN_SAMPLES and sum(d for _, d in self._samples) < self.window_s / 2:
             return None
         return statistics.median(d for _, d in self._samples)
 
-    def saturated(self, now_s: float) -> bool:
+    def overloaded(self, now_s: float) -> bool:
+        """Over the mark now (it sheds conversations)."""
         if not self.threshold_s:
             return False
         median = self.median_s(now_s)
         if median is not None and median > self.threshold_s:
-            self._saturated = True
             self._over_at = now_s
-        elif self._saturated and (median is None or median < self.threshold_s / 2) \
-                and now_s - self._over_at >= self.hold_s:
-            self._saturated = False
-        return self._saturated
+            return True
+        return False
+
+    def saturated(self, now_s: float) -> bool:
+        """Over the mark now or within ``hold_s`` (it takes no conversations)."""
+        return self.overloaded(now_s) or now_s - self._over_at < self.hold_s

@@ -92,6 +92,7 @@ class OwnershipRuntime:
             asyncio.create_task(periodic("control trim", max(5.0, lease_s), self.chores.trim_controls),
                                 name="control-trimmer"),
             asyncio.create_task(periodic("lag sampling", 5.0, self.chores.sample_lag), name="lag-sampler"),
+            asyncio.create_task(self.chores.probe_queue_delay(), name="queue-delay-probe"),
             asyncio.create_task(periodic("stuck entries", w.settings.stuck_after_s / 2, self.leases.reclaim_stuck_once),
                                 name="stuck-reclaimer"),
         ]
