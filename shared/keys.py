@@ -147,6 +147,11 @@ class Keys:
     def worker_pattern(self) -> str:
         return f"{self.prefix}:worker:*"
 
+    def workers(self, service: str) -> str:
+        """One service's worker registry (sorted set: worker id scored by its last
+        heartbeat, ms): where a worker finds its peers' heartbeats without a SCAN."""
+        return f"{self.prefix}:workers:{service}"
+
     def gateway_sessions(self, key_id: str) -> str:
         """An API key's open gateway sessions across all gateway instances (sorted
         set: session id scored by its expiry, ms). ``key_id`` is the key's
@@ -190,6 +195,10 @@ class KeyPatterns:
     def worker(self, service: str) -> str:
         """One service's heartbeat hashes."""
         return f"{self.prefix}:worker:{service}:*"
+
+    def workers(self, service: str) -> str:
+        """One service's worker registry (a single key)."""
+        return f"{self.prefix}:workers:{service}"
 
     def gateway(self) -> str:
         """The gateway's own state (hashes, sorted sets), under ``<prefix>:gw:``."""

@@ -38,6 +38,10 @@ SESSION_CAPACITY = Gauge("vab_session_capacity", "Session slots of this worker",
 TAKEOVERS = Counter("vab_takeovers_total", "Conversations taken over from a dead or leaving peer", ["service"],
                     registry=REGISTRY)
 HANDBACKS = Counter("vab_handbacks_total", "Conversations handed back on shutdown", ["service"], registry=REGISTRY)
+REBALANCED = Counter("vab_rebalanced_total", "Live conversations handed back, between turns, to balance the load",
+                     ["service"], registry=REGISTRY)
+SATURATED = Gauge("vab_saturated", "1 while this worker's queue delay says it is saturated", ["service"],
+                  registry=REGISTRY)
 LOST_CLAIMS = Counter("vab_claims_lost_total", "Conversations a peer took while this worker missed its lease",
                       ["service"], registry=REGISTRY)
 RECLAIMED = Counter("vab_entries_reclaimed_total", "Entries left pending past STUCK_AFTER_S, claimed and handled again",

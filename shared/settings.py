@@ -178,6 +178,18 @@ class CommonSettings(ConnectionSettings):
     #: On SIGTERM, in-flight work gets this long before its conversations are handed back.
     drain_timeout_s: float = Field(10.0, ge=0)
 
+    #: Move live conversations between workers, between turns, so each holds its fair
+    #: share (shared/runtime/rebalance.py); false: a worker takes only new conversations
+    #: and those of dead or leaving peers.
+    rebalance: bool = True
+    #: A worker holding more than its fair share by this fraction hands conversations back.
+    rebalance_threshold: float = Field(0.2, ge=0.0, le=10.0)
+    #: Most conversations one worker hands back per round (a round every LEASE_S / 2).
+    rebalance_max_moves: int = Field(20, ge=1)
+    #: Queue delay (how late a 100 ms timer fires: the median over the last LEASE_S) at which a
+    #: worker counts as saturated and hands conversations back even at its fair share; 0: never.
+    rebalance_saturated_ms: int = Field(250, ge=0)
+
     #: The /metrics /healthz /readyz port: 0 picks a free one (logged, and published
     #: in the worker's heartbeat), so several workers share a host with no set-up.
     metrics_port: int = Field(0, ge=0, le=65535)
@@ -209,6 +221,9 @@ class ConversationSettings(CommonSettings):
     echo_words_per_delta: int = Field(3, ge=1)
     #: Pause of the echo engine before each delta (0: the whole answer at once).
     echo_delta_delay_ms: int = Field(0, ge=0, le=10_000)
+    #: The echo engine holds its worker's event loop this long per answer (a blocking pause):
+    #: stands in for an engine that saturates its worker, in tests of rebalancing.
+    echo_block_ms: int = Field(0, ge=0, le=10_000)
     system_prompt: str = (
         "You are a helpful voice assistant. Answer briefly, in one or two sentences."
     )

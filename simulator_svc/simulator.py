@@ -245,6 +245,9 @@ class Simulation:
             for due_s, c, k in due:
                 if plan.max_in_flight:
                     while self._in_flight >= plan.max_in_flight:
+                        if batch:  # what fills the bound must be written first, or it is never answered
+                            await self._xadd_all(batch)
+                            batch = []
                         self._space.clear()
                         await self._space.wait()
                 cid = ids[c]

@@ -256,3 +256,17 @@ def test_redis_restart_mid_run(own_redis_server: RedisServer, prefix: str, tmp_p
         assert all(p.alive() for p in stack.procs)
     finally:
         stack.stop_all()
+
+
+def test_a_bound_on_unanswered_utterances_holds_and_everything_is_answered(
+    stack: Stack, redis_url: str, prefix: str
+) -> None:
+    """--max-in-flight: a batch of due utterances that reaches the bound is written before
+    the simulator waits for answers (it used to wait on its own unwritten utterances)."""
+    _start(stack)
+    wait_for_workers(redis_url, prefix, 2)
+    # 40 conversations due within 0.4 ms of each other: each sending step finds many due at once.
+    rc, summary, err = run_simulator(stack.env, "--conversations", "40", "--utterances", "2", "--rate", "100",
+                                     "--max-in-flight", "4", "--timeout", "30")
+    assert summary["missing"] == 0 and summary["duplicates"] == 0 and summary["out_of_order"] == 0, err
+    assert summary["responses_done"] == 40 * 3 and rc == 0

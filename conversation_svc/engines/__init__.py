@@ -20,7 +20,7 @@ def load_engine(
         from conversation_svc.engines.echo import EchoConversation
 
         return EchoConversation(words_per_delta=settings.echo_words_per_delta,
-                                delta_delay_ms=settings.echo_delta_delay_ms)
+                                delta_delay_ms=settings.echo_delta_delay_ms, block_ms=settings.echo_block_ms)
     if name == "local":
         missing = missing_modules(LOCAL_REQUIREMENTS["conversation"])
         if missing:

@@ -2,18 +2,22 @@
 ``I've received your transcription: "<text>" (turn N)`` as several deltas, and
 counts the turns it has seen (so a test can tell that history survived a takeover).
 
-Two knobs make it useful for testing interruptions:
+Its knobs make it useful for testing interruptions and load:
 
 - ``delta_delay_ms`` > 0 streams the deltas that far apart (0: the whole
   answer at once), so a cancel can land in the middle of an answer;
 - a user turn that starts with ``/recall`` is answered with the last answer
   the engine's context holds (``I said: "<answer>" (turn N)``), so a test can
-  see what the context kept of a cancelled or truncated answer.
+  see what the context kept of a cancelled or truncated answer (or what a
+  conversation moved to another worker still remembers);
+- ``block_ms`` > 0 holds the worker's event loop that long per answer (a
+  blocking pause, as a CPU-bound engine would), so a test can saturate a worker.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Sequence
 
 from shared.engines.base import (
@@ -44,11 +48,12 @@ def split_deltas(text: str, words_per_delta: int) -> list[str]:
 
 
 class _Session(ConversationSession):
-    def __init__(self, history: Sequence[Turn], words_per_delta: int, delta_delay_ms: int) -> None:
+    def __init__(self, history: Sequence[Turn], words_per_delta: int, delta_delay_ms: int, block_ms: int = 0) -> None:
         self.turns = len(history)
         self.last_answer = history[-1].assistant_text if history else ""
         self.words_per_delta = words_per_delta
         self.delta_delay_ms = delta_delay_ms
+        self.block_ms = block_ms
         #: A streamed answer was started and not finished (it was cancelled): its turn is counted.
         self._unfinished = False
 
@@ -62,6 +67,8 @@ class _Session(ConversationSession):
         self.last_answer = text
 
     def _answer(self, user_text: str) -> Answer:
+        if self.block_ms:
+            time.sleep(self.block_ms / 1000)  # on purpose: the whole worker waits, as for a CPU-bound engine
         self.turns += 1
         if user_text.lstrip().startswith(RECALL):
             answer = f'I said: "{self.last_answer}" (turn {self.turns})'
@@ -96,11 +103,12 @@ class _Session(ConversationSession):
 class EchoConversation(ConversationEngine):
     name = "echo"
 
-    def __init__(self, words_per_delta: int = 3, delta_delay_ms: int = 0) -> None:
+    def __init__(self, words_per_delta: int = 3, delta_delay_ms: int = 0, block_ms: int = 0) -> None:
         self.words_per_delta = words_per_delta
         self.delta_delay_ms = delta_delay_ms
+        self.block_ms = block_ms
 
     async def open_session(
         self, conversation_id: str, instructions: str, history: Sequence[Turn]
     ) -> ConversationSession:
-        return _Session(history, self.words_per_delta, self.delta_delay_ms)
+        return _Session(history, self.words_per_delta, self.delta_delay_ms, self.block_ms)

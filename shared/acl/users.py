@@ -48,9 +48,16 @@ def _claims(k: KeyPatterns) -> Grant:
     )
 
 
-def _heartbeat(k: KeyPatterns, service: str) -> Grant:
-    return Grant("its heartbeat hash (runtime/maintenance; deleted at shutdown)", ("hset", "expire", "del"),
-                 write(k.worker(service)))
+def _heartbeat(k: KeyPatterns, service: str) -> tuple[Grant, ...]:
+    return (
+        Grant("its heartbeat hash (runtime/maintenance; deleted at shutdown)", ("hset", "expire", "del"),
+              write(k.worker(service))),
+        Grant("its service's worker registry: its own entry, and the peers' (runtime/maintenance, "
+              "runtime/balancer: rebalancing reads the peers' heartbeats, drops stale entries)",
+              ("zadd", "zrem", "expire", "zrangebyscore", "zremrangebyscore"), read_write(k.workers(service))),
+        Grant("the peers' heartbeats (runtime/balancer: their load, for rebalancing)", ("hgetall",),
+              read(k.worker(service))),
+    )
 
 
 def _own_stream(k: KeyPatterns, kind: str, *extra: str) -> Grant:
@@ -77,7 +84,7 @@ def transcriber(k: KeyPatterns) -> User:
               read(k.bell("input"), k.bell("control"))),
         Grant("the bells its flushes ring (transcripts; input for a relayed end)", ("xadd",),
               write(k.bell("transcripts"), k.bell("input"))),
-        _heartbeat(k, "transcriber"),
+        *_heartbeat(k, "transcriber"),
         Grant("its Lua programs (batch.lua, refresh.lua), given every key of a flush", ("evalsha",),
               read_write(k.control(), k.stream("input"), k.stream("transcripts"), k.dead(),
                          k.bell("transcripts"), k.bell("input"))),
@@ -101,7 +108,7 @@ def conversation(k: KeyPatterns) -> User:
         Grant("the bells it waits on (bus/doorbell)", ("xread", "xrevrange"),
               read(k.bell("transcripts"), k.bell("control"))),
         Grant("the bell its flushes ring", ("xadd",), write(k.bell("responses"))),
-        _heartbeat(k, "conversation"),
+        *_heartbeat(k, "conversation"),
         Grant("its Lua programs (batch.lua, refresh.lua), given every key of a flush", ("evalsha",),
               read_write(k.control(), k.stream("transcripts"), k.stream("responses"), k.stream("input"),
                          k.dead(), k.stats(), k.bell("responses"))),

@@ -8,6 +8,8 @@ Both session services (transcriber, conversation) run it with their own
 - ``drain``: each conversation's entries, one at a time, in stream order;
 - ``maintenance``: heartbeat, idle conversations, trimming, lag sampling,
   each on the one ``periodic`` helper;
+- ``rebalance`` (pure), ``saturation`` (pure) and ``balancer``: live
+  conversations moved between workers, between turns, to even out the load;
 - ``worker``: ``OwnershipRuntime``, which wires them and owns start and shutdown.
 
 Acks: a session writes its effect and the ack of its source entry together

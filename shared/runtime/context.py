@@ -15,8 +15,13 @@ from shared.bus.writer import BatchWriter, FencedWriter
 from shared.keys import Keys
 from shared.runtime.conversations import Owned
 from shared.runtime.meters import RuntimeMeters
+from shared.runtime.saturation import QueueDelay
 from shared.service import Service, dead_letter
 from shared.settings import CommonSettings
+
+#: A worker stays saturated (takes no conversations) this many leases after its queue delay
+#: was last over the mark.
+SATURATION_HOLD_LEASES = 20
 
 
 @dataclass
@@ -39,6 +44,19 @@ class WorkerContext:
     confirmed_s: float = field(default_factory=time.monotonic)
     #: The Redis server's run id when this worker last looked: a new one means it restarted.
     run_id: str = ""
+    #: Whether to claim new conversations from the control stream (with a free slot): not
+    #: while rebalancing says this worker should hand some back (shared/runtime/balancer.py).
+    taking_new: bool = True
+    #: Conversations this worker handed back to rebalance that no peer took yet (its heartbeat
+    #: says so: peers count them as still its own until one takes them).
+    handed_back: int = 0
+    #: How long work waits for this worker (saturation; shared/runtime/saturation.py).
+    queue_delay: QueueDelay = field(init=False)
+
+    def __post_init__(self) -> None:
+        s = self.settings
+        self.queue_delay = QueueDelay(threshold_s=s.rebalance_saturated_ms / 1000, window_s=s.lease_s,
+                                      hold_s=SATURATION_HOLD_LEASES * s.lease_s)
 
     @property
     def keys(self) -> Keys:

@@ -79,6 +79,13 @@ class Live:
     failures: dict[str, int] = field(default_factory=dict)
     last_seen_s: float = field(default_factory=time.monotonic)
     closed: bool = False
+    #: When this worker adopted it (monotonic): one just moved here is moved on last.
+    adopted_s: float = field(default_factory=time.monotonic)
+    #: An entry is being handled (from its first attempt until it is done): mid-turn.
+    handling: bool = False
+    #: Being looked at for a hand-back to rebalance: no entry is started meanwhile (what is
+    #: read waits in its queue), so it stays between turns until it goes or stays.
+    moving: bool = False
 
     @property
     def conversation_id(self) -> str:

@@ -55,20 +55,23 @@ class Drainer:
             self._on_queued(live.ctx, item)
 
     def kick(self, live: Live) -> None:
-        """Make sure the conversation's queue is being worked through."""
-        if live.task is None and not live.closed:
+        """Make sure the conversation's queue is being worked through. A task that is
+        done counts as none: one cancelled before it started never ran its ``finally``
+        (``Leases.resume_all`` and the rebalancer cancel drains that may not have started)."""
+        if (live.task is None or live.task.done()) and not live.closed and not live.moving:
             live.task = asyncio.create_task(self._drain(live), name=f"session:{live.conversation_id}")
 
     async def _drain(self, live: Live) -> None:
         limits = self._w.owned.limits
         try:
-            while not live.closed:
+            while not live.closed and not live.moving:
                 if live.replay is not None and live.has_room(limits) and not self._w.stopping.is_set():
                     await self._replay_page(live)
                     continue
                 if not live.queue:
                     break
                 entry_id, item, raw = live.queue[0]
+                live.handling = True
                 try:
                     finished = await self._process(live, entry_id, item, raw)
                 except asyncio.CancelledError:
@@ -79,6 +82,7 @@ class Drainer:
                     finished = False
                 full = not live.has_room(limits)
                 live.pop()
+                live.handling = False
                 if full and live.replay is None and live.has_room(limits):
                     self._on_room(live)  # back to the low-water mark: read it again
                 self.handled += 1
@@ -89,6 +93,7 @@ class Drainer:
                     await self._on_finished(live)
                     return
         finally:
+            live.handling = False
             if live.task is asyncio.current_task():
                 live.task = None
                 if (live.queue or live.replay is not None) and not live.closed and not self._w.stopping.is_set():

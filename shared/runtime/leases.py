@@ -13,7 +13,8 @@
   its queue has room (the drain asks for each page), before it reads new ones.
 - Finish: the conversation ended; ack the control entry, let its keys expire.
 - Hand back (SIGTERM): set the idle time of every owned control entry past the
-  lease, so a peer's reaper takes each on its next pass.
+  lease, so a peer's reaper takes each on its next pass (``set_idle``; the
+  rebalancer hands back single conversations the same way: balancer.py).
 - Resume all (Redis restarted): Redis may have lost its last second, so what the
   worker remembers may be ahead of what Redis kept; every owned conversation is
   resumed from Redis as after a takeover (``resume_all``).
@@ -130,7 +131,7 @@ class Leases:
         key = live.ctx.data_key
         start = live.replay or "-"
         count = w.owned.limits.read_count(CLAIM_PAGE)
-        rows = await retry_forever("list pending", lambda: self._pending(key, start, count), on_error=w.redis_failed)
+        rows = await retry_forever("list pending", lambda: self.pending(key, start, count), on_error=w.redis_failed)
         if rows:
             claimed = await retry_forever("claim pending", lambda: self._claim_into(live, rows, min_idle_ms=0),
                                           on_error=w.redis_failed)
@@ -145,7 +146,7 @@ class Leases:
                          extra={"conversation_id": live.conversation_id})
             self._read_soon(key)
 
-    async def _pending(self, key: str, start: str, count: int, idle_ms: int | None = None) -> list[dict[str, Any]]:
+    async def pending(self, key: str, start: str, count: int, idle_ms: int | None = None) -> list[dict[str, Any]]:
         """XPENDING rows of ``key`` from ``start`` (any consumer; ``idle_ms``: only those
         idle that long). [] when the stream lost its group (Redis restarted empty)."""
         try:
@@ -194,7 +195,7 @@ class Leases:
         for live in list(w.owned.live.values()):
             if live.closed or live.task is not None or live.queue or live.replay is not None:
                 continue
-            rows = await self._pending(live.ctx.data_key, "-", w.owned.limits.read_count(CLAIM_PAGE), idle_ms)
+            rows = await self.pending(live.ctx.data_key, "-", w.owned.limits.read_count(CLAIM_PAGE), idle_ms)
             if not rows or live.closed or live.task is not None or live.queue:
                 continue
             claimed = await self._claim_into(live, rows, min_idle_ms=idle_ms)
@@ -353,18 +354,27 @@ class Leases:
             return
         # Idle past the lease (a reaper takes entries idle for lease_ms), with a margin for clock
         # steps between this call and the reaper's.
-        idle_ms = 2 * w.settings.lease_ms
+        if await self.set_idle(claims, 2 * w.settings.lease_ms):
+            w.meters.handbacks.inc(len(claims))
+            log.info("handed back %d conversations", len(claims))
+        else:
+            log.error("could not hand back (redis away): peers take over after the lease")
+        await self.drop([c.conversation_id for c in claims], "handed back on shutdown")
+
+    async def set_idle(self, claims: list[Claim], idle_ms: int) -> bool:
+        """Set these owned control entries' idle time (XCLAIM to ourselves, IDLE): a
+        reaper takes an entry idle past the lease. False when Redis is away."""
+        w = self._w
+        if not claims:
+            return True
         try:
             pipe = w.redis.pipeline(transaction=False)
             for claim in claims:
                 pipe.xclaim(claim.control_key, w.group, w.worker_id, 0, [claim.control_entry_id],
                             idle=idle_ms, justid=True)
             await pipe.execute()
-            w.meters.handbacks.inc(len(claims))
-            log.info("handed back %d conversations", len(claims))
+            return True
         except Exception as exc:
             if not is_transient(exc):
                 raise
-            log.error("could not hand back (redis away): peers take over after the lease")
-        await self.drop([c.conversation_id for c in claims], "handed back on shutdown")
-
+            return False

@@ -24,6 +24,7 @@ from shared.metrics import stream_kind
 from shared.models import ConversationEnded, now_ms
 from shared.runtime.context import WorkerContext
 from shared.runtime.drain import Drainer
+from shared.runtime.saturation import PROBE_INTERVAL_S
 from shared.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 SAMPLE_STREAMS = 250
 #: XINFO GROUPS calls per pipeline of a sampling tick.
 SAMPLE_PIPELINE = 25
+#: The worker registry outlives the last heartbeat written to it this many heartbeat lifetimes.
+REGISTRY_TTL_HEARTBEATS = 10
 
 
 async def periodic(
@@ -99,23 +102,39 @@ class Chores:
     # --- heartbeat ----------------------------------------------------------------
 
     async def heartbeat(self) -> None:
+        """The heartbeat hash (for the monitor, and for peers deciding how to rebalance),
+        and this worker's entry in its service's registry, where peers find it."""
         w = self._w
         key = w.keys.worker(w.service.name, w.worker_id)
+        registry = w.keys.workers(w.service.name)
+        fields = self.heartbeat_fields()
+        ttl_s = max(3, int(w.settings.lease_s * 3))
         pipe = w.redis.pipeline(transaction=False)
-        pipe.hset(key, mapping=self.heartbeat_fields())  # type: ignore[arg-type]
-        pipe.expire(key, max(3, int(w.settings.lease_s * 3)))
+        pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+        pipe.expire(key, ttl_s)
+        pipe.zadd(registry, {w.worker_id: int(fields["seen_ms"])})
+        pipe.expire(registry, REGISTRY_TTL_HEARTBEATS * ttl_s)
         await pipe.execute()
 
     def heartbeat_fields(self) -> dict[str, str]:
         """What the monitor shows about this worker (all strings: a Redis hash)."""
         w = self._w
         table = w.owned.table
+        now_s = time.monotonic()
+        delay_s = w.queue_delay.median_s(now_s)
+        overloaded = w.queue_delay.overloaded(now_s)
+        saturated = w.queue_delay.saturated(now_s)
+        w.meters.saturated.set(int(saturated))
         fields = {
             "service": w.service.name,
             "worker_id": w.worker_id,
             "sessions": len(table.claims),
             "capacity": table.capacity,
             "draining": int(table.draining),
+            "saturated": int(saturated),
+            "overloaded": int(overloaded),
+            "handed_back": w.handed_back,
+            "queue_delay_ms": "" if delay_s is None else round(delay_s * 1000, 1),
             "handled": self._drainer.handled,
             "seen_ms": now_ms(),
             "host": socket.gethostname(),
@@ -123,6 +142,18 @@ class Chores:
             "metrics_port": self._metrics_port if self._metrics_port is not None else "",
         }
         return {k: str(v) for k, v in fields.items()}
+
+    # --- queue delay ----------------------------------------------------------------
+
+    async def probe_queue_delay(self) -> None:
+        """Forever: how late a short timer fires is how long ready work waits for this
+        worker (its saturation: shared/runtime/saturation.py)."""
+        meter = self._w.queue_delay
+        while True:
+            due = time.monotonic() + PROBE_INTERVAL_S
+            await asyncio.sleep(PROBE_INTERVAL_S)
+            now = time.monotonic()
+            meter.observe(now - due, now)
 
     # --- idle conversations ---------------------------------------------------------
 

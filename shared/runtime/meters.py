@@ -25,6 +25,8 @@ class RuntimeMeters:
         self.capacity = metrics.SESSION_CAPACITY.labels(service)
         self.takeovers = metrics.TAKEOVERS.labels(service)
         self.handbacks = metrics.HANDBACKS.labels(service)
+        self.rebalanced = metrics.REBALANCED.labels(service)
+        self.saturated = metrics.SATURATED.labels(service)
         self.lost = metrics.LOST_CLAIMS.labels(service)
         self.reclaimed = metrics.RECLAIMED.labels(service)
         self.suppressed = metrics.DUPLICATES_SUPPRESSED.labels(service)

@@ -272,11 +272,12 @@ class ReadScheduler:
             w.run_id = run_id
 
     def _control_part(self, wanted: bool) -> tuple[list[str], int]:
-        """The control streams and their COUNT, when ``wanted`` and a slot is free. The
-        COUNT caps the claims of one read: never more conversations than free slots, nor
+        """The control streams and their COUNT, when ``wanted``, a slot is free and
+        rebalancing does not hold new conversations off (``taking_new``). The COUNT
+        caps the claims of one read: never more conversations than free slots, nor
         a whole burst (``claim_batch``), so a burst spreads over the workers."""
         table = self._w.owned.table
-        if not (wanted and table.accepting):
+        if not (wanted and table.accepting and self._w.taking_new):
             return [], 0
         return self._control_keys, min(self._w.settings.read_count, table.free_slots, self._w.settings.claim_batch)
 

@@ -2,9 +2,9 @@
 
 Start-up: load the scripts, create the control streams' group, publish a
 heartbeat, then run the reader with the writer and the periodic chores beside
-it. Shutdown (SIGTERM, :meth:`stop`): stop reading, let queued work finish up
-to ``drain_timeout_s``, flush the writer, hand every owned conversation back,
-close connections last.
+it (with REBALANCE, the rebalancer's rounds too). Shutdown (SIGTERM,
+:meth:`stop`): stop reading, let queued work finish up to ``drain_timeout_s``,
+flush the writer, hand every owned conversation back, close connections last.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from shared.bus.resp import server_run_id
 from shared.bus.retry import is_transient, retry_forever
 from shared.bus.writer import BatchWriter, FencedWriter
 from shared.metrics import stream_kind
+from shared.runtime.balancer import Balancer
 from shared.runtime.context import WorkerContext
 from shared.runtime.conversations import Live, Owned, QueueLimits
 from shared.runtime.drain import Drainer
@@ -57,6 +58,9 @@ class OwnershipRuntime:
         self.reader = ReadScheduler(self.w, self.drainer, on_control=self.leases.on_control,
                                     on_unreadable=self.leases.reject, on_restart=self.leases.resume_all)
         self.chores = Chores(self.w, self.drainer, metrics_port)
+        #: Live rebalancing (REBALANCE); None: a worker takes only new and orphaned conversations.
+        self.balancer = (Balancer(self.w, self.leases, self.drainer, self.chores.heartbeat) if settings.rebalance
+                         else None)
         self.started = asyncio.Event()
         self._tasks: list[asyncio.Task[Any]] = []
         #: Conversations being forgotten after a fenced write (kept: a task needs a reference).
@@ -83,14 +87,19 @@ class OwnershipRuntime:
             # a silently dead one would otherwise hold it for a socket timeout, longer than a lease.
             asyncio.create_task(periodic("refresh", lease_s / 3, self._refresh, timeout_s=lease_s / 3),
                                 name="refresher"),
-            asyncio.create_task(periodic("reaper", min(lease_s / 4, 1.0), self.leases.reap_once,
+            asyncio.create_task(periodic("reaper", min(lease_s / 4, 1.0),
+                                         self.balancer.reap_once if self.balancer else self.leases.reap_once,
                                          when=lambda: table.accepting), name="reaper"),
             asyncio.create_task(periodic("control trim", max(5.0, lease_s), self.chores.trim_controls),
                                 name="control-trimmer"),
             asyncio.create_task(periodic("lag sampling", 5.0, self.chores.sample_lag), name="lag-sampler"),
+            asyncio.create_task(self.chores.probe_queue_delay(), name="queue-delay-probe"),
             asyncio.create_task(periodic("stuck entries", w.settings.stuck_after_s / 2, self.leases.reclaim_stuck_once),
                                 name="stuck-reclaimer"),
         ]
+        if self.balancer is not None:
+            self._tasks.append(asyncio.create_task(periodic("rebalance", self.balancer.interval_s, self.balancer.round),
+                                                   name="rebalancer"))
         self.started.set()
         log.info("worker %s of %s up: %d session slots, lease %.1fs",
                  w.worker_id, w.service.name, table.capacity, lease_s)
@@ -188,7 +197,10 @@ class OwnershipRuntime:
             await cancel_and_wait(task)
         await w.writer.aclose()
         try:
-            await w.redis.delete(w.keys.worker(w.service.name, w.worker_id))
+            pipe = w.redis.pipeline(transaction=False)
+            pipe.delete(w.keys.worker(w.service.name, w.worker_id))
+            pipe.zrem(w.keys.workers(w.service.name), w.worker_id)
+            await pipe.execute()
         except Exception as exc:
             if not is_transient(exc):
                 raise
