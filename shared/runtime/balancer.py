@@ -143,7 +143,12 @@ class Balancer:
         await self.read_peers()
         await self._count_handed_back()
         planned = self.plan()
-        w.taking_new = planned.shed == 0
+        me = self.me()
+        # New conversations are left to the peers while this worker should hand some back, or
+        # is saturated and a peer with a free slot is not (when none is, someone must take them).
+        peers = live_peers(me, self.peers, now_ms(), self.policy.lease_ms)
+        w.taking_new = planned.shed == 0 and not (
+            me.saturated and any(not p.saturated and p.sessions < p.capacity for p in peers))
         since_s = time.monotonic() - max(self._last_shed_s,
                                          self._last_take_s if planned.reason != "saturated" else float("-inf"))
         if not planned.shed or since_s < w.settings.lease_s:
