@@ -167,10 +167,17 @@ class RawLinks:
             for i in todo:
                 node = asking.get(i) or self.node_of(commands[i].route_key)
                 by_node.setdefault(node, []).append(i)
-            outcomes = await asyncio.gather(
-                *(self._roundtrip(node, [(commands[i], i in asking) for i in idxs]) for node, idxs in by_node.items()),
-                return_exceptions=True,
-            )
+            trips = [self._roundtrip(node, [(commands[i], i in asking) for i in idxs])
+                     for node, idxs in by_node.items()]
+            outcomes: list[list[list[Any]] | BaseException]
+            if len(trips) == 1:
+                # One node (always so on one Redis): no task for it, as before clusters were served.
+                try:
+                    outcomes = [await trips[0]]
+                except Exception as exc:
+                    outcomes = [exc]
+            else:
+                outcomes = await asyncio.gather(*trips, return_exceptions=True)
             asking.clear()
             redo: list[int] = []
             refresh = False
