@@ -15,9 +15,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 import redis as syncredis
@@ -36,6 +36,7 @@ from tests.cluster_helpers import (
 from tests.conftest import base_env
 
 PARTITIONS = 12
+T = TypeVar("T")
 
 #: One cluster for the tests that leave it as they found it (no failover).
 shared_cluster = cluster_fixture("shared_cluster", scope="module")
@@ -154,24 +155,34 @@ def test_worker_sigkill_on_a_cluster_is_taken_over(shared_cluster: LocalCluster,
     assert took_over, "the surviving worker took nothing over"
 
 
-@pytest.mark.slow
-def test_manual_failover_mid_run_answers_every_utterance_once(
-    cluster: LocalCluster, prefix: str, tmp_path: Path
-) -> None:
-    stack = _stack(cluster, prefix, tmp_path)
+def _through_a_fault(cluster: LocalCluster, prefix: str, tmp_path: Path, fault: Callable[[], T],
+                     **extra: str) -> tuple[T, str]:
+    """12 conversations x 24 utterances at 2/s each, with ``fault`` done 4 s in; every
+    utterance must get exactly one answer, in order, by the simulator's count and in
+    what the masters hold afterwards. Returns what ``fault`` returned, and the logs."""
+    stack = _stack(cluster, prefix, tmp_path, **extra)
     try:
         _start_workers(stack, cluster, prefix)
         sim = _simulation(stack.env, 12, 24, rate=2)
         time.sleep(4.0)
-        old = cluster.masters()[0]
-        new = cluster.failover(old)
+        result = fault()
         summary, err = _summary(sim)
+        logs = "".join(p.log_path.read_text() for p in stack.procs)
     finally:
         stack.stop_all()
-    assert new.port != old.port
     _assert_exactly_once(summary, err, 12 * 25)
     counts = _answers_per_utterance(cluster, prefix)
     assert len(counts) == summary["responses_done"] and set(counts.values()) == {1}
+    return result, logs
+
+
+@pytest.mark.slow
+def test_manual_failover_mid_run_answers_every_utterance_once(
+    cluster: LocalCluster, prefix: str, tmp_path: Path
+) -> None:
+    old = cluster.masters()[0]
+    new, _ = _through_a_fault(cluster, prefix, tmp_path, lambda: cluster.failover(old))
+    assert new.port != old.port
 
 
 @pytest.mark.slow
@@ -181,21 +192,10 @@ def test_master_sigkill_mid_run_with_replica_acks_loses_nothing(
     """A master dies (SIGKILL): its replica is promoted after the node timeout. With
     REDIS_WAIT_REPLICAS=1 every write batch was on the replica before it counted as
     written, so the promoted replica holds everything anyone was told was written."""
-    stack = _stack(cluster, prefix, tmp_path, REDIS_WAIT_REPLICAS="1")
-    try:
-        _start_workers(stack, cluster, prefix)
-        sim = _simulation(stack.env, 12, 24, rate=2)
-        time.sleep(4.0)
-        victim = cluster.masters()[1]
-        promoted = cluster.kill_master(victim)
-        summary, err = _summary(sim)
-    finally:
-        stack.stop_all()
+    victim = cluster.masters()[1]
+    promoted, _ = _through_a_fault(cluster, prefix, tmp_path, lambda: cluster.kill_master(victim),
+                                   REDIS_WAIT_REPLICAS="1")
     assert promoted.port != victim.port
-    _assert_exactly_once(summary, err, 12 * 25)
-    counts = _answers_per_utterance(cluster, prefix)
-    # Exactly one done per utterance in what the promoted replica and the others hold.
-    assert len(counts) == summary["responses_done"] and set(counts.values()) == {1}
 
 
 @pytest.mark.slow
@@ -203,24 +203,15 @@ def test_resharding_mid_run_answers_every_utterance_once(cluster: LocalCluster, 
     """Two partitions' slots move to another master while the pipeline uses them, a few
     keys at a time: the services meet ASK (a key already moved), TRYAGAIN (a read naming
     keys on both sides) and then MOVED, and answer every utterance once, in order."""
-    stack = _stack(cluster, prefix, tmp_path)
     keys = Keys(prefix, PARTITIONS)
     first, second = cluster.masters()[:2]
     slots = [key_slot(keys.tag(p)) for p in range(PARTITIONS)]
     moving = [s for s in slots if any(lo <= s <= hi for lo, hi in cluster.slots_of(first))][:2]
-    try:
-        _start_workers(stack, cluster, prefix)
-        sim = _simulation(stack.env, 12, 24, rate=2)
-        time.sleep(4.0)
-        moved = [cluster.migrate_slot(slot, second, keys_per_step=2, step_pause_s=0.2) for slot in moving]
-        summary, err = _summary(sim)
-        logs = "".join(p.log_path.read_text() for p in stack.procs)
-    finally:
-        stack.stop_all()
+    moved, logs = _through_a_fault(
+        cluster, prefix, tmp_path,
+        lambda: [cluster.migrate_slot(slot, second, keys_per_step=2, step_pause_s=0.2) for slot in moving],
+    )
     assert all(n > 0 for n in moved), moved  # the slots held live streams when they moved
     assert "MOVED: slot" in logs  # the workers followed the redirection (and refreshed their slot map)
     for slot in moving:
         assert cluster.master_of_slot(slot).node_id == second.node_id
-    _assert_exactly_once(summary, err, 12 * 25)
-    counts = _answers_per_utterance(cluster, prefix)
-    assert len(counts) == summary["responses_done"] and set(counts.values()) == {1}
