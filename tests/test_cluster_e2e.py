@@ -123,6 +123,9 @@ def test_twenty_conversations_on_a_cluster_with_keys_on_every_master(
     assert summary["responses_failed"] == 0
     # The partitions' keys live on every master (4 partitions each), as CLUSTER KEYSLOT says.
     keys = Keys(prefix, PARTITIONS)
+    node = shared_cluster.masters()[0]
+    assert [node.command("CLUSTER", "KEYSLOT", keys.control(p)) for p in range(PARTITIONS)] == \
+        [key_slot(keys.tag(p)) for p in range(PARTITIONS)]
     for master in shared_cluster.masters():
         plain = syncredis.Redis(port=master.port)
         try:
