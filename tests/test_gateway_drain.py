@@ -92,14 +92,19 @@ async def _open(base: str) -> tuple[Any, str]:
     return conn, conversation_id
 
 
-async def _resume(base: str, conversation_id: str, then_ask: str) -> list[Any]:
-    """Resume, and ask once more: every response.done the resumed socket gets up to that answer's."""
+async def _resume(base: str, conversation_id: str, then_ask: str, replayed_first: bool = False) -> list[Any]:
+    """Resume, and ask once more: every event the resumed socket gets up to that answer's
+    response.done. ``replayed_first``: an answer cut by the drain is being sent again; ask
+    only after its response.done (as the hosted API, the gateway refuses a response.create
+    while a response is active)."""
     async with client(base).realtime.connect(model="local", extra_query={"conversation_id": conversation_id}) \
             as conn:
-        await collect_until(conn, _is("session.created"))
+        seen = await collect_until(conn, _is("session.created"))
+        if replayed_first:
+            seen += await collect_until(conn, _is("response.done"))
         await _ask(conn, then_ask)
-        return await collect_until(conn, lambda e: e.type == "response.done"
-                                   and then_ask in e.response.output[0].content[0].text)
+        return seen + await collect_until(conn, lambda e: e.type == "response.done"
+                                          and then_ask in e.response.output[0].content[0].text)
 
 
 def _texts(dones: list[Any]) -> list[str]:
@@ -153,7 +158,7 @@ async def test_an_answer_longer_than_the_drain_comes_whole_on_resume(stack: Stac
     assert closed.rcvd is not None and closed.rcvd.code == 1001
     assert not of_type(seen, "response.done")  # cut at the drain's deadline
     # The cut answer is sent again whole, from its response.created, then the next one: once each.
-    resumed = await _resume(base_2, conversation_id, "go on")
+    resumed = await _resume(base_2, conversation_id, "go on", replayed_first=True)
     assert _texts(of_type(resumed, "response.done")) == [_answer("tell me a long story please", 1),
                                                           _answer("go on", 2)]
     first_frame = resumed[:next(i for i, e in enumerate(resumed) if e.type == "response.done") + 1]
