@@ -23,7 +23,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
 from shared.backoff import backoff
-from shared.bus.nodes import REPLICA_ACKS, RawCommand, RawLinks, is_cluster, refresh_slots
+from shared.bus.nodes import REPLICA_ACKS, RawCommand, RawLinks, is_cluster
 from shared.bus.resp import pack_command, xrange_entries
 from shared.keys import CONTROL_KIND, Keys, hash_tag, partition_of_tag, ring_target
 from shared.models import ENTRY_FIELD
@@ -206,7 +206,7 @@ async def add_with_rings(
         # WAIT counts the writes of its own connection: on a cluster, one per node
         # written to, which the pipeline sends on the connection that node's writes took.
         if isinstance(redis, RedisCluster):
-            nodes = {redis.get_node_from_key(key).name: redis.get_node_from_key(key) for key, _, _ in writes}
+            nodes = {node.name: node for node in (redis.get_node_from_key(key) for key, _, _ in writes)}
             for name, node in nodes.items():
                 if REPLICA_ACKS.worth_waiting(name):
                     pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms, target_nodes=node)
@@ -214,15 +214,7 @@ async def add_with_rings(
         elif REPLICA_ACKS.worth_waiting(""):
             pipe.execute_command("WAIT", wait_replicas, wait_timeout_ms)
             waited.append("")
-    try:
-        replies = await pipe.execute()
-    except Exception:
-        if isinstance(redis, RedisCluster):
-            # A node failed (or moved its slots): ask for the slot map now. redis-py's own
-            # refresh in a pipeline is not reliable under concurrent callers (seen: a client
-            # kept connecting to a dead master for a minute after its replica took over).
-            await refresh_slots(redis)
-        raise
+    replies = await pipe.execute()
     for name, acked in zip(waited, replies[len(replies) - len(waited):], strict=True):
         if int(acked) < wait_replicas:
             REPLICA_ACKS.short(name, acked, wait_replicas)

@@ -98,15 +98,6 @@ def is_cluster(redis: aioredis.Redis) -> bool:
     return isinstance(redis, RedisCluster)
 
 
-async def refresh_slots(redis: aioredis.Redis | RedisCluster) -> None:
-    """On a cluster, ask it again who serves which slot (after a node failed); never raises."""
-    if isinstance(redis, RedisCluster):
-        try:
-            await redis.nodes_manager.initialize()
-        except Exception as exc:
-            log.warning("could not refresh the cluster's slot map: %s", exc)
-
-
 class RawLinks:
     """Raw connections to the nodes of one Redis (or cluster), one per node, owned by
     one reader or writer (its commands are never interleaved with anyone else's)."""
@@ -155,7 +146,10 @@ class RawLinks:
         if self._cluster is None or time.monotonic() - self._refreshed_at < REFRESH_MIN_INTERVAL_S:
             return
         self._refreshed_at = time.monotonic()
-        await refresh_slots(self._cluster)
+        try:
+            await self._cluster.nodes_manager.initialize()
+        except Exception as exc:  # every known node failed: the callers' retries come back here
+            log.warning("could not refresh the cluster's slot map: %s", exc)
 
     async def send(self, commands: Sequence[RawCommand]) -> list[list[Any]]:
         """Every command's replies, in order (see the module's docstring)."""
@@ -248,8 +242,3 @@ class RawLinks:
         conns, self._conns = list(self._conns.values()), {}
         for conn in conns:
             await conn.aclose()
-
-
-def first_error(replies: Sequence[Any]) -> Exception | None:
-    """The first exception among a command's replies (None when all are replies)."""
-    return next((r for r in replies if isinstance(r, Exception)), None)
