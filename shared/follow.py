@@ -17,9 +17,9 @@ from collections.abc import Sequence
 import redis.asyncio as aioredis
 
 from shared.bus.doorbell import BellSet, Ring
-from shared.bus.groups import by_slot
+from shared.bus.groups import by_slot, stream_replies
 from shared.bus.nodes import RawCommand, RawLinks
-from shared.bus.resp import StreamReply, pack_command, parse_stream_reply
+from shared.bus.resp import StreamReply, pack_command
 from shared.keys import Keys
 
 
@@ -95,13 +95,7 @@ class StreamFollower:
                                                *(self._last[k] for k in group))))
             for group in by_slot(list(targets), self._links.cluster)
         ]
-        read: StreamReply = []
-        failure: Exception | None = None
-        for (raw,) in await self._links.send(commands):
-            if isinstance(raw, Exception):
-                failure = failure or raw
-            else:
-                read += parse_stream_reply(raw)
+        read, failure = stream_replies(await self._links.send(commands))
         if failure is not None:
             # Read again at the next step; what the other partitions gave is kept below.
             self._dirty |= targets

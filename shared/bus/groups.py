@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
@@ -45,6 +46,19 @@ def by_slot(keys: Sequence[str], cluster: bool) -> list[list[str]]:
     return list(groups.values())
 
 
+def stream_replies(results: Sequence[list[Any]]) -> tuple[StreamReply, Exception | None]:
+    """``RawLinks.send`` results of one-reply XREAD / XREADGROUP commands: the entries of
+    those that answered, and the first failure (a node away) if any."""
+    reply: StreamReply = []
+    failure: Exception | None = None
+    for (raw,) in results:
+        if isinstance(raw, Exception):
+            failure = failure or raw
+        else:
+            reply += parse_stream_reply(raw)
+    return reply, failure
+
+
 class GroupReader:
     """Non-blocking XREADGROUP ``>`` over many streams on connections of its own
     (the blocking wait is on the doorbells, see ``shared.bus.doorbell``).
@@ -85,13 +99,7 @@ class GroupReader:
             commands = self._packed
         if not commands:
             return []
-        reply: StreamReply = []
-        failure: Exception | None = None
-        for (raw,) in await self._links.send(commands):
-            if isinstance(raw, Exception):
-                failure = failure or raw
-                continue
-            reply += parse_stream_reply(raw)
+        reply, failure = stream_replies(await self._links.send(commands))
         self.reads += 1
         for _key, entries in reply:
             self.entries += len(entries)
